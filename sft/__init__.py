@@ -1,0 +1,1 @@
+"""Distillery's training side: recipe-driven TRL trainers and evaluation."""

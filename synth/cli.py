@@ -1,0 +1,76 @@
+"""`synth`: the data side of Distillery (generate now; curate, review and publish in later stages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from synth import __version__
+from synth.cli_common import OVERRIDES_HELP, guarded, load, run_dir_for
+
+app = typer.Typer(
+    name="synth",
+    help=(
+        "Make synthetic instruction data from a teacher model, driven by one YAML recipe.\n\n"
+        "Each stage reads its section of the recipe and writes into runs/RECIPE_NAME/. "
+        "Start with `synth generate recipes/answer-in-french.yaml --limit 4`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"distillery {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Distillery's data tools."""
+
+
+@app.command()
+def generate(
+    recipe: Path = typer.Argument(..., help="The YAML recipe, e.g. recipes/answer-in-french.yaml."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N prompts (after dropping repeats)."),
+    run_dir: Path = typer.Option(
+        None, "--run-dir", help="Where to write the run. Default: runs/RECIPE_NAME in this folder."
+    ),
+) -> None:
+    """Sample `generate.n` teacher completions for every prompt.
+
+    Writes parquet shards to RUN_DIR/generations/ (readable with
+    `datasets.load_dataset("parquet", data_files=...)`), a `_manifest.json`, and
+    RUN_DIR/recipe.resolved.yaml with the recipe's hash. Stopped runs (Ctrl-C, a crash, kill -9)
+    resume: run the same command again and only the missing prompts are generated.
+    """
+
+    def body() -> None:
+        from rich.console import Console
+
+        from synth import runtime
+        from synth.generate import run_generate, summary_table
+
+        r = load(recipe, overrides)
+        runtime.configure(r.runtime)
+        summary = run_generate(r, run_dir_for(r, run_dir), recipe_dir=recipe.parent, limit=limit)
+        Console().print(summary_table(summary))
+
+    guarded(body)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""`synth generate`: sample `n` teacher completions per prompt into parquet shards, resumably.
+
+The shard files are the source of truth. Each shard holds whole prompts (all their samples) and is
+written atomically, so after a crash or `kill -9` every shard on disk is complete; a re-run reads
+the prompt ids already present and generates only the rest. Row ids are deterministic, so a prompt
+is never written twice. The manifest is rebuilt from the shards on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from synth.engines import Engine, SamplingParams, build_engine, sampling_params
+from synth.errors import UserError
+from synth.io import atomic_write_parquet, atomic_write_text, sweep_temp_files
+from synth.prompts import load_prompts
+from synth.recipe import Recipe, dump_resolved
+from synth.records import Completion, PromptItem, make_rows, rows_to_table
+
+MANIFEST = "_manifest.json"
+
+
+@dataclass
+class GenerateSummary:
+    """What one `synth generate` run did, for the summary table and for tests."""
+
+    run_dir: Path
+    prompts_total: int = 0
+    prompts_skipped: int = 0
+    repeats_dropped: int = 0
+    rows_written: int = 0
+    rows_total: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    shards_written: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class TokensPerSecond(ProgressColumn):
+    """Completion tokens per second since the bar started."""
+
+    def render(self, task: Task) -> Text:
+        tokens = task.fields.get("tokens", 0)
+        elapsed = task.elapsed or 0
+        return Text(f"{tokens / elapsed:,.1f} tok/s" if elapsed > 0 else "- tok/s", style="cyan")
+
+
+def scan_shards(gen_dir: Path) -> list[dict[str, Any]]:
+    """Read the small columns of every complete shard: the state a re-run resumes from."""
+    shards = []
+    for path in sorted(gen_dir.glob("shard-*.parquet")):
+        t = pq.read_table(path, columns=["prompt_id", "error", "completion_tokens", "teacher"])
+        shards.append(
+            {
+                "file": path.name,
+                "rows": t.num_rows,
+                "prompt_ids": set(t.column("prompt_id").to_pylist()),
+                "failures": sum(e is not None for e in t.column("error").to_pylist()),
+                "completion_tokens": sum(x or 0 for x in t.column("completion_tokens").to_pylist()),
+                "teacher": t.column("teacher")[0].as_py() if t.num_rows else None,
+            }
+        )
+    return shards
+
+
+def write_manifest(gen_dir: Path, recipe: Recipe, recipe_hash: str, teacher: dict[str, Any],
+                   shards: list[dict[str, Any]], prompts_in_source: int) -> None:
+    """Rewrite `_manifest.json` atomically from the shards on disk."""
+    done = set().union(*(s["prompt_ids"] for s in shards)) if shards else set()
+    manifest = {
+        "recipe": recipe.name,
+        "recipe_hash": recipe_hash,
+        "teacher": teacher,
+        "rows": sum(s["rows"] for s in shards),
+        "prompts": len(done),
+        "prompts_in_source": prompts_in_source,
+        "complete": len(done) >= prompts_in_source,
+        "failures": sum(s["failures"] for s in shards),
+        "shards": [{k: v for k, v in s.items() if k not in ("prompt_ids", "teacher")} for s in shards],
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_text(gen_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def _check_same_teacher(shards: list[dict[str, Any]], teacher: dict[str, Any], gen_dir: Path) -> None:
+    """Refuse to mix rows from another teacher or other sampling parameters in one run folder."""
+    for s in shards:
+        if s["teacher"] is not None and s["teacher"] != teacher:
+            raise UserError(
+                f"{gen_dir} already holds rows from another teacher or other sampling settings "
+                f"({s['file']}: {json.dumps(s['teacher'])}; now: {json.dumps(teacher)})",
+                "use another --run-dir, or delete that generations folder to start over",
+            )
+
+
+def _prepare(items: list[PromptItem], engine: Engine, params: SamplingParams) -> tuple[list[PromptItem], list[PromptItem]]:
+    """Split prompts into those to generate and those rejected up front (empty, too long)."""
+    good, bad = [], []
+    for item in items:
+        if item.error is None:
+            item.error = engine.check_prompt(item.teacher_prompt, params)
+        (bad if item.error else good).append(item)
+    return good, bad
+
+
+def run_generate(
+    recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None, limit: int | None = None,
+    console: Console | None = None, engine: Engine | None = None,
+) -> GenerateSummary:
+    """Generate the missing rows of a run; see the module docstring for the resume contract."""
+    console = console or Console(stderr=True)
+    gen_dir = run_dir / "generations"
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    sweep_temp_files(gen_dir)
+    recipe_hash = dump_resolved(recipe, run_dir / "recipe.resolved.yaml")
+    items, repeats = load_prompts(recipe.prompts, recipe.teacher, recipe_dir, limit)
+    params = sampling_params(recipe)
+    shards = scan_shards(gen_dir)
+    done = set().union(*(s["prompt_ids"] for s in shards)) if shards else set()
+    todo = [it for it in items if it.prompt_id not in done]
+    summary = GenerateSummary(run_dir, prompts_total=len(items), prompts_skipped=len(items) - len(todo),
+                              repeats_dropped=repeats)
+    start = time.perf_counter()
+    teacher: dict[str, Any] = shards[0]["teacher"] if shards else {}
+    try:
+        if todo:
+            engine = engine or build_engine(recipe)
+            teacher = engine.provenance(params)
+            _check_same_teacher(shards, teacher, gen_dir)
+            _generate_shards(recipe, todo, engine, params, teacher, recipe_hash, gen_dir, shards, summary, console)
+    finally:
+        # Also after Ctrl-C: the manifest always describes the complete shards on disk.
+        shards = scan_shards(gen_dir)
+        summary.seconds = time.perf_counter() - start
+        summary.rows_total = sum(s["rows"] for s in shards)
+        write_manifest(gen_dir, recipe, recipe_hash, teacher, shards, len(items))
+    return summary
+
+
+def _generate_shards(
+    recipe: Recipe, todo: list[PromptItem], engine: Engine, params: SamplingParams, teacher: dict[str, Any],
+    recipe_hash: str, gen_dir: Path, shards: list[dict[str, Any]], summary: GenerateSummary, console: Console,
+) -> None:
+    """Generate `todo` shard by shard; each shard is on disk, complete, before the next starts."""
+    good, bad = _prepare(todo, engine, params)
+    # Longest first: similar lengths share a shard, and a too-large batch fails early.
+    good.sort(key=lambda it: -sum(len(m["content"]) for m in it.teacher_prompt))
+    per_shard = recipe.generate.prompts_per_shard
+    chunks = [good[i : i + per_shard] for i in range(0, len(good), per_shard)] or [[]]
+    chunks[0] = bad + chunks[0]
+    next_index = 1 + max((int(s["file"][6:11]) for s in shards), default=-1)
+    with _progress(console) as progress:
+        task = progress.add_task("generating", total=len(good) * params.n, tokens=0)
+
+        def on_progress(rows: int, tokens: int) -> None:
+            progress.update(task, advance=rows, tokens=progress.tasks[task].fields["tokens"] + tokens)
+
+        for chunk in chunks:
+            gen = [it for it in chunk if it.error is None]
+            outputs = engine.generate([it.teacher_prompt for it in gen], params, on_progress) if gen else []
+            by_id = {it.prompt_id: comps for it, comps in zip(gen, outputs, strict=True)}
+            rows: list[dict[str, Any]] = []
+            for it in chunk:
+                comps = by_id.get(it.prompt_id) or [Completion.failed(it.error or "not generated")]
+                rows += make_rows(it, comps, teacher, recipe_hash)
+            name = f"shard-{next_index:05d}.parquet"
+            atomic_write_parquet(gen_dir / name, rows_to_table(rows))
+            next_index += 1
+            summary.shards_written.append(name)
+            summary.rows_written += len(rows)
+            summary.failures += sum(r["error"] is not None for r in rows)
+            summary.prompt_tokens += sum(r["prompt_tokens"] or 0 for r in rows if r["sample_index"] == 0)
+            summary.completion_tokens += sum(r["completion_tokens"] or 0 for r in rows)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
+        TokensPerSecond(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
+def summary_table(s: GenerateSummary) -> Table:
+    """The table printed at the end of `synth generate`."""
+    t = Table(title=f"synth generate: {s.run_dir / 'generations'}", show_header=True)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("prompts in source", str(s.prompts_total))
+    t.add_row("prompts already done (resumed)", str(s.prompts_skipped))
+    t.add_row("repeated prompts dropped", str(s.repeats_dropped))
+    t.add_row("rows written now", str(s.rows_written))
+    t.add_row("rows in run", str(s.rows_total))
+    t.add_row("failed rows (with reason)", str(s.failures))
+    t.add_row("prompt tokens", f"{s.prompt_tokens:,}")
+    t.add_row("completion tokens", f"{s.completion_tokens:,}")
+    t.add_row("time", f"{s.seconds:,.1f} s")
+    t.add_row("completion tokens/s", f"{s.tokens_per_s:,.1f}")
+    return t

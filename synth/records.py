@@ -1,0 +1,158 @@
+"""The record: one row per prompt × sample, the contract between all stages.
+
+Every engine's output goes through `make_rows`, so a row looks the same whichever engine wrote it.
+The arrow schema is fixed (not inferred) so that every shard of a run has identical columns and
+`datasets.load_dataset("parquet", ...)` reads them as one table: `prompt` and `teacher_prompt` come
+back as lists of `{role, content}` dicts, the chat format TRL trainers take directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+SAMPLING = pa.struct(
+    [
+        ("n", pa.int32()),
+        ("temperature", pa.float64()),
+        ("top_p", pa.float64()),
+        ("top_k", pa.int32()),
+        ("max_new_tokens", pa.int32()),
+        ("seed", pa.int64()),
+        ("logprobs", pa.int32()),
+    ]
+)
+TEACHER = pa.struct(
+    [("model", pa.string()), ("revision", pa.string()), ("engine", pa.string()), ("sampling", SAMPLING)]
+)
+TOKEN_LOGPROBS = pa.struct(
+    [
+        ("token", pa.string()),
+        ("logprob", pa.float32()),
+        ("top_tokens", pa.list_(pa.string())),
+        ("top_logprobs", pa.list_(pa.float32())),
+    ]
+)
+VERDICT = pa.struct(
+    [("name", pa.string()), ("passed", pa.bool_()), ("score", pa.float64()), ("reason", pa.string())]
+)
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("sample_index", pa.int32()),
+        ("prompt", pa.list_(MESSAGE)),
+        ("teacher_prompt", pa.list_(MESSAGE)),
+        ("completion", pa.string()),
+        ("teacher", TEACHER),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("logprobs", pa.list_(TOKEN_LOGPROBS)),
+        ("verdicts", pa.list_(VERDICT)),
+        ("error", pa.string()),
+        ("meta", pa.string()),
+        ("recipe_hash", pa.string()),
+    ]
+)
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class TokenLogprob:
+    """The teacher's log-probability of one completion token, with its top-k alternatives."""
+
+    token: str
+    logprob: float
+    top_tokens: list[str] = field(default_factory=list)
+    top_logprobs: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Completion:
+    """One sampled completion, as every engine reports it."""
+
+    text: str
+    finish_reason: str  # "stop", "length" or "error"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    logprobs: list[TokenLogprob] | None = None
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, error: str) -> Completion:
+        """A completion that could not be produced; the row keeps why."""
+        return cls(text="", finish_reason="error", error=error)
+
+
+@dataclass
+class PromptItem:
+    """One prompt in its two views: what the student sees and what the teacher sees."""
+
+    prompt_id: str
+    prompt: Messages
+    teacher_prompt: Messages
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # set when the prompt itself is unusable (empty, too long)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def prompt_id_for(prompt: Messages, teacher_prompt: Messages) -> str:
+    """Stable id of a prompt: the same two views always give the same id."""
+    return _digest({"prompt": prompt, "teacher_prompt": teacher_prompt})
+
+
+def row_id_for(prompt_id: str, sample_index: int, teacher: dict[str, Any]) -> str:
+    """Stable row id: hash of prompt, sample index, teacher model and sampling parameters."""
+    return _digest({"p": prompt_id, "i": sample_index, "t": teacher})
+
+
+def make_rows(
+    item: PromptItem, completions: list[Completion], teacher: dict[str, Any], recipe_hash: str
+) -> list[dict[str, Any]]:
+    """Turn one prompt's completions into rows (the only place rows are built)."""
+    rows = []
+    for i, c in enumerate(completions):
+        rows.append(
+            {
+                "id": row_id_for(item.prompt_id, i, teacher),
+                "prompt_id": item.prompt_id,
+                "sample_index": i,
+                "prompt": item.prompt,
+                "teacher_prompt": item.teacher_prompt,
+                "completion": c.text,
+                "teacher": teacher,
+                "finish_reason": c.finish_reason,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "logprobs": None
+                if c.logprobs is None
+                else [
+                    {"token": t.token, "logprob": t.logprob, "top_tokens": t.top_tokens,
+                     "top_logprobs": t.top_logprobs}
+                    for t in c.logprobs
+                ],
+                "verdicts": [] if c.error is None else [
+                    {"name": "generate", "passed": False, "score": None, "reason": c.error}
+                ],
+                "error": c.error,
+                "meta": json.dumps(item.meta, ensure_ascii=False, sort_keys=True),
+                "recipe_hash": recipe_hash,
+            }
+        )
+    return rows
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows to an arrow table with the fixed schema."""
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
