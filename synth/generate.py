@@ -86,8 +86,14 @@ def scan_shards(gen_dir: Path) -> list[dict[str, Any]]:
     return shards
 
 
-def write_manifest(gen_dir: Path, recipe: Recipe, recipe_hash: str, teacher: dict[str, Any],
-                   shards: list[dict[str, Any]], prompts_in_source: int) -> None:
+def write_manifest(
+    gen_dir: Path,
+    recipe: Recipe,
+    recipe_hash: str,
+    teacher: dict[str, Any],
+    shards: list[dict[str, Any]],
+    prompts_in_source: int,
+) -> None:
     """Rewrite `_manifest.json` atomically from the shards on disk."""
     done = set().union(*(s["prompt_ids"] for s in shards)) if shards else set()
     manifest = {
@@ -116,7 +122,9 @@ def _check_same_teacher(shards: list[dict[str, Any]], teacher: dict[str, Any], g
             )
 
 
-def _prepare(items: list[PromptItem], engine: Engine, params: SamplingParams) -> tuple[list[PromptItem], list[PromptItem]]:
+def _prepare(
+    items: list[PromptItem], engine: Engine, params: SamplingParams
+) -> tuple[list[PromptItem], list[PromptItem]]:
     """Split prompts into those to generate and those rejected up front (empty, too long)."""
     good, bad = [], []
     for item in items:
@@ -127,8 +135,12 @@ def _prepare(items: list[PromptItem], engine: Engine, params: SamplingParams) ->
 
 
 def run_generate(
-    recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None, limit: int | None = None,
-    console: Console | None = None, engine: Engine | None = None,
+    recipe: Recipe,
+    run_dir: Path,
+    recipe_dir: Path | None = None,
+    limit: int | None = None,
+    console: Console | None = None,
+    engine: Engine | None = None,
 ) -> GenerateSummary:
     """Generate the missing rows of a run; see the module docstring for the resume contract."""
     console = console or Console(stderr=True)
@@ -141,8 +153,9 @@ def run_generate(
     shards = scan_shards(gen_dir)
     done = set().union(*(s["prompt_ids"] for s in shards)) if shards else set()
     todo = [it for it in items if it.prompt_id not in done]
-    summary = GenerateSummary(run_dir, prompts_total=len(items), prompts_skipped=len(items) - len(todo),
-                              repeats_dropped=repeats)
+    summary = GenerateSummary(
+        run_dir, prompts_total=len(items), prompts_skipped=len(items) - len(todo), repeats_dropped=repeats
+    )
     start = time.perf_counter()
     teacher: dict[str, Any] = shards[0]["teacher"] if shards else {}
     try:
@@ -161,8 +174,16 @@ def run_generate(
 
 
 def _generate_shards(
-    recipe: Recipe, todo: list[PromptItem], engine: Engine, params: SamplingParams, teacher: dict[str, Any],
-    recipe_hash: str, gen_dir: Path, shards: list[dict[str, Any]], summary: GenerateSummary, console: Console,
+    recipe: Recipe,
+    todo: list[PromptItem],
+    engine: Engine,
+    params: SamplingParams,
+    teacher: dict[str, Any],
+    recipe_hash: str,
+    gen_dir: Path,
+    shards: list[dict[str, Any]],
+    summary: GenerateSummary,
+    console: Console,
 ) -> None:
     """Generate `todo` shard by shard; each shard is on disk, complete, before the next starts."""
     good, bad = _prepare(todo, engine, params)
@@ -198,9 +219,15 @@ def _generate_shards(
 
 def _progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
-        TokensPerSecond(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rows"),
+        TokensPerSecond(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
 
 

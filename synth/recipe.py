@@ -206,8 +206,10 @@ def format_validation_error(err: ValidationError, source: str, lines: dict[tuple
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             if any(w in loc[-1].lower() for w in SECRET_WORDS):
-                msg = ("unknown field; secrets never go in a recipe: put the key in an environment "
-                       "variable (for the openai engine, the one named by teacher.openai.api_key_env)")
+                msg = (
+                    "unknown field; secrets never go in a recipe: put the key in an environment "
+                    "variable (for the openai engine, the one named by teacher.openai.api_key_env)"
+                )
             else:
                 allowed = _allowed_fields(loc)
                 msg = "unknown field" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")

@@ -38,9 +38,7 @@ TOKEN_LOGPROBS = pa.struct(
         ("top_logprobs", pa.list_(pa.float32())),
     ]
 )
-VERDICT = pa.struct(
-    [("name", pa.string()), ("passed", pa.bool_()), ("score", pa.float64()), ("reason", pa.string())]
-)
+VERDICT = pa.struct([("name", pa.string()), ("passed", pa.bool_()), ("score", pa.float64()), ("reason", pa.string())])
 
 SCHEMA = pa.schema(
     [
@@ -138,13 +136,12 @@ def make_rows(
                 "logprobs": None
                 if c.logprobs is None
                 else [
-                    {"token": t.token, "logprob": t.logprob, "top_tokens": t.top_tokens,
-                     "top_logprobs": t.top_logprobs}
+                    {"token": t.token, "logprob": t.logprob, "top_tokens": t.top_tokens, "top_logprobs": t.top_logprobs}
                     for t in c.logprobs
                 ],
-                "verdicts": [] if c.error is None else [
-                    {"name": "generate", "passed": False, "score": None, "reason": c.error}
-                ],
+                "verdicts": []
+                if c.error is None
+                else [{"name": "generate", "passed": False, "score": None, "reason": c.error}],
                 "error": c.error,
                 "meta": json.dumps(item.meta, ensure_ascii=False, sort_keys=True),
                 "recipe_hash": recipe_hash,

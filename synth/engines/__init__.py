@@ -12,8 +12,13 @@ def sampling_params(recipe: Recipe) -> SamplingParams:
     """The recipe's `generate:` section as engine-neutral sampling parameters."""
     g = recipe.generate
     return SamplingParams(
-        n=g.n, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_new_tokens=g.max_new_tokens,
-        seed=g.seed, logprobs=g.logprobs,
+        n=g.n,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k,
+        max_new_tokens=g.max_new_tokens,
+        seed=g.seed,
+        logprobs=g.logprobs,
     )
 
 
@@ -36,6 +41,10 @@ def build_engine(recipe: Recipe) -> Engine:
     from synth.engines.hf import TransformersEngine
 
     return TransformersEngine(
-        load_path, model_id, revision, dtype=t.dtype, device=recipe.runtime.device,
+        load_path,
+        model_id,
+        revision,
+        dtype=t.dtype,
+        device=recipe.runtime.device,
         batch_size=recipe.generate.batch_size,
     )

@@ -45,8 +45,7 @@ class Engine(ABC):
 
     def provenance(self, params: SamplingParams) -> dict[str, Any]:
         """The `teacher` column: which model, revision, engine and sampling made a row."""
-        return {"model": self.model_id, "revision": self.revision, "engine": self.name,
-                "sampling": params.as_dict()}
+        return {"model": self.model_id, "revision": self.revision, "engine": self.name, "sampling": params.as_dict()}
 
     def check_prompt(self, messages: Messages, params: SamplingParams) -> str | None:
         """Reason a prompt cannot be generated from (e.g. longer than the context), else None."""

@@ -8,6 +8,7 @@ come from one `num_return_sequences` call instead of `n` calls.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -41,8 +42,13 @@ class TransformersEngine(Engine):
     name = "transformers"
 
     def __init__(
-        self, load_path: str, model_id: str, revision: str | None = None, dtype: str = "auto",
-        device: str = "auto", batch_size: int = 32,
+        self,
+        load_path: str,
+        model_id: str,
+        revision: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        batch_size: int = 32,
     ) -> None:
         super().__init__(model_id, revision)
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,9 +75,7 @@ class TransformersEngine(Engine):
     def encode(self, messages: Messages) -> list[int]:
         """Token ids of a chat prompt with the generation prompt appended."""
         return list(
-            self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         )
 
     def check_prompt(self, messages: Messages, params: SamplingParams) -> str | None:
@@ -79,8 +83,7 @@ class TransformersEngine(Engine):
             return None
         n = len(self.encode(messages))
         if n + params.max_new_tokens > self.context:
-            return (f"prompt too long: {n} tokens + max_new_tokens {params.max_new_tokens} "
-                    f"> context {self.context}")
+            return f"prompt too long: {n} tokens + max_new_tokens {params.max_new_tokens} > context {self.context}"
         return None
 
     def generate(
@@ -109,17 +112,23 @@ class TransformersEngine(Engine):
         digest = hashlib.sha256(repr((params.seed, encoded)).encode()).digest()
         torch.manual_seed(int.from_bytes(digest[:8], "little") % (2**63))
         sampling: dict[str, Any] = (
-            {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p,
-             "top_k": params.top_k or 0}
+            {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k or 0}
             if params.temperature > 0
             else {"do_sample": False}
         )
+        # Greedy decoding gives one answer: generate it once and copy it n times.
+        reps = params.n if params.temperature > 0 else 1
         try:
             with torch.inference_mode():
                 out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
-                    num_return_sequences=params.n, pad_token_id=pad, return_dict_in_generate=True,
-                    output_logits=bool(params.logprobs), **sampling,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=params.max_new_tokens,
+                    num_return_sequences=reps,
+                    pad_token_id=pad,
+                    return_dict_in_generate=True,
+                    output_logits=bool(params.logprobs),
+                    **sampling,
                 )
         except torch.OutOfMemoryError as exc:
             raise UserError(
@@ -132,15 +141,17 @@ class TransformersEngine(Engine):
         for row, tokens in enumerate(new):
             stop = next((j for j, t in enumerate(tokens) if t in self.eos_ids), None)
             kept = tokens if stop is None else tokens[:stop]
-            comps[row // params.n].append(
+            comps[row // reps].append(
                 Completion(
                     text=self.tokenizer.decode(kept, skip_special_tokens=True),
                     finish_reason="length" if stop is None else "stop",
-                    prompt_tokens=len(encoded[row // params.n]),
+                    prompt_tokens=len(encoded[row // reps]),
                     completion_tokens=len(kept),
                     logprobs=None if logits is None else self._logprobs(logits, row, kept, params.logprobs or 0),
                 )
             )
+        if reps == 1 and params.n > 1:
+            comps = [[replace(c[0]) for _ in range(params.n)] for c in comps]
         return comps
 
     def _logprobs(self, logits: tuple[torch.Tensor, ...], row: int, tokens: list[int], k: int) -> list[TokenLogprob]:

@@ -2,8 +2,9 @@
 
 Requests run concurrently up to `concurrency`; 429, 5xx, timeouts and dropped connections are
 retried with exponential backoff (honouring Retry-After); other errors are recorded on the rows.
-`n` is honoured even where a server ignores it (llama.cpp's does): missing samples are asked for
-again, each time with a different seed so the extra samples are not copies of the first.
+`n` is honoured even where a server ignores it or caps it (llama.cpp's server answers 400 for n above
+its slot count): missing samples are asked for again, one request per sample after a refusal, each
+time with a different seed so the extra samples are not copies of the first.
 The API key is read from the environment only and sent only in the Authorization header.
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import hashlib
 import os
 import random
+import re
 from typing import Any
 
 import httpx
@@ -28,6 +30,15 @@ RETRY_STATUS = {408, 409, 425, 429}
 class RequestFailed(Exception):
     """A request that failed for good; its message lands in the rows' `error` column."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _rejects_n(exc: RequestFailed) -> bool:
+    """Whether a 400 answer complains about the `n` field (llama.cpp caps n at its slot count)."""
+    return exc.status == 400 and re.search(r"(field\s+'n'|\bn\b\s*(must|should|is)|'n')", str(exc)) is not None
+
 
 class OpenAIEngine(Engine):
     """Chat completions over HTTP with bounded concurrency and retries."""
@@ -40,6 +51,7 @@ class OpenAIEngine(Engine):
         self.base_url = settings.base_url.rstrip("/")
         key = os.environ.get(settings.api_key_env)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._max_n: int | None = None  # set to 1 once the server refuses n > 1
         self._preflight()
 
     def _preflight(self) -> None:
@@ -69,25 +81,30 @@ class OpenAIEngine(Engine):
         timeout = httpx.Timeout(self.settings.timeout_s)
         limits = httpx.Limits(max_connections=self.settings.concurrency)
         async with httpx.AsyncClient(headers=self._headers, timeout=timeout, limits=limits) as client:
-            return list(
-                await asyncio.gather(*(self._one_prompt(client, sem, m, params, on_progress) for m in prompts))
-            )
+            return list(await asyncio.gather(*(self._one_prompt(client, sem, m, params, on_progress) for m in prompts)))
 
     async def _one_prompt(
-        self, client: httpx.AsyncClient, sem: asyncio.Semaphore, messages: Messages, params: SamplingParams,
+        self,
+        client: httpx.AsyncClient,
+        sem: asyncio.Semaphore,
+        messages: Messages,
+        params: SamplingParams,
         on_progress: ProgressFn | None,
     ) -> list[Completion]:
         comps: list[Completion] = []
         round_ = 0
         while len(comps) < params.n:
-            want = params.n - len(comps)
+            want = min(params.n - len(comps), self._max_n or params.n)
             try:
                 data = await self._post(client, sem, self._body(messages, params, want, round_))
                 choices = data.get("choices") or []
                 if not choices:
                     raise RequestFailed("the server answered with no choices")
             except RequestFailed as exc:
-                comps += [Completion.failed(str(exc)) for _ in range(want)]
+                if want > 1 and _rejects_n(exc):
+                    self._max_n = 1  # ask for one sample per request from now on
+                    continue
+                comps += [Completion.failed(str(exc)) for _ in range(params.n - len(comps))]
                 break
             usage = data.get("usage") or {}
             comps += [to_completion(ch, usage, len(choices)) for ch in choices[:want]]
@@ -136,7 +153,7 @@ class OpenAIEngine(Engine):
                         last = f"HTTP {r.status_code}: {r.text[:200]}"
                         delay = _retry_after(r)
                     else:
-                        raise RequestFailed(f"HTTP {r.status_code}: {r.text[:300]}")
+                        raise RequestFailed(f"HTTP {r.status_code}: {r.text[:300]}", r.status_code)
             if attempt < s.max_retries:
                 backoff = s.backoff_s * (2**attempt) * (0.5 + random.random())
                 await asyncio.sleep(delay if delay is not None else backoff)

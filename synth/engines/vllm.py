@@ -21,7 +21,12 @@ class VLLMEngine(Engine):
     name = "vllm"
 
     def __init__(
-        self, load_path: str, model_id: str, revision: str | None, settings: VLLMSettings, dtype: str = "auto",
+        self,
+        load_path: str,
+        model_id: str,
+        revision: str | None,
+        settings: VLLMSettings,
+        dtype: str = "auto",
         seed: int = 0,
     ) -> None:
         super().__init__(model_id, revision)
@@ -34,7 +39,10 @@ class VLLMEngine(Engine):
             ) from None
         self._vllm = vllm
         args: dict[str, Any] = {
-            "model": load_path, "revision": revision, "dtype": dtype, "seed": seed,
+            "model": load_path,
+            "revision": revision,
+            "dtype": dtype,
+            "seed": seed,
             "tensor_parallel_size": settings.tensor_parallel_size,
             "gpu_memory_utilization": settings.gpu_memory_utilization,
         }
@@ -48,8 +56,13 @@ class VLLMEngine(Engine):
         self, prompts: list[Messages], params: SamplingParams, on_progress: ProgressFn | None = None
     ) -> list[list[Completion]]:
         sp = self._vllm.SamplingParams(
-            n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or -1,
-            max_tokens=params.max_new_tokens, seed=params.seed, logprobs=params.logprobs,
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k or -1,
+            max_tokens=params.max_new_tokens,
+            seed=params.seed,
+            logprobs=params.logprobs,
         )
         outputs = self.llm.chat(prompts, sp, use_tqdm=False)
         results = [[_completion(out, o) for o in out.outputs] for out in outputs]

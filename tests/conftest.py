@@ -1,0 +1,47 @@
+"""Shared fixtures: the real embedded SmolLM2 model, CLI runners, and prompt files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "answer-in-french.yaml"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a safetensors folder (converted once, then cached)."""
+    from synth.models import embedded_model_dir
+
+    return embedded_model_dir()
+
+
+def run_cli(program: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run `synth` or `sft` as a user would, in a subprocess; returns the finished process."""
+    module = {"synth": "synth.cli", "sft": "sft.cli"}[program]
+    full_env = {**os.environ, "COLUMNS": "160", "DISTILLERY_THREADS": os.environ.get("DISTILLERY_THREADS", "2"),
+                **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def prompts_file(tmp_path: Path) -> Path:
+    """Three short real prompts."""
+    return write_jsonl(tmp_path / "p.jsonl", [
+        {"id": "a", "prompt": "Name a colour."},
+        {"id": "b", "prompt": "Say hello to a friend."},
+        {"id": "c", "prompt": "What is two plus two?"},
+    ])

@@ -1,0 +1,81 @@
+"""Recipe validation: errors name file, line, field path and what is allowed; overrides; hashing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synth.errors import UserError
+from synth.recipe import dump_resolved, load_recipe
+from tests.conftest import RECIPE
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_default_recipe_loads_and_overrides_apply() -> None:
+    r = load_recipe(RECIPE)
+    assert r.name == "answer-in-french" and r.teacher.path == "self"
+    r2 = load_recipe(RECIPE, ["generate.n=7", "prompts.path=my.jsonl", "teacher.system_prompt=null"])
+    assert (r2.generate.n, r2.prompts.path, r2.teacher.system_prompt) == (7, "my.jsonl", None)
+    assert r.content_hash() == load_recipe(RECIPE).content_hash()
+    assert r.content_hash() != r2.content_hash()
+
+
+def test_unknown_field_names_file_line_and_allowed(tmp_path: Path) -> None:
+    p = write(tmp_path, "name: x\ngenerate:\n  n: 2\n  temprature: 0.5\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert f"{p}:4: generate.temprature: unknown field" in msg
+    assert "temperature" in msg  # the allowed fields are listed
+
+
+def test_out_of_range_and_wrong_type(tmp_path: Path) -> None:
+    p = write(tmp_path, "name: x\ngenerate:\n  n: 0\n  temperature: hot\n")
+    msg = str(pytest.raises(UserError, load_recipe, p).value)
+    assert f"{p}:3: generate.n: Input should be greater than or equal to 1 (got 0)" in msg
+    assert f"{p}:4: generate.temperature:" in msg and "'hot'" in msg
+
+
+def test_unknown_engine_lists_allowed(tmp_path: Path) -> None:
+    p = write(tmp_path, "name: x\nteacher:\n  engine: llamafile\n")
+    msg = str(pytest.raises(UserError, load_recipe, p).value)
+    assert "teacher.engine" in msg and "'transformers', 'openai' or 'vllm'" in msg
+
+
+def test_override_errors_are_checked_like_the_file(tmp_path: Path) -> None:
+    msg = str(pytest.raises(UserError, load_recipe, RECIPE, ["generate.nn=3"]).value)
+    assert "generate.nn: unknown field" in msg
+    msg = str(pytest.raises(UserError, load_recipe, RECIPE, ["generate.n"]).value)
+    assert "key.path=value" in msg
+    msg = str(pytest.raises(UserError, load_recipe, RECIPE, ["name.sub=1"]).value)
+    assert "name is a value, not a section" in msg
+
+
+def test_secret_in_recipe_is_refused(tmp_path: Path) -> None:
+    p = write(tmp_path, "name: x\nteacher:\n  openai:\n    api_key: sk-123\n")
+    msg = str(pytest.raises(UserError, load_recipe, p).value)
+    assert "secrets never go in a recipe" in msg and "sk-123" not in msg
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    p = write(tmp_path, "name: x\ngenerate: [1, 2\n")
+    msg = str(pytest.raises(UserError, load_recipe, p).value)
+    assert "not valid YAML" in msg and f"{p}:" in msg
+    assert "not found" in str(pytest.raises(UserError, load_recipe, tmp_path / "nope.yaml").value)
+    p2 = write(tmp_path, "- a\n- b\n")
+    assert "YAML mapping" in str(pytest.raises(UserError, load_recipe, p2).value)
+
+
+def test_resolved_recipe_round_trips_with_hash(tmp_path: Path) -> None:
+    r = load_recipe(RECIPE, ["generate.n=3"])
+    digest = dump_resolved(r, tmp_path / "recipe.resolved.yaml")
+    assert digest == r.content_hash()
+    again = load_recipe(tmp_path / "recipe.resolved.yaml")
+    assert again.content_hash() == digest and again.generate.n == 3
+    assert (tmp_path / "recipe.resolved.yaml").read_text().startswith(f"recipe_hash: {digest}")
