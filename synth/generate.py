@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from synth.engines import Engine, SamplingParams, build_engine, sampling_params
+from synth.engines import Engine, SamplingParams, build_engine, sampling_params, teacher_provenance
 from synth.errors import UserError
 from synth.io import atomic_write_parquet, atomic_write_text, sweep_temp_files
 from synth.prompts import load_prompts
@@ -157,12 +157,11 @@ def run_generate(
         run_dir, prompts_total=len(items), prompts_skipped=len(items) - len(todo), repeats_dropped=repeats
     )
     start = time.perf_counter()
-    teacher: dict[str, Any] = shards[0]["teacher"] if shards else {}
+    teacher = engine.provenance(params) if engine else teacher_provenance(recipe)
+    _check_same_teacher(shards, teacher, gen_dir)
     try:
         if todo:
             engine = engine or build_engine(recipe)
-            teacher = engine.provenance(params)
-            _check_same_teacher(shards, teacher, gen_dir)
             _generate_shards(recipe, todo, engine, params, teacher, recipe_hash, gen_dir, shards, summary, console)
     finally:
         # Also after Ctrl-C: the manifest always describes the complete shards on disk.

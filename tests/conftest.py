@@ -22,14 +22,25 @@ def smollm2_dir() -> Path:
     return embedded_model_dir()
 
 
-def run_cli(program: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    program: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
     """Run `synth` or `sft` as a user would, in a subprocess; returns the finished process."""
     module = {"synth": "synth.cli", "sft": "sft.cli"}[program]
-    full_env = {**os.environ, "COLUMNS": "160", "DISTILLERY_THREADS": os.environ.get("DISTILLERY_THREADS", "2"),
-                **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    full_env = {
+        **os.environ,
+        "COLUMNS": "160",
+        "DISTILLERY_THREADS": os.environ.get("DISTILLERY_THREADS", "2"),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd or ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -40,8 +51,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def prompts_file(tmp_path: Path) -> Path:
     """Three short real prompts."""
-    return write_jsonl(tmp_path / "p.jsonl", [
-        {"id": "a", "prompt": "Name a colour."},
-        {"id": "b", "prompt": "Say hello to a friend."},
-        {"id": "c", "prompt": "What is two plus two?"},
-    ])
+    return write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "a", "prompt": "Name a colour."},
+            {"id": "b", "prompt": "Say hello to a friend."},
+            {"id": "c", "prompt": "What is two plus two?"},
+        ],
+    )

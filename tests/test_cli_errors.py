@@ -25,15 +25,24 @@ def test_malformed_jsonl_names_file_and_line(tmp_path: Path) -> None:
 def test_bad_recipe_values_and_files(tmp_path: Path) -> None:
     _fails(run_cli("synth", "generate", str(RECIPE), "teacher.engine=tgi"), "teacher.engine", "'openai'")
     _fails(run_cli("synth", "generate", str(tmp_path / "none.yaml")), "not found")
-    _fails(run_cli("synth", "generate", str(RECIPE), "prompts.path=missing.jsonl", "--run-dir", str(tmp_path)),
-           "missing.jsonl not found")
-    _fails(run_cli("synth", "generate", str(RECIPE), "model.path=./no/such/model", "--run-dir", str(tmp_path)),
-           "model './no/such/model'")
+    _fails(
+        run_cli("synth", "generate", str(RECIPE), "prompts.path=missing.jsonl", "--run-dir", str(tmp_path)),
+        "missing.jsonl not found",
+    )
+    _fails(
+        run_cli("synth", "generate", str(RECIPE), "model.path=./no/such/model", "--run-dir", str(tmp_path)),
+        "model './no/such/model'",
+    )
 
 
 def test_help_explains_every_command() -> None:
-    for prog, args in [("synth", ["--help"]), ("synth", ["generate", "--help"]), ("sft", ["--help"]),
-                       ("sft", ["run", "--help"]), ("sft", ["eval", "--help"])]:
+    for prog, args in [
+        ("synth", ["--help"]),
+        ("synth", ["generate", "--help"]),
+        ("sft", ["--help"]),
+        ("sft", ["run", "--help"]),
+        ("sft", ["eval", "--help"]),
+    ]:
         res = run_cli(prog, *args)
         assert res.returncode == 0 and "Usage" in res.stdout, res.stderr
     out = run_cli("synth", "generate", "--help").stdout

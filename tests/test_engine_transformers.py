@@ -13,8 +13,10 @@ pytestmark = pytest.mark.slow
 
 PROMPTS = [
     [{"role": "user", "content": "Hi."}],
-    [{"role": "system", "content": "Always answer in French."},
-     {"role": "user", "content": "Describe, in a few words, the weather you like best on a long summer day."}],
+    [
+        {"role": "system", "content": "Always answer in French."},
+        {"role": "user", "content": "Describe, in a few words, the weather you like best on a long summer day."},
+    ],
     [{"role": "user", "content": "Name a fruit."}],
 ]
 

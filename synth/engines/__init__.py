@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from synth.engines.base import Engine, SamplingParams
 from synth.recipe import Recipe
 
-__all__ = ["Engine", "SamplingParams", "build_engine", "sampling_params"]
+__all__ = ["Engine", "SamplingParams", "build_engine", "sampling_params", "teacher_provenance"]
 
 
 def sampling_params(recipe: Recipe) -> SamplingParams:
@@ -22,11 +24,35 @@ def sampling_params(recipe: Recipe) -> SamplingParams:
     )
 
 
-def build_engine(recipe: Recipe) -> Engine:
-    """Build the teacher's engine; `teacher.path: self` means the student's own initial weights."""
+def _teacher_source(recipe: Recipe) -> tuple[str, str | None]:
+    """(model path, revision) of the teacher; `teacher.path: self` means the student's initial weights."""
     t = recipe.teacher
-    path = recipe.model.path if t.path == "self" else t.path
-    revision = recipe.model.revision if t.path == "self" else t.revision
+    if t.path == "self":
+        return recipe.model.path, recipe.model.revision
+    return t.path, t.revision
+
+
+def teacher_provenance(recipe: Recipe) -> dict[str, Any]:
+    """The `teacher` column the recipe's engine will write, known without loading any model.
+
+    A run folder must not mix rows of two teachers or two sampling settings; comparing this with the
+    rows already on disk catches that before any work, even when no prompt is left to generate.
+    """
+    path, revision = _teacher_source(recipe)
+    if recipe.teacher.engine == "openai":
+        model_id = recipe.teacher.openai.model or path
+    else:
+        from synth.models import resolve_model
+
+        model_id = resolve_model(path)[1]
+    params = sampling_params(recipe)
+    return {"model": model_id, "revision": revision, "engine": recipe.teacher.engine, "sampling": params.as_dict()}
+
+
+def build_engine(recipe: Recipe) -> Engine:
+    """Build the teacher's engine from the recipe."""
+    t = recipe.teacher
+    path, revision = _teacher_source(recipe)
     if t.engine == "openai":
         from synth.engines.openai import OpenAIEngine
 

@@ -1,0 +1,155 @@
+"""Test infrastructure: a real llama.cpp OpenAI-compatible server, and a fault-injecting proxy.
+
+The server is llama.cpp's own `llama-server` (built once by scripts/llama_server.sh, then cached)
+serving the same SmolLM2 GGUF the project embeds, on 127.0.0.1 only. The proxy sits in front of it
+to produce the failures real servers produce under load (429, 5xx, slow answers) on demand.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def llama_server_binary() -> str:
+    """Path of the cached llama-server, building it on first use (~9 min on 2 cores)."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "llama_server.sh")], capture_output=True, text=True, timeout=3600
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"building llama-server failed:\n{out.stderr[-3000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+class LlamaServer:
+    """A llama-server process on 127.0.0.1, stopped by PID."""
+
+    def __init__(self, gguf: Path, slots: int = 2) -> None:
+        self.port = free_port()
+        self.log = open(ROOT / ".pytest_cache" / f"llama-server-{self.port}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                llama_server_binary(),
+                "-m",
+                str(gguf),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "-c",
+                str(2048 * slots),
+                "-np",
+                str(slots),
+                "-t",
+                "2",
+                "--no-webui",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        deadline = time.time() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError("llama-server did not become healthy in 120 s")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 that fails POSTs as `plan(n)` says, else forwards them upstream.
+
+    `plan(n)` gets the 1-based count of POSTs so far and returns None (forward), an HTTP status to
+    answer with, or ("sleep", seconds) to answer late. Every request's headers are recorded.
+    """
+
+    def __init__(self, upstream: str, plan: Callable[[int], object]) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.plan = plan
+        self.posts = 0
+        self.headers: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self, method: str, body: bytes | None) -> None:
+                r = httpx.request(
+                    method,
+                    proxy.upstream + self.path.removeprefix("/v1"),
+                    content=body,
+                    headers={"content-type": "application/json"},
+                    timeout=300,
+                )
+                self._send(r.status_code, r.content)
+
+            def _send(self, status: int, body: bytes, extra: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                proxy.headers.append(dict(self.headers))
+                self._forward("GET", None)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with proxy.lock:
+                    proxy.posts += 1
+                    n = proxy.posts
+                    proxy.headers.append(dict(self.headers))
+                action = proxy.plan(n)
+                if isinstance(action, tuple):
+                    time.sleep(action[1])
+                elif isinstance(action, int):
+                    self._send(action, b'{"error": {"message": "injected failure"}}', {"Retry-After": "0"})
+                    return
+                try:
+                    self._forward("POST", body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,144 @@
+"""The openai engine against a real llama.cpp server process serving the embedded SmolLM2 GGUF."""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from synth.engines.base import SamplingParams
+from synth.engines.openai import OpenAIEngine
+from synth.errors import UserError
+from synth.models import embedded_gguf
+from synth.recipe import OpenAISettings
+from tests.conftest import RECIPE, run_cli
+from tests.servers import FaultProxy, LlamaServer, free_port
+
+pytestmark = pytest.mark.slow
+SECRET = "sk-test-d0-not-leak-4242"
+MSG = [{"role": "user", "content": "Write one sentence about a cat."}]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LlamaServer]:
+    s = LlamaServer(embedded_gguf(), slots=2)
+    yield s
+    s.stop()
+
+
+def engine_for(url: str, **kw: object) -> OpenAIEngine:
+    settings = OpenAISettings(base_url=url, backoff_s=0.01, **kw)  # type: ignore[arg-type]
+    return OpenAIEngine(settings, model_id="smollm2")
+
+
+def test_cli_openai_engine_n_logprobs_and_no_secret_leak(
+    tmp_path: Path, server: LlamaServer, prompts_file: Path
+) -> None:
+    run = tmp_path / "run"
+    # n=3 exceeds the server's 2 slots: llama.cpp answers 400, and the engine falls back to one sample
+    # per request with different seeds.
+    res = run_cli(
+        "synth",
+        "generate",
+        str(RECIPE),
+        "teacher.engine=openai",
+        f"teacher.openai.base_url={server.base_url}",
+        f"prompts.path={prompts_file}",
+        "generate.n=3",
+        "generate.max_new_tokens=12",
+        "generate.logprobs=2",
+        "generate.temperature=1.0",
+        "--run-dir",
+        str(run),
+        env={"OPENAI_API_KEY": SECRET},
+    )
+    assert res.returncode == 0, res.stderr
+    files = sorted(glob.glob(str(run / "generations" / "shard-*.parquet")))
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    assert len(rows) == 9 and all(r["error"] is None for r in rows)
+    assert all(r["teacher"]["engine"] == "openai" for r in rows)
+    by_prompt: dict[str, list[dict]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    assert sorted(len(v) for v in by_prompt.values()) == [3, 3, 3]
+    for samples in by_prompt.values():
+        assert sorted(r["sample_index"] for r in samples) == [0, 1, 2]
+    assert any(len({r["completion"] for r in v}) > 1 for v in by_prompt.values()), "samples are copies"
+    for r in rows:
+        assert r["completion_tokens"] == len(r["logprobs"]) > 0
+        assert all(len(t["top_tokens"]) == 2 for t in r["logprobs"])
+    everything = res.stdout + res.stderr + "".join(Path(f).read_bytes().decode("latin-1") for f in files)
+    everything += "".join(p.read_text() for p in run.rglob("*.json")) + (run / "recipe.resolved.yaml").read_text()
+    assert SECRET not in everything
+
+
+def test_n_within_server_limit_is_one_request(server: LlamaServer) -> None:
+    proxy = FaultProxy(server.base_url, lambda n: None)
+    try:
+        out = engine_for(proxy.base_url).generate([MSG], SamplingParams(n=2, temperature=1.0, max_new_tokens=6))
+    finally:
+        proxy.stop()
+    assert len(out[0]) == 2 and all(c.error is None for c in out[0])
+    assert proxy.posts == 1
+
+
+def test_retries_429_5xx_and_timeouts_then_succeeds(server: LlamaServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    plan = {1: 429, 2: 503, 3: ("sleep", 3.0), 4: 500}
+    proxy = FaultProxy(server.base_url, lambda n: plan.get(n))
+    try:
+        eng = engine_for(proxy.base_url, max_retries=5, timeout_s=1.5)
+        out = eng.generate([MSG], SamplingParams(n=1, max_new_tokens=6))
+    finally:
+        proxy.stop()
+    assert out[0][0].error is None and out[0][0].text
+    assert proxy.posts == 5  # four failures, then the answer
+    assert all(h.get("Authorization") == f"Bearer {SECRET}" for h in proxy.headers)
+
+
+def test_gives_up_and_records_the_reason_per_row(tmp_path: Path, server: LlamaServer, prompts_file: Path) -> None:
+    proxy = FaultProxy(server.base_url, lambda n: 503)
+    try:
+        res = run_cli(
+            "synth",
+            "generate",
+            str(RECIPE),
+            "teacher.engine=openai",
+            f"teacher.openai.base_url={proxy.base_url}",
+            "teacher.openai.max_retries=2",
+            "teacher.openai.backoff_s=0.01",
+            f"prompts.path={prompts_file}",
+            "generate.n=2",
+            "--run-dir",
+            str(tmp_path / "run"),
+        )
+    finally:
+        proxy.stop()
+    assert res.returncode == 0, res.stderr
+    rows = pq.read_table(glob.glob(str(tmp_path / "run/generations/shard-*.parquet"))[0]).to_pylist()
+    assert len(rows) == 6 and all(r["error"].startswith("gave up after 3 tries: HTTP 503") for r in rows)
+    assert proxy.posts == 3 * 3  # three prompts, three tries each
+    assert json.loads((tmp_path / "run/generations/_manifest.json").read_text())["failures"] == 6
+
+
+def test_server_down_is_a_clear_error(tmp_path: Path, prompts_file: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    res = run_cli(
+        "synth",
+        "generate",
+        str(RECIPE),
+        "teacher.engine=openai",
+        f"teacher.openai.base_url={url}",
+        f"prompts.path={prompts_file}",
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
+    assert res.returncode == 2 and "cannot reach the OpenAI-compatible server" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not list((tmp_path / "run").glob("generations/shard-*"))
+    with pytest.raises(UserError):
+        engine_for(url)
