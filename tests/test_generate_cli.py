@@ -112,7 +112,9 @@ def test_interrupted_run_resumes_with_every_row_once(tmp_path: Path, sig: signal
     partial = len(list((run / "generations").glob("shard-*.parquet")))
     assert 2 <= partial < 12, "the run should have been stopped mid-way"
     if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "run the same command again" in " ".join(err.split()) and "Traceback" not in err
+        assert (
+            proc.returncode == 130 and "run the same command again" in " ".join(err.split()) and "Traceback" not in err
+        )
     res = run_cli("synth", "generate", str(RECIPE), *args)
     assert res.returncode == 0, res.stderr
     ds = load_rows(run)
