@@ -39,9 +39,10 @@ def llama_server_binary() -> str:
 class LlamaServer:
     """A llama-server process on 127.0.0.1, stopped by PID."""
 
-    def __init__(self, gguf: Path, slots: int = 2) -> None:
+    def __init__(self, gguf: Path, log_dir: Path, slots: int = 2) -> None:
         self.port = free_port()
-        self.log = open(ROOT / ".pytest_cache" / f"llama-server-{self.port}.log", "w")  # noqa: SIM115
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(log_dir / f"llama-server-{self.port}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 llama_server_binary(),

@@ -24,8 +24,8 @@ MSG = [{"role": "user", "content": "Write one sentence about a cat."}]
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LlamaServer]:
-    s = LlamaServer(embedded_gguf(), slots=2)
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    s = LlamaServer(embedded_gguf(), tmp_path_factory.mktemp("llama-server"), slots=2)
     yield s
     s.stop()
 

@@ -1,0 +1,68 @@
+"""What every curate check shares: the verdict, the row-check interface, and text helpers."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synth.recipe import Recipe
+
+Row = dict[str, Any]
+WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One check's decision on one row; lands in the row's `verdicts` list."""
+
+    passed: bool
+    score: float | None = None
+    reason: str = ""
+
+
+@dataclass
+class Context:
+    """What checks may need at setup: the recipe and where relative paths start."""
+
+    recipe: Recipe
+    recipe_dir: Path | None = None
+
+
+class RowCheck(ABC):
+    """A check that decides each row on its own (filters, verifiers, judges, decontamination)."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        self.name: str = spec.label
+
+    def setup(self, ctx: Context) -> None:
+        """Load what the check needs (models, eval sets, user code) before any row is read."""
+
+    @abstractmethod
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        """One verdict per row, in order."""
+
+    def close(self) -> None:
+        """Release models or connections."""
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens, the unit of n-gram checks."""
+    return WORD.findall(text.lower())
+
+
+def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def user_text(row: Row) -> str:
+    """The user's side of the student's prompt (what the answer responds to)."""
+    return "\n".join(m["content"] for m in row["prompt"] if m["role"] == "user")
+
+
+def snippet(text: str, n: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -1,0 +1,125 @@
+"""Heuristic filters: cheap, per-row, no model. Each rejects with a reason a person can read."""
+
+from __future__ import annotations
+
+from synth.curate.base import Row, RowCheck, Verdict, ngrams, user_text, words
+from synth.errors import UserError
+
+
+class EmptyFilter(RowCheck):
+    """Rejects empty or whitespace-only completions."""
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        return [Verdict(True) if r["completion"].strip() else Verdict(False, reason="empty completion") for r in rows]
+
+
+class TruncatedFilter(RowCheck):
+    """Rejects completions cut off by max_new_tokens (finish_reason == "length")."""
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        bad = Verdict(False, reason="truncated: stopped at max_new_tokens")
+        return [bad if r["finish_reason"] == "length" else Verdict(True) for r in rows]
+
+
+class LengthFilter(RowCheck):
+    """Bounds on characters and/or tokens."""
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        s = self.spec
+        out = []
+        for r in rows:
+            chars = len(r["completion"].strip())
+            tokens = r.get("completion_tokens")
+            reason = ""
+            if s.min_chars is not None and chars < s.min_chars:
+                reason = f"too short: {chars} chars < min_chars {s.min_chars}"
+            elif s.max_chars is not None and chars > s.max_chars:
+                reason = f"too long: {chars} chars > max_chars {s.max_chars}"
+            elif (s.min_tokens is not None or s.max_tokens is not None) and tokens is None:
+                reason = "token count unknown (the engine did not report it); use min_chars/max_chars"
+            elif s.min_tokens is not None and tokens < s.min_tokens:
+                reason = f"too short: {tokens} tokens < min_tokens {s.min_tokens}"
+            elif s.max_tokens is not None and tokens > s.max_tokens:
+                reason = f"too long: {tokens} tokens > max_tokens {s.max_tokens}"
+            out.append(Verdict(not reason, reason=reason))
+        return out
+
+
+class RepetitionFilter(RowCheck):
+    """Rejects degenerate loops: many repeated word n-grams or repeated lines."""
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        s = self.spec
+        out = []
+        for r in rows:
+            grams = ngrams(words(r["completion"]), s.ngram)
+            gram_rep = 1 - len(set(grams)) / len(grams) if grams else 0.0
+            lines = [x.strip() for x in r["completion"].splitlines() if x.strip()]
+            line_rep = 1 - len(set(lines)) / len(lines) if lines else 0.0
+            if gram_rep > s.max_ngram_repeat:
+                reason = f"repetitive: {gram_rep:.0%} of {s.ngram}-grams repeat (max {s.max_ngram_repeat:.0%})"
+            elif line_rep > s.max_line_repeat:
+                reason = f"repetitive: {line_rep:.0%} of lines repeat (max {s.max_line_repeat:.0%})"
+            else:
+                reason = ""
+            out.append(Verdict(not reason, score=1.0 - gram_rep, reason=reason))
+        return out
+
+
+class RefusalFilter(RowCheck):
+    """Rejects refusals and boilerplate, matched case-insensitively against a phrase list."""
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        phrases = [p.lower() for p in self.spec.phrases]
+        out = []
+        for r in rows:
+            text = r["completion"].lower()
+            hit = next((p for p in phrases if p in text), None)
+            out.append(Verdict(True) if hit is None else Verdict(False, reason=f"refusal phrase {hit!r}"))
+        return out
+
+
+class LanguageFilter(RowCheck):
+    """Keeps completions in the wanted languages, by py3langid (offline, ~30k texts/s here).
+
+    The score is the detector's probability of the wanted language (0 when another language wins),
+    so it can rank samples for best-of-n.
+    """
+
+    def setup(self, ctx: object) -> None:
+        try:
+            from py3langid.langid import MODEL_FILE, LanguageIdentifier
+        except ImportError:
+            raise UserError("the language check needs py3langid: pip install py3langid") from None
+        self.identifier = LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        s = self.spec
+        out = []
+        for r in rows:
+            lang, prob = self.identifier.classify(r["completion"])
+            prob = float(prob)
+            ok = lang in s.languages and prob >= s.min_confidence
+            score = prob if lang in s.languages else 0.0
+            reason = "" if ok else f"language {lang} ({prob:.2f}), want {'/'.join(s.languages)} ≥ {s.min_confidence}"
+            out.append(Verdict(ok, score=score, reason=reason))
+        return out
+
+
+class EchoFilter(RowCheck):
+    """Rejects completions that mostly repeat the prompt."""
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        out = []
+        for r in rows:
+            comp = words(r["completion"])
+            prompt = words(user_text(r))
+            n = 3 if len(comp) >= 3 else 1
+            grams = ngrams(comp, n)
+            seen = set(ngrams(prompt, n))
+            overlap = (sum(g in seen for g in grams) / len(grams)) if grams else 0.0
+            if overlap > self.spec.max_overlap:
+                out.append(Verdict(False, reason=f"echoes the prompt: {overlap:.0%} of its {n}-grams are in the prompt"))
+            else:
+                out.append(Verdict(True))
+        return out

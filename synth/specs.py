@@ -1,0 +1,95 @@
+"""Recipe sections shared by several stages (models, engines, prompts, sampling).
+
+Kept apart from `synth.recipe` so that stage-specific sections (e.g. `synth.curate.config`) can use
+them without importing the whole recipe.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Base for recipe sections: unknown fields are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RuntimeSpec(Strict):
+    """Where and how models run on this machine."""
+
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; on a busy 2-core box 1 can beat 2")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+class ModelSpec(Strict):
+    """The student model."""
+
+    path: str = Field("smollm2", description="'smollm2' = the embedded SmolLM2-135M-Instruct, else a folder")
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class OpenAISettings(Strict):
+    """How to reach an OpenAI-compatible server. The API key comes from the environment only."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str | None = Field(None, description="model name sent to the server (default: teacher.path)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable with the key")
+    concurrency: int = Field(8, ge=1, le=1024)
+    max_retries: int = Field(5, ge=0, le=100)
+    timeout_s: float = Field(120.0, gt=0)
+    backoff_s: float = Field(1.0, ge=0)
+
+
+class VLLMSettings(Strict):
+    """Settings for vLLM's offline engine (GPU only)."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=1)
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM as they are")
+
+
+class TeacherSpec(Strict):
+    """The model that writes the completions, and the view of the prompt it gets."""
+
+    path: str = Field("self", description="'self' = the student's own initial weights, else a model")
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    engine: Literal["transformers", "openai", "vllm"] = "transformers"
+    system_prompt: str | None = Field(None, description="privileged context: only the teacher sees it")
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+
+
+class PromptsSpec(Strict):
+    """Where the prompts come from and which columns hold them."""
+
+    path: str | None = Field(None, description="local .jsonl/.json/.parquet/.csv file")
+    dataset: str | None = Field(None, description="a name for datasets.load_dataset, instead of a path")
+    dataset_config: str | None = None
+    split: str = "train"
+    prompt_column: str = "prompt"
+    messages_column: str | None = Field(None, description="a column of chat messages instead of a string")
+    id_column: str | None = Field("id", description="source ids kept in meta, used when present")
+    system_prompt: str | None = Field(None, description="system prompt the student sees (both views)")
+    meta_columns: list[str] = Field(default_factory=list)
+    limit: int | None = Field(None, ge=1)
+
+
+class GenerateSpec(Strict):
+    """Sampling parameters and batching for `synth generate`."""
+
+    n: int = Field(4, ge=1, le=256, description="samples per prompt")
+    temperature: float = Field(0.7, ge=0, le=5)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    seed: int = 0
+    logprobs: int | None = Field(None, ge=1, le=20, description="keep the teacher's top-k logprobs")
+    batch_size: int = Field(32, ge=1, description="sequences per forward pass (transformers engine)")
+    prompts_per_shard: int = Field(32, ge=1, description="prompts per parquet shard (the unit of resume)")
