@@ -67,6 +67,34 @@ def generate(
     guarded(body)
 
 
+@app.command()
+def curate(
+    recipe: Path = typer.Argument(..., help="The YAML recipe whose generations to curate."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
+) -> None:
+    """Filter, deduplicate, decontaminate, judge and select the generations.
+
+    Runs the checks listed in the recipe's `curate.checks`, in order, on RUN_DIR/generations/ and
+    writes RUN_DIR/curated/: `kept.parquet` (training-ready: TRL's prompt-completion format with all
+    provenance), `rejected.parquet` (every other row, with `rejected_by` and `reason`), and
+    `report.json` / `report.md` (counts per check, kept per prompt, score histograms, examples).
+    """
+
+    def body() -> None:
+        from rich.console import Console
+
+        from synth import runtime
+        from synth.curate.stage import run_curate, summary_table
+
+        r = load(recipe, overrides)
+        runtime.configure(r.runtime)
+        summary = run_curate(r, run_dir_for(r, run_dir), recipe_dir=recipe.parent)
+        Console().print(summary_table(summary))
+
+    guarded(body)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -153,3 +153,16 @@ def make_rows(
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows to an arrow table with the fixed schema."""
     return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def _with(schema: pa.Schema, replace: dict[str, pa.DataType], extra: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    fields = [pa.field(f.name, replace.get(f.name, f.type)) for f in schema]
+    return pa.schema(fields + [pa.field(n, t) for n, t in extra])
+
+
+# curated/kept.parquet: TRL's conversational prompt-completion format (`prompt` = the student's
+# messages, `completion` = one assistant message), so SFTTrainer trains on it directly, with loss on
+# the completion only; every provenance column stays, plus the ranking score.
+KEPT_SCHEMA = _with(SCHEMA, {"completion": pa.list_(MESSAGE)}, [("score", pa.float64())])
+# curated/rejected.parquet: the record as generated, plus the first failing check and its reason.
+REJECTED_SCHEMA = _with(SCHEMA, {}, [("rejected_by", pa.string()), ("reason", pa.string())])

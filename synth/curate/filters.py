@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from synth.curate.base import Row, RowCheck, Verdict, ngrams, user_text, words
 from synth.errors import UserError
 
@@ -88,10 +90,10 @@ class LanguageFilter(RowCheck):
 
     def setup(self, ctx: object) -> None:
         try:
-            from py3langid.langid import MODEL_FILE, LanguageIdentifier
+            from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
         except ImportError:
             raise UserError("the language check needs py3langid: pip install py3langid") from None
-        self.identifier = LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
+        self.identifier = LanguageIdentifier.from_modelpath(Path(MODEL_DIR) / MODEL_FILE, norm_probs=True)
 
     def run(self, rows: list[Row]) -> list[Verdict]:
         s = self.spec
@@ -119,7 +121,9 @@ class EchoFilter(RowCheck):
             seen = set(ngrams(prompt, n))
             overlap = (sum(g in seen for g in grams) / len(grams)) if grams else 0.0
             if overlap > self.spec.max_overlap:
-                out.append(Verdict(False, reason=f"echoes the prompt: {overlap:.0%} of its {n}-grams are in the prompt"))
+                out.append(
+                    Verdict(False, reason=f"echoes the prompt: {overlap:.0%} of its {n}-grams are in the prompt")
+                )
             else:
                 out.append(Verdict(True))
         return out

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from synth.engines.base import Engine, SamplingParams
-from synth.recipe import Recipe
+from synth.recipe import Recipe, TeacherSpec
 
-__all__ = ["Engine", "SamplingParams", "build_engine", "sampling_params", "teacher_provenance"]
+__all__ = ["Engine", "SamplingParams", "build_engine", "build_engine_for", "sampling_params", "teacher_provenance"]
 
 
 def sampling_params(recipe: Recipe) -> SamplingParams:
@@ -24,12 +24,11 @@ def sampling_params(recipe: Recipe) -> SamplingParams:
     )
 
 
-def _teacher_source(recipe: Recipe) -> tuple[str, str | None]:
-    """(model path, revision) of the teacher; `teacher.path: self` means the student's initial weights."""
-    t = recipe.teacher
-    if t.path == "self":
+def _source(spec: TeacherSpec, recipe: Recipe) -> tuple[str, str | None]:
+    """(model path, revision) of a teacher or judge; `path: self` means the student's initial weights."""
+    if spec.path == "self":
         return recipe.model.path, recipe.model.revision
-    return t.path, t.revision
+    return spec.path, spec.revision
 
 
 def teacher_provenance(recipe: Recipe) -> dict[str, Any]:
@@ -38,7 +37,7 @@ def teacher_provenance(recipe: Recipe) -> dict[str, Any]:
     A run folder must not mix rows of two teachers or two sampling settings; comparing this with the
     rows already on disk catches that before any work, even when no prompt is left to generate.
     """
-    path, revision = _teacher_source(recipe)
+    path, revision = _source(recipe.teacher, recipe)
     if recipe.teacher.engine == "openai":
         model_id = recipe.teacher.openai.model or path
     else:
@@ -51,8 +50,12 @@ def teacher_provenance(recipe: Recipe) -> dict[str, Any]:
 
 def build_engine(recipe: Recipe) -> Engine:
     """Build the teacher's engine from the recipe."""
-    t = recipe.teacher
-    path, revision = _teacher_source(recipe)
+    return build_engine_for(recipe.teacher, recipe, recipe.generate.batch_size, recipe.generate.seed)
+
+
+def build_engine_for(t: TeacherSpec, recipe: Recipe, batch_size: int, seed: int = 0) -> Engine:
+    """Build an engine for a teacher or a judge spec (`engine`, `path`, `openai`, `vllm` fields)."""
+    path, revision = _source(t, recipe)
     if t.engine == "openai":
         from synth.engines.openai import OpenAIEngine
 
@@ -63,7 +66,7 @@ def build_engine(recipe: Recipe) -> Engine:
     if t.engine == "vllm":
         from synth.engines.vllm import VLLMEngine
 
-        return VLLMEngine(load_path, model_id, revision, t.vllm, dtype=t.dtype, seed=recipe.generate.seed)
+        return VLLMEngine(load_path, model_id, revision, t.vllm, dtype=t.dtype, seed=seed)
     from synth.engines.hf import TransformersEngine
 
     return TransformersEngine(
@@ -72,5 +75,5 @@ def build_engine(recipe: Recipe) -> Engine:
         revision,
         dtype=t.dtype,
         device=recipe.runtime.device,
-        batch_size=recipe.generate.batch_size,
+        batch_size=batch_size,
     )

@@ -1,0 +1,75 @@
+"""Benchmark decontamination by word n-gram overlap with evaluation sets.
+
+An eval item of at least `ngram` words contributes all its `ngram`-word windows; a shorter item (most
+instructions are shorter than 13 words) must appear whole. A row is contaminated when its prompt or
+completion contains such a window; the verdict and the report name the eval item it matched.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from synth.curate.base import Context, Row, RowCheck, Verdict, snippet, user_text, words
+from synth.errors import UserError
+from synth.prompts import iter_source
+from synth.specs import PromptsSpec
+
+
+class Decontaminate(RowCheck):
+    """Rejects rows that share an n-gram with any evaluation item."""
+
+    def setup(self, ctx: Context) -> None:
+        n = self.spec.ngram
+        self.index: dict[tuple[str, ...], int] = {}
+        self.items: list[tuple[str, str]] = []  # (eval set label, text)
+        self.lengths: set[int] = set()
+        for es in self.spec.eval_sets:
+            label = es.path or es.dataset or "?"
+            source = PromptsSpec(path=es.path, dataset=es.dataset, split=es.split)
+            for where, row in iter_source(source, ctx.recipe_dir):
+                for col in es.columns:
+                    if col not in row:
+                        raise UserError(f"{where}: eval set has no column {col!r}; columns: {', '.join(row)}")
+                    text = row[col] if isinstance(row[col], str) else str(row[col])
+                    toks = words(text)
+                    if not toks:
+                        continue
+                    item = len(self.items)
+                    self.items.append((f"{label}#{where.rsplit(':', 1)[-1]}", text))
+                    size = min(n, len(toks))
+                    self.lengths.add(size)
+                    for i in range(len(toks) - size + 1):
+                        self.index.setdefault(tuple(toks[i : i + size]), item)
+        self.matches: Counter[int] = Counter()
+
+    def _hit(self, text: str) -> int | None:
+        toks = words(text)
+        for size in sorted(self.lengths, reverse=True):
+            for i in range(len(toks) - size + 1):
+                item = self.index.get(tuple(toks[i : i + size]))
+                if item is not None:
+                    return item
+        return None
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        out = []
+        for r in rows:
+            verdict = Verdict(True)
+            for field in self.spec.fields:
+                item = self._hit(user_text(r) if field == "prompt" else r["completion"])
+                if item is not None:
+                    self.matches[item] += 1
+                    label, text = self.items[item]
+                    verdict = Verdict(
+                        False, reason=f"contaminated: {field} matches eval item {label} ({snippet(text, 60)!r})"
+                    )
+                    break
+            out.append(verdict)
+        return out
+
+    def report(self) -> list[dict[str, object]]:
+        """Which eval items matched, and how many rows each."""
+        return [
+            {"eval_item": self.items[i][0], "text": snippet(self.items[i][1], 120), "rows": c}
+            for i, c in self.matches.most_common()
+        ]

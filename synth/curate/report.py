@@ -1,0 +1,148 @@
+"""curated/report.json (for machines) and report.md (for people): why each row went where it did."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from synth.curate.base import Verdict, snippet
+from synth.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from synth.curate.stage import CurateSummary, Curator
+
+EXAMPLES = 3
+
+
+@dataclass
+class CheckStats:
+    """Counts, timing, scores and rejection examples of one check."""
+
+    name: str
+    type: str
+    evaluated: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    scores: list[float] = field(default_factory=list)
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, v: Verdict) -> None:
+        self.evaluated += 1
+        self.failed += not v.passed
+        if v.score is not None:
+            self.scores.append(v.score)
+
+    def example(self, row_id: str, completion: Any, reason: str) -> None:
+        if len(self.examples) < EXAMPLES:
+            text = completion if isinstance(completion, str) else str(completion)
+            self.examples.append({"id": row_id, "completion": snippet(text, 120), "reason": reason})
+
+
+def histogram(values: list[float], bins: int = 10) -> list[dict[str, Any]]:
+    """Equal-width bins between the smallest and largest score."""
+    if not values:
+        return []
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return [{"from": lo, "to": hi, "count": len(values)}]
+    width = (hi - lo) / bins
+    counts = [0] * bins
+    for v in values:
+        counts[min(int((v - lo) / width), bins - 1)] += 1
+    return [
+        {"from": round(lo + i * width, 4), "to": round(lo + (i + 1) * width, 4), "count": c}
+        for i, c in enumerate(counts)
+    ]
+
+
+def build_report(summary: CurateSummary, curator: Curator) -> dict[str, Any]:
+    per_prompt: dict[str, int] = {}
+    for n in curator.kept_per_prompt.values():  # type: ignore[attr-defined]
+        per_prompt[str(n)] = per_prompt.get(str(n), 0) + 1
+    decontam = [c.report() for c in curator.row_checks if hasattr(c, "report")]
+    return {
+        "rows_in": summary.rows_in,
+        "prompts": summary.prompts,
+        "kept": summary.kept,
+        "rejected": summary.rejected,
+        "seconds": round(summary.seconds, 3),
+        "rows_per_s": round(summary.rows_per_s, 1),
+        "ranking_score": summary.score_name,
+        "select": curator.spec.select.model_dump(),
+        "checks": [
+            {
+                "name": s.name,
+                "type": s.type,
+                "evaluated": s.evaluated,
+                "rejected": s.failed,
+                "seconds": round(s.seconds, 3),
+                "rows_per_s": round(s.evaluated / s.seconds, 1) if s.seconds > 0 else None,
+            }
+            for s in summary.stats.values()
+        ],
+        "rejections": {s.name: s.failed for s in summary.stats.values() if s.failed},
+        "examples": {s.name: s.examples for s in summary.stats.values() if s.examples},
+        "kept_per_prompt": dict(sorted(per_prompt.items(), key=lambda kv: int(kv[0]))),
+        "scores": {
+            s.name: {
+                "count": len(s.scores),
+                "mean": sum(s.scores) / len(s.scores),
+                "min": min(s.scores),
+                "max": max(s.scores),
+                "histogram": histogram(s.scores),
+            }
+            for s in summary.stats.values()
+            if s.scores
+        },
+        "decontamination": [m for d in decontam for m in d],
+    }
+
+
+def to_markdown(rep: dict[str, Any], run_dir: Path) -> str:
+    lines = [
+        f"# Curate report: {run_dir.name}",
+        "",
+        f"{rep['rows_in']} rows from {rep['prompts']} prompts → **{rep['kept']} kept**, {rep['rejected']} rejected "
+        f"in {rep['seconds']:.1f} s ({rep['rows_per_s']:,.0f} rows/s). Ranking score: `{rep['ranking_score']}`; "
+        f"selection: `{rep['select']['strategy']}`.",
+        "",
+        "## Checks, in order",
+        "",
+        "| check | type | evaluated | rejected | rows/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for c in rep["checks"]:
+        rate = f"{c['rows_per_s']:,.0f}" if c["rows_per_s"] else "-"
+        lines.append(f"| {c['name']} | {c['type']} | {c['evaluated']} | {c['rejected']} | {rate} |")
+    lines += ["", "## Kept samples per prompt", "", "| kept | prompts |", "|---:|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in rep["kept_per_prompt"].items()]
+    if rep["scores"]:
+        lines += ["", "## Scores", ""]
+        for name, s in rep["scores"].items():
+            lines += [
+                f"**{name}**: n={s['count']}, mean {s['mean']:.3g}, min {s['min']:.3g}, max {s['max']:.3g}",
+                "",
+                "| from | to | rows |",
+                "|---:|---:|---:|",
+            ]
+            lines += [f"| {b['from']:.3g} | {b['to']:.3g} | {b['count']} |" for b in s["histogram"]]
+            lines.append("")
+    if rep["examples"]:
+        lines += ["", "## Examples of each rejection reason", ""]
+        for name, examples in rep["examples"].items():
+            lines.append(f"**{name}**")
+            lines += [f"- `{e['id']}`: {e['reason']} — “{e['completion']}”" for e in examples]
+            lines.append("")
+    if rep["decontamination"]:
+        lines += ["", "## Evaluation items found in the data", "", "| eval item | rows | text |", "|---|---:|---|"]
+        lines += [f"| {m['eval_item']} | {m['rows']} | {m['text']} |" for m in rep["decontamination"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out: Path, summary: CurateSummary, curator: Curator) -> dict[str, Any]:
+    rep = build_report(summary, curator)
+    atomic_write_text(out / "report.json", json.dumps(rep, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "report.md", to_markdown(rep, summary.run_dir))
+    return rep

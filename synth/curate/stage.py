@@ -1,0 +1,339 @@
+"""`synth curate`: decide, with a reason for every row, which generations a student learns from.
+
+Order of work:
+1. Row checks (filters, decontamination, verifiers, judges) run shard by shard in the order the
+   recipe lists them; a row's first failing check rejects it and later checks skip it.
+2. Dedup checks (exact, near) run over the rows that passed every row check. They need the whole set
+   and keep the best-ranked member of each cluster, and ranks come from judge and verifier scores,
+   so they are resolved after the row checks whatever their place in the list.
+3. Selection (best-of-n, top-k, threshold, all) per prompt, on the same ranking.
+Only a shard of rows is in memory at a time, beyond the dedup index (hashes and MinHash signatures).
+Everything is written into a temp folder that replaces `curated/` in one rename at the end, so a
+crash never leaves a half-written curated set; re-runs give a byte-identical `kept.parquet`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from synth.curate.base import Context, Row, RowCheck, Verdict, snippet
+from synth.curate.decontam import Decontaminate
+from synth.curate.dedup import ExactDedup, GroupCheck, NearDedup
+from synth.curate.filters import (
+    EchoFilter,
+    EmptyFilter,
+    LanguageFilter,
+    LengthFilter,
+    RefusalFilter,
+    RepetitionFilter,
+    TruncatedFilter,
+)
+from synth.curate.judges import LLMJudge, RewardModelJudge
+from synth.curate.report import CheckStats, write_reports
+from synth.curate.verifiers import ExactMatchVerifier, JsonSchemaVerifier, PythonVerifier, RegexVerifier
+from synth.errors import UserError
+from synth.recipe import Recipe, dump_resolved
+from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA
+
+ROW_CHECKS: dict[str, type[RowCheck]] = {
+    "empty": EmptyFilter,
+    "truncated": TruncatedFilter,
+    "length": LengthFilter,
+    "repetition": RepetitionFilter,
+    "refusal": RefusalFilter,
+    "language": LanguageFilter,
+    "echo": EchoFilter,
+    "decontaminate": Decontaminate,
+    "regex": RegexVerifier,
+    "json_schema": JsonSchemaVerifier,
+    "exact_match": ExactMatchVerifier,
+    "python": PythonVerifier,
+    "llm_judge": LLMJudge,
+    "reward_model": RewardModelJudge,
+}
+GROUP_CHECKS: dict[str, type[GroupCheck]] = {"exact_dedup": ExactDedup, "near_dedup": NearDedup}
+SCORED = {"language", "regex", "json_schema", "exact_match", "python", "llm_judge", "reward_model"}
+
+
+@dataclass
+class CurateSummary:
+    """What one curate run did (also the basis of report.json)."""
+
+    run_dir: Path
+    rows_in: int = 0
+    prompts: int = 0
+    kept: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    score_name: str | None = None
+    stats: dict[str, CheckStats] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
+
+
+def _ranking_score(spec_checks: list[Any], chosen: str | None) -> str | None:
+    if chosen:
+        return chosen
+    scored = [c.label for c in spec_checks if c.type in SCORED]
+    return scored[-1] if scored else None
+
+
+def _verdict_dict(name: str, v: Verdict) -> dict[str, Any]:
+    return {"name": name, "passed": v.passed, "score": v.score, "reason": v.reason}
+
+
+class Curator:
+    """Holds the checks and the cross-shard state of one curate run."""
+
+    def __init__(self, recipe: Recipe, recipe_dir: Path | None) -> None:
+        spec = recipe.curate
+        self.spec = spec
+        self.row_checks = [ROW_CHECKS[c.type](c) for c in spec.checks if c.type in ROW_CHECKS]
+        self.group_checks = [GROUP_CHECKS[c.type](c) for c in spec.checks if c.type in GROUP_CHECKS]
+        self.score_name = _ranking_score(spec.checks, spec.score)
+        self.stats: dict[str, CheckStats] = {"generate": CheckStats("generate", "generate")}
+        for c in spec.checks:
+            self.stats[c.label] = CheckStats(c.label, c.type)
+        self.stats["select"] = CheckStats("select", spec.select.strategy)
+        ctx = Context(recipe, recipe_dir)
+        for check in self.row_checks:  # load models, eval sets and user code before any row is read
+            check.setup(ctx)
+        # id -> (score, sample_index, order, prompt_id) for rows alive after the row checks
+        self.alive: dict[str, tuple[float | None, int, int, str]] = {}
+        self.order = 0
+        self.prompts: dict[str, int] = {}
+
+    def _reject(self, row: Row, name: str, v: Verdict) -> None:
+        row["rejected_by"] = name
+        row["reason"] = v.reason or f"{name} failed"
+        self.stats[name].example(row["id"], row["completion"], row["reason"])
+
+    def row_pass(self, rows: list[Row]) -> None:
+        """Run the row checks on one shard's rows (in place) and feed the survivors to dedup."""
+        for r in rows:
+            r["verdicts"] = list(r["verdicts"] or [])
+            r["rejected_by"] = r["reason"] = None
+            self.prompts.setdefault(r["prompt_id"], len(self.prompts))
+            gen = self.stats["generate"]
+            gen.evaluated += 1
+            if r["error"] is not None:
+                gen.failed += 1
+                self._reject(r, "generate", Verdict(False, reason=r["error"]))
+        alive = [r for r in rows if r["rejected_by"] is None]
+        for check in self.row_checks:
+            if not alive:
+                break
+            st = self.stats[check.name]
+            t0 = time.perf_counter()
+            verdicts = check.run(alive)
+            st.seconds += time.perf_counter() - t0
+            survivors = []
+            for r, v in zip(alive, verdicts, strict=True):
+                r["verdicts"].append(_verdict_dict(check.name, v))
+                st.add(v)
+                if v.passed:
+                    survivors.append(r)
+                else:
+                    self._reject(r, check.name, v)
+            alive = survivors
+        for g in self.group_checks:
+            t0 = time.perf_counter()
+            g.add(alive)
+            self.stats[g.name].seconds += time.perf_counter() - t0
+        for r in alive:
+            score = next((v["score"] for v in r["verdicts"] if v["name"] == self.score_name), None)
+            self.alive[r["id"]] = (score, r["sample_index"], self.order, r["prompt_id"])
+            self.order += 1
+
+    def _rank(self, row_id: str) -> tuple[float, int, int]:
+        score, sample_index, order, _ = self.alive[row_id]
+        return (-(score if score is not None and not math.isnan(score) else -math.inf), sample_index, order)
+
+    def group_pass(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, tuple[str, str]]]:
+        """Resolve dedup clusters, then select per prompt; return late verdicts and late rejections."""
+        late: dict[str, list[dict[str, Any]]] = {}
+        rejected: dict[str, tuple[str, str]] = {}
+        alive = set(self.alive)
+        for g in self.group_checks:
+            st = self.stats[g.name]
+            t0 = time.perf_counter()
+            for row_id, v in g.resolve(alive, self._rank).items():
+                late.setdefault(row_id, []).append(_verdict_dict(g.name, v))
+                st.add(v)
+                if not v.passed:
+                    rejected[row_id] = (g.name, v.reason)
+                    alive.discard(row_id)
+            st.seconds += time.perf_counter() - t0
+        by_prompt: dict[str, list[str]] = {}
+        for row_id in alive:
+            by_prompt.setdefault(self.alive[row_id][3], []).append(row_id)
+        st = self.stats["select"]
+        for ids in by_prompt.values():
+            ids.sort(key=self._rank)
+            for rank, row_id in enumerate(ids):
+                v = self._select(rank, row_id, ids[0])
+                late.setdefault(row_id, []).append(_verdict_dict("select", v))
+                st.add(v)
+                if not v.passed:
+                    rejected[row_id] = ("select", v.reason)
+        return late, rejected
+
+    def _select(self, rank: int, row_id: str, best: str) -> Verdict:
+        sel = self.spec.select
+        score = self.alive[row_id][0]
+        shown = "no score" if score is None else f"score {score:.3g}"
+        if sel.strategy == "all":
+            return Verdict(True, score)
+        if sel.strategy == "threshold":
+            ok = score is not None and score >= (sel.min_score or 0)
+            return Verdict(ok, score, "" if ok else f"{shown} below select.min_score {sel.min_score:g}")
+        k = 1 if sel.strategy == "best_of_n" else sel.k
+        if rank < k:
+            return Verdict(True, score)
+        return Verdict(False, score, f"{sel.strategy}: ranked {rank + 1} of its prompt ({shown}; best {best})")
+
+    def close(self) -> None:
+        for c in self.row_checks:
+            c.close()
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace `final` by `tmp` with renames only, so `final` is never half-written."""
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_curate(
+    recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None, console: Console | None = None
+) -> CurateSummary:
+    """Curate `run_dir/generations` into `run_dir/curated`; see the module docstring."""
+    console = console or Console(stderr=True)
+    gen_dir = run_dir / "generations"
+    shards = sorted(gen_dir.glob("shard-*.parquet"))
+    if not shards:
+        raise UserError(f"no generations in {gen_dir}", "run `synth generate` with the same recipe first")
+    for stale in run_dir.glob(".curated*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    start = time.perf_counter()
+    curator = Curator(recipe, recipe_dir)
+    summary = CurateSummary(run_dir, score_name=curator.score_name, stats=curator.stats)
+    tmp = run_dir / f".curated.tmp-{os.getpid()}"
+    work = tmp / "work"
+    work.mkdir(parents=True)
+    try:
+        with Progress(
+            TextColumn("[bold]curating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("shards"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("curate", total=len(shards), rate="")
+            for i, shard in enumerate(shards):
+                rows = pq.read_table(shard).to_pylist()
+                summary.rows_in += len(rows)
+                curator.row_pass(rows)
+                pq.write_table(pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA), work / f"part-{i:05d}.parquet")
+                rate = summary.rows_in / max(time.perf_counter() - start, 1e-9)
+                progress.update(task, advance=1, rate=f"{rate:,.0f} rows/s")
+        late, late_rejected = curator.group_pass()
+        summary.kept, summary.rejected = _write_outputs(work, tmp, late, late_rejected, curator)
+        summary.prompts = len(curator.prompts)
+        summary.seconds = time.perf_counter() - start
+        shutil.rmtree(work)
+        dump_resolved(recipe, tmp / "recipe.resolved.yaml")
+        write_reports(tmp, summary, curator)
+        _swap_in(tmp, run_dir / "curated")
+    finally:
+        curator.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def _write_outputs(
+    work: Path,
+    out: Path,
+    late: dict[str, list[dict[str, Any]]],
+    late_rejected: dict[str, tuple[str, str]],
+    curator: Curator,
+) -> tuple[int, int]:
+    """Stream the work parts into kept.parquet (TRL prompt-completion format) and rejected.parquet."""
+    kept_n = rejected_n = 0
+    kept_per_prompt = dict.fromkeys(curator.prompts, 0)
+    with (
+        pq.ParquetWriter(out / "kept.parquet", KEPT_SCHEMA) as kept_w,
+        pq.ParquetWriter(out / "rejected.parquet", REJECTED_SCHEMA) as rej_w,
+    ):
+        for part in sorted(work.glob("part-*.parquet")):
+            kept, rejected = [], []
+            for r in pq.read_table(part).to_pylist():
+                r["verdicts"] = r["verdicts"] + late.get(r["id"], [])
+                if r["rejected_by"] is None and r["id"] in late_rejected:
+                    name, reason = late_rejected[r["id"]]
+                    r["rejected_by"], r["reason"] = name, reason
+                    curator.stats[name].example(r["id"], r["completion"], reason)
+                if r["rejected_by"] is None:
+                    r["score"] = curator.alive[r["id"]][0]
+                    r["completion"] = [{"role": "assistant", "content": r["completion"]}]
+                    kept.append(r)
+                    kept_per_prompt[r["prompt_id"]] += 1
+                else:
+                    rejected.append(r)
+            if kept:
+                kept_w.write_table(pa.Table.from_pylist(kept, schema=KEPT_SCHEMA))
+            if rejected:
+                rej_w.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA))
+            kept_n += len(kept)
+            rejected_n += len(rejected)
+    curator.kept_per_prompt = kept_per_prompt  # type: ignore[attr-defined]
+    return kept_n, rejected_n
+
+
+def summary_table(s: CurateSummary):
+    """The table printed at the end of `synth curate`."""
+    from rich.table import Table
+
+    t = Table(title=f"synth curate: {s.run_dir / 'curated'}")
+    for col, just in (
+        ("check", "left"),
+        ("type", "left"),
+        ("evaluated", "right"),
+        ("rejected", "right"),
+        ("rows/s", "right"),
+    ):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for st in s.stats.values():
+        rate = f"{st.evaluated / st.seconds:,.0f}" if st.seconds > 0 else "-"
+        t.add_row(st.name, st.type, str(st.evaluated), str(st.failed), rate)
+    t.add_section()
+    t.add_row("kept", "", str(s.kept), "", "")
+    t.add_row("rejected", "", str(s.rejected), "", "")
+    t.add_row("total", f"{s.seconds:.1f} s", str(s.rows_in), "", f"{s.rows_per_s:,.0f}")
+    return t
+
+
+def load_report(run_dir: Path) -> dict[str, Any]:
+    """The last curate report of a run (for later stages and tests)."""
+    return json.loads((run_dir / "curated" / "report.json").read_text())
+
+
+__all__ = ["CurateSummary", "load_report", "run_curate", "snippet", "summary_table"]

@@ -1,0 +1,148 @@
+"""Programmatic verifiers: regex, JSON schema, exact match against a reference, and user functions.
+
+Each gives a score (1/0, or the user's number) that can rank samples for best-of-n. A user function
+that raises on a row rejects that row with the exception as its reason; it never stops the run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import string
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from synth.curate.base import Context, Row, RowCheck, Verdict, snippet
+from synth.errors import UserError
+
+FENCE = re.compile(r"^\s*```[\w-]*\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
+
+
+class RegexVerifier(RowCheck):
+    """Passes when the completion matches (or, with must_match false, does not match) a pattern."""
+
+    def setup(self, ctx: Context) -> None:
+        try:
+            self.pattern = re.compile(self.spec.pattern, re.IGNORECASE if self.spec.ignore_case else 0)
+        except re.error as exc:
+            raise UserError(f"curate check {self.name!r}: pattern {self.spec.pattern!r} is not a valid regex: {exc}")
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        out = []
+        for r in rows:
+            found = self.pattern.search(r["completion"]) is not None
+            ok = found == self.spec.must_match
+            reason = "" if ok else ("no match for " if self.spec.must_match else "matches ") + repr(self.spec.pattern)
+            out.append(Verdict(ok, score=float(ok), reason=reason))
+        return out
+
+
+class JsonSchemaVerifier(RowCheck):
+    """Passes when the completion (optionally inside a ``` fence) is JSON valid under a schema."""
+
+    def setup(self, ctx: Context) -> None:
+        import jsonschema
+
+        cls = jsonschema.validators.validator_for(self.spec.json_schema)
+        try:
+            cls.check_schema(self.spec.json_schema)
+        except jsonschema.SchemaError as exc:
+            raise UserError(f"curate check {self.name!r}: the schema is not valid: {exc.message}") from None
+        self.validator = cls(self.spec.json_schema)
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        out = []
+        for r in rows:
+            text = r["completion"]
+            m = FENCE.match(text)
+            try:
+                value = json.loads(m.group(1) if m else text)
+            except json.JSONDecodeError as exc:
+                out.append(Verdict(False, 0.0, f"not JSON: {exc.msg} at line {exc.lineno}"))
+                continue
+            error = next(iter(self.validator.iter_errors(value)), None)
+            if error is None:
+                out.append(Verdict(True, 1.0))
+            else:
+                where = "/".join(map(str, error.absolute_path)) or "(root)"
+                out.append(Verdict(False, 0.0, f"schema: {where}: {snippet(error.message, 100)}"))
+        return out
+
+
+def _normalize(text: str) -> str:
+    table = str.maketrans("", "", string.punctuation)
+    return " ".join(text.lower().translate(table).split())
+
+
+class ExactMatchVerifier(RowCheck):
+    """Compares the completion with a reference carried in the row's meta (prompts.meta_columns)."""
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        key, mode = self.spec.reference, self.spec.mode
+        out = []
+        for r in rows:
+            ref = json.loads(r["meta"] or "{}").get(key)
+            if ref is None:
+                out.append(Verdict(False, 0.0, f"no reference {key!r} in meta; add it to prompts.meta_columns"))
+                continue
+            got, want = r["completion"], str(ref)
+            if self.spec.normalize:
+                got, want = _normalize(got), _normalize(want)
+            ok = got == want if mode == "exact" else want in got
+            out.append(Verdict(ok, float(ok), "" if ok else f"{mode} match failed: want {snippet(str(ref), 40)!r}"))
+        return out
+
+
+def load_function(ref: str, where: str) -> Callable[[Row], Any]:
+    """Import `module:function`, looking in the working folder too (users keep checks beside recipes)."""
+    module_name, func_name = ref.split(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time error of user code
+        raise UserError(f"{where}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise UserError(f"{where}: {module_name!r} has no function {func_name!r}")
+    return func
+
+
+class PythonVerifier(RowCheck):
+    """Calls a user function on each row.
+
+    The function gets the row (a dict with `prompt`, `completion`, `meta`, ...) and returns a bool, a
+    number (a score; `min_score` decides), `(score, reason)`, or `{"passed", "score", "reason"}`.
+    """
+
+    def setup(self, ctx: Context) -> None:
+        self.func = load_function(self.spec.function, f"curate check {self.name!r}")
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        out = []
+        for r in rows:
+            try:
+                out.append(self._verdict(self.func(r)))
+            except Exception as exc:  # user code: record, never crash the run
+                out.append(Verdict(False, None, f"{self.spec.function} raised {type(exc).__name__}: {exc}"))
+        return out
+
+    def _verdict(self, value: Any) -> Verdict:
+        min_score = self.spec.min_score
+        if isinstance(value, bool):
+            return Verdict(value, float(value), "" if value else f"{self.spec.function} returned False")
+        if isinstance(value, int | float):
+            ok = min_score is None or value >= min_score
+            return Verdict(ok, float(value), "" if ok else f"score {value:g} < min_score {min_score:g}")
+        if isinstance(value, tuple) and len(value) == 2:
+            score, reason = value
+            ok = min_score is None or float(score) >= min_score
+            return Verdict(ok, float(score), "" if ok else str(reason))
+        if isinstance(value, dict):
+            score = value.get("score")
+            ok = bool(value.get("passed", min_score is None or (score is not None and score >= min_score)))
+            return Verdict(ok, None if score is None else float(score), str(value.get("reason", "")))
+        raise TypeError(f"returned {type(value).__name__}; expected bool, number, (score, reason) or dict")
