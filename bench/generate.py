@@ -32,11 +32,16 @@ def naive(engine: TransformersEngine, prompts: list[list[dict[str, str]]], p: Sa
         torch.manual_seed(p.seed + i)
         with torch.inference_mode():
             out = engine.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=p.max_new_tokens,
-                do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=0,
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=p.max_new_tokens,
+                do_sample=True,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                top_k=0,
                 pad_token_id=engine.tokenizer.pad_token_id,
             )
-        new = out[0, ids.shape[1]:].tolist()
+        new = out[0, ids.shape[1] :].tolist()
         stop = next((j for j, t in enumerate(new) if t in engine.eos_ids), len(new))
         tokens += stop
     return tokens

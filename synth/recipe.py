@@ -74,7 +74,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"override {text!r} is not of the form key.path=value", "e.g. generate.n=4")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
-    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|\d+", p) for p in parts):
         raise UserError(f"override {text!r}: {key!r} is not a field path", "e.g. prompts.path=my.jsonl")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -84,19 +84,30 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each `key.path=value` in the raw recipe dict, creating sections as needed."""
+    """Set each `key.path=value` in the raw recipe dict, creating sections as needed.
+
+    A number in the path indexes a list, e.g. `curate.checks.2.threshold=0.9`.
+    """
     for text in overrides:
         parts, value = parse_override(text)
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                path = ".".join(parts[: i + 1])
-                raise UserError(f"override {text!r}: {path} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        node: Any = data
+        for i, part in enumerate(parts):
+            path = ".".join(parts[: i + 1])
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise UserError(f"override {text!r}: {path}: the list has {len(node)} items (0..{len(node) - 1})")
+                key: Any = int(part)
+            elif isinstance(node, dict):
+                key = part
+            else:
+                raise UserError(f"override {text!r}: {'.'.join(parts[:i])} is a value, not a section")
+            if last:
+                node[key] = value
+            else:
+                if isinstance(node, dict) and node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
     return data
 
 

@@ -79,3 +79,10 @@ def test_resolved_recipe_round_trips_with_hash(tmp_path: Path) -> None:
     again = load_recipe(tmp_path / "recipe.resolved.yaml")
     assert again.content_hash() == digest and again.generate.n == 3
     assert (tmp_path / "recipe.resolved.yaml").read_text().startswith(f"recipe_hash: {digest}")
+
+
+def test_overrides_index_lists() -> None:
+    r = load_recipe(RECIPE, ["curate.checks.6.min_confidence=0.5", "curate.select.k=3"])
+    assert r.curate.checks[6].min_confidence == 0.5 and r.curate.select.k == 3
+    msg = str(pytest.raises(UserError, load_recipe, RECIPE, ["curate.checks.99.name=x"]).value)
+    assert "curate.checks.99: the list has" in msg

@@ -129,7 +129,8 @@ class RewardModelJudge(RowCheck):
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
         except (OSError, ValueError) as exc:
-            raise UserError(f"curate check {self.name!r}: reward model {self.spec.path!r} cannot be loaded: {exc}")
+            msg = f"curate check {self.name!r}: reward model {self.spec.path!r} cannot be loaded: {exc}"
+            raise UserError(msg) from None
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id

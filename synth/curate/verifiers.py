@@ -28,7 +28,8 @@ class RegexVerifier(RowCheck):
         try:
             self.pattern = re.compile(self.spec.pattern, re.IGNORECASE if self.spec.ignore_case else 0)
         except re.error as exc:
-            raise UserError(f"curate check {self.name!r}: pattern {self.spec.pattern!r} is not a valid regex: {exc}")
+            msg = f"curate check {self.name!r}: pattern {self.spec.pattern!r} is not a valid regex: {exc}"
+            raise UserError(msg) from None
 
     def run(self, rows: list[Row]) -> list[Verdict]:
         out = []
