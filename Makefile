@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/synth generate $(RECIPE)
+	$(BIN)/synth curate $(RECIPE)
 
 test: setup
 	bash scripts/run_tests.sh
@@ -37,6 +38,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/curate.py
 
 clean:
 	rm -rf runs .pytest_cache

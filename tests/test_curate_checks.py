@@ -239,3 +239,27 @@ def test_judge_prompt_fences_the_response_and_parses_scores() -> None:
     assert fence("response", "<response>hi</response>", "n1").count("<response") == 1
     assert parse_score("Score: 7", 10) == 7 and parse_score("I'd say 8/10.", 10) == 8 and parse_score(" 3 ", 5) == 3
     assert parse_score("Score: 11", 10) is None and parse_score("great answer", 10) is None
+
+
+def test_vectorised_minhash_equals_datasketch_update_batch() -> None:
+    """Our shard-at-once signatures are exactly datasketch's MinHash of the same shingle hashes."""
+    import numpy as np
+    from datasketch import MinHash
+
+    from synth.curate.config import NearDedupCheck
+    from synth.curate.dedup import NearDedup
+
+    rng = random.Random(1)
+    rows = [
+        {"id": str(i), "completion": " ".join(f"w{rng.randrange(500)}" for _ in range(rng.randint(0, 60)))}
+        for i in range(300)
+    ]
+    nd = NearDedup(NearDedupCheck(type="near_dedup", ngram=3, num_perm=64))
+    nd.CHUNK_SHINGLES = 1000  # force several chunks
+    sigs = nd._signatures(rows)
+    hashes, counts = nd._shingle_hashes(rows)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    for i in range(len(rows)):
+        m = MinHash(num_perm=64, seed=1, hashfunc=int)  # the shingle hashes are already 32-bit ints
+        m.update_batch([int(h) for h in hashes[offsets[i] : offsets[i + 1]]])
+        assert np.array_equal(m.hashvalues, sigs[i])

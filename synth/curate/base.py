@@ -54,8 +54,25 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
+def completion_words(row: Row) -> list[str]:
+    """`words(row["completion"])`, computed once per row and shared by the checks that need it."""
+    cached = row.get("_words")
+    if cached is None:
+        cached = row["_words"] = words(row["completion"])
+    return cached
+
+
 def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return list(zip(*(tokens[i:] for i in range(n)), strict=False))
+
+
+def completion_ngrams(row: Row, n: int) -> list[tuple[str, ...]]:
+    """Word n-grams of the completion, computed once per row and size."""
+    key = f"_ngrams{n}"
+    cached = row.get(key)
+    if cached is None:
+        cached = row[key] = ngrams(completion_words(row), n)
+    return cached
 
 
 def user_text(row: Row) -> str:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from collections.abc import Callable
 
+import numpy as np
 from datasketch import MinHash, MinHashLSH
+from datasketch.minhash import _fmix
 
-from synth.curate.base import Row, Verdict, words
+from synth.curate.base import Row, Verdict, completion_words
 
 NONWORD = re.compile(r"\W+", re.UNICODE)
 RankKey = Callable[[str], tuple[float, int, int]]
@@ -91,24 +94,85 @@ class ExactDedup(GroupCheck):
                 self.first[key] = r["id"]
 
 
+class _WordHash(dict):
+    """word -> crc32, filled on first sight; `map(d.__getitem__, words)` then runs at C speed."""
+
+    def __missing__(self, word: str) -> int:
+        value = self[word] = zlib.crc32(word.encode())
+        return value
+
+
 class NearDedup(GroupCheck):
-    """MinHash LSH over word n-gram shingles (datasketch)."""
+    """MinHash LSH over word n-gram shingles, with datasketch's MinHash scheme and LSH index.
+
+    Signatures for a whole shard are computed at once in numpy with datasketch's own permutations and
+    mixing function (its `affine32` scheme: `fmix(h) * a + b` per permutation, minimum over shingles),
+    which is what `MinHash.update_batch` computes one row at a time; a test pins the two equal. Rows
+    go into a `MinHashLSH`; rows sharing any LSH bucket form a cluster when the run resolves.
+    """
 
     kind = "near-duplicate"
+    CHUNK_SHINGLES = 200_000  # bounds the [shingles x num_perm] work array (~100 MB at 128 permutations)
 
     def __init__(self, spec: object) -> None:
         super().__init__(spec)
-        self.lsh = MinHashLSH(threshold=spec.threshold, num_perm=spec.num_perm)  # type: ignore[attr-defined]
+        num_perm = spec.num_perm  # type: ignore[attr-defined]
+        self.lsh = MinHashLSH(threshold=spec.threshold, num_perm=num_perm)  # type: ignore[attr-defined]
+        self.template = MinHash(num_perm=num_perm, seed=1)
+        self.a, self.b = (p.reshape(1, -1) for p in self.template.permutations)
+        self.word_hash = _WordHash()
+
+    def _shingle_hashes(self, rows: list[Row]) -> tuple[np.ndarray, np.ndarray]:
+        """32-bit hashes of every row's word n-grams, flattened, with each row's shingle count."""
+        n = self.spec.ngram  # type: ignore[attr-defined]
+        lookup = self.word_hash.__getitem__
+        ids: list[int] = []
+        starts = np.empty(len(rows), dtype=np.int64)
+        counts = np.empty(len(rows), dtype=np.int64)
+        for i, r in enumerate(rows):
+            toks = completion_words(r)
+            starts[i] = len(ids)
+            ids.extend(map(lookup, toks))
+            if len(toks) < n:
+                ids.extend([0] * (n - len(toks)))  # a short text is one (padded) shingle
+            counts[i] = max(1, len(toks) - n + 1)
+        flat = np.array(ids + [0] * n, dtype=np.uint32)
+        combined = flat[: len(ids)].copy()
+        for k in range(1, n):  # order-sensitive mix of the n words starting at each position
+            combined = combined * np.uint32(0x9E3779B1) + flat[k : len(ids) + k]
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        positions = np.arange(int(counts.sum())) + np.repeat(starts - first, counts)
+        return combined[positions], counts
+
+    def _signatures(self, rows: list[Row]) -> np.ndarray:
+        hashes, counts = self._shingle_hashes(rows)
+        mixed = _fmix(hashes.reshape(1, -1), 32)
+        a, b = self.a.reshape(-1, 1), self.b.reshape(-1, 1)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        out = np.empty((len(rows), a.shape[0]), dtype=np.uint32)
+        row = 0
+        while row < len(rows):  # chunks of rows whose shingles fit the work array
+            end = int(np.searchsorted(offsets, offsets[row] + self.CHUNK_SHINGLES, side="right")) - 1
+            end = min(max(end, row + 1), len(rows))
+            lo, hi = offsets[row], offsets[end]
+            permuted = mixed[:, lo:hi] * a + b  # [num_perm, shingles]: the reduction runs along memory
+            out[row:end] = np.minimum.reduceat(permuted, offsets[row:end] - lo, axis=1).T
+            row = end
+        return out
 
     def add(self, rows: list[Row]) -> None:
-        n = self.spec.ngram  # type: ignore[attr-defined]
-        shingles = []
-        for r in rows:
-            toks = words(r["completion"])
-            grams = {" ".join(toks[i : i + n]).encode() for i in range(max(1, len(toks) - n + 1))}
-            shingles.append(grams or {b""})
-        for r, m in zip(rows, MinHash.bulk(shingles, num_perm=self.spec.num_perm), strict=True):  # type: ignore[attr-defined]
-            for other in self.lsh.query(m):
-                self.uf.union(other, r["id"])
+        if not rows:
+            return
+        perms = self.template.permutations
+        for r, hv in zip(rows, self._signatures(rows), strict=True):
+            m = MinHash(seed=1, hashvalues=hv, permutations=perms, scheme="affine32")
             self.lsh.insert(r["id"], m, check_duplication=False)
             self.ids.append(r["id"])
+
+    def resolve(self, alive: set[str], rank: RankKey) -> dict[str, Verdict]:
+        for table in self.lsh.hashtables:
+            for bucket in table.keys():  # noqa: SIM118 - a datasketch storage, not a dict
+                members = list(table.get(bucket))
+                for other in members[1:]:
+                    self.uf.union(members[0], other)
+        return super().resolve(alive, rank)

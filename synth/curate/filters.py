@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synth.curate.base import Row, RowCheck, Verdict, ngrams, user_text, words
+from synth.curate.base import Row, RowCheck, Verdict, completion_ngrams, completion_words, ngrams, user_text, words
 from synth.errors import UserError
 
 
@@ -54,7 +54,7 @@ class RepetitionFilter(RowCheck):
         s = self.spec
         out = []
         for r in rows:
-            grams = ngrams(words(r["completion"]), s.ngram)
+            grams = completion_ngrams(r, s.ngram)
             gram_rep = 1 - len(set(grams)) / len(grams) if grams else 0.0
             lines = [x.strip() for x in r["completion"].splitlines() if x.strip()]
             line_rep = 1 - len(set(lines)) / len(lines) if lines else 0.0
@@ -113,13 +113,14 @@ class EchoFilter(RowCheck):
 
     def run(self, rows: list[Row]) -> list[Verdict]:
         out = []
+        prompt_grams: dict[tuple[str, int], set[tuple[str, ...]]] = {}  # the n samples of a prompt share it
         for r in rows:
-            comp = words(r["completion"])
-            prompt = words(user_text(r))
-            n = 3 if len(comp) >= 3 else 1
-            grams = ngrams(comp, n)
-            seen = set(ngrams(prompt, n))
-            overlap = (sum(g in seen for g in grams) / len(grams)) if grams else 0.0
+            n = 3 if len(completion_words(r)) >= 3 else 1
+            grams = completion_ngrams(r, n)
+            seen = prompt_grams.get((r["prompt_id"], n))
+            if seen is None:
+                seen = prompt_grams[(r["prompt_id"], n)] = set(ngrams(words(user_text(r)), n))
+            overlap = (sum(map(seen.__contains__, grams)) / len(grams)) if grams else 0.0
             if overlap > self.spec.max_overlap:
                 out.append(
                     Verdict(False, reason=f"echoes the prompt: {overlap:.0%} of its {n}-grams are in the prompt")

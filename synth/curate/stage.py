@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -249,10 +250,11 @@ def run_curate(
         ) as progress:
             task = progress.add_task("curate", total=len(shards), rate="")
             for i, shard in enumerate(shards):
-                rows = pq.read_table(shard).to_pylist()
+                table = pq.read_table(shard)
+                rows = _rows(table)
                 summary.rows_in += len(rows)
                 curator.row_pass(rows)
-                pq.write_table(pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA), work / f"part-{i:05d}.parquet")
+                pq.write_table(_with_decisions(table, rows), work / f"part-{i:05d}.parquet")
                 rate = summary.rows_in / max(time.perf_counter() - start, 1e-9)
                 progress.update(task, advance=1, rate=f"{rate:,.0f} rows/s")
         late, late_rejected = curator.group_pass()
@@ -269,6 +271,48 @@ def run_curate(
     return summary
 
 
+CHECKED_COLUMNS = [
+    "id",
+    "prompt_id",
+    "sample_index",
+    "prompt",
+    "completion",
+    "finish_reason",
+    "completion_tokens",
+    "meta",
+    "error",
+    "verdicts",
+]
+
+
+def _rows(table: pa.Table) -> list[Row]:
+    """The columns checks read, as one dict per row; the other columns stay in Arrow."""
+    data = [table.column(c).to_pylist() for c in CHECKED_COLUMNS]
+    return [dict(zip(CHECKED_COLUMNS, values, strict=True)) for values in zip(*data, strict=True)]
+
+
+def _set(table: pa.Table, name: str, values: list[Any], type_: pa.DataType) -> pa.Table:
+    column = pa.array(values, type=type_)
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, column)
+    return table.append_column(name, column)
+
+
+def _with_decisions(table: pa.Table, rows: list[Row]) -> pa.Table:
+    """The shard with each row's verdicts so far and, if rejected, by which check and why."""
+    table = _set(table, "verdicts", [r["verdicts"] for r in rows], REJECTED_SCHEMA.field("verdicts").type)
+    table = _set(table, "rejected_by", [r["rejected_by"] for r in rows], pa.string())
+    return _set(table, "reason", [r["reason"] for r in rows], pa.string())
+
+
+def _as_messages(completions: pa.ChunkedArray) -> pa.Array:
+    """Completion strings as one-message assistant conversations (TRL's prompt-completion format)."""
+    content = completions.combine_chunks()
+    role = pa.array(["assistant"] * len(content), pa.string())
+    message = pa.StructArray.from_arrays([role, content], names=["role", "content"])
+    return pa.ListArray.from_arrays(pa.array(range(len(content) + 1), pa.int32()), message)
+
+
 def _write_outputs(
     work: Path,
     out: Path,
@@ -283,27 +327,35 @@ def _write_outputs(
         pq.ParquetWriter(out / "kept.parquet", KEPT_SCHEMA) as kept_w,
         pq.ParquetWriter(out / "rejected.parquet", REJECTED_SCHEMA) as rej_w,
     ):
-        for part in sorted(work.glob("part-*.parquet")):
-            kept, rejected = [], []
-            for r in pq.read_table(part).to_pylist():
-                r["verdicts"] = r["verdicts"] + late.get(r["id"], [])
-                if r["rejected_by"] is None and r["id"] in late_rejected:
-                    name, reason = late_rejected[r["id"]]
-                    r["rejected_by"], r["reason"] = name, reason
-                    curator.stats[name].example(r["id"], r["completion"], reason)
-                if r["rejected_by"] is None:
-                    r["score"] = curator.alive[r["id"]][0]
-                    r["completion"] = [{"role": "assistant", "content": r["completion"]}]
-                    kept.append(r)
-                    kept_per_prompt[r["prompt_id"]] += 1
-                else:
-                    rejected.append(r)
-            if kept:
-                kept_w.write_table(pa.Table.from_pylist(kept, schema=KEPT_SCHEMA))
-            if rejected:
-                rej_w.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA))
-            kept_n += len(kept)
-            rejected_n += len(rejected)
+        for path in sorted(work.glob("part-*.parquet")):
+            part = pq.read_table(path)
+            ids = part.column("id").to_pylist()
+            verdicts = part.column("verdicts").to_pylist()
+            rejected_by = part.column("rejected_by").to_pylist()
+            reasons = part.column("reason").to_pylist()
+            for i, row_id in enumerate(ids):
+                verdicts[i] = verdicts[i] + late.get(row_id, [])
+                if rejected_by[i] is None and row_id in late_rejected:
+                    rejected_by[i], reasons[i] = late_rejected[row_id]
+                    curator.stats[rejected_by[i]].example(row_id, part.column("completion")[i].as_py(), reasons[i])
+            part = _set(part, "verdicts", verdicts, REJECTED_SCHEMA.field("verdicts").type)
+            part = _set(part, "rejected_by", rejected_by, pa.string())
+            part = _set(part, "reason", reasons, pa.string())
+            keep = pa.array([rb is None for rb in rejected_by])
+            kept = part.filter(keep)
+            kept = _set(kept, "score", [curator.alive[i][0] for i in kept.column("id").to_pylist()], pa.float64())
+            kept = kept.set_column(
+                kept.column_names.index("completion"), "completion", _as_messages(kept["completion"])
+            )
+            for pid in kept.column("prompt_id").to_pylist():
+                kept_per_prompt[pid] += 1
+            rejected = part.filter(pa.compute.invert(keep))
+            if kept.num_rows:
+                kept_w.write_table(kept.select(KEPT_SCHEMA.names).cast(KEPT_SCHEMA))
+            if rejected.num_rows:
+                rej_w.write_table(rejected.select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA))
+            kept_n += kept.num_rows
+            rejected_n += rejected.num_rows
     curator.kept_per_prompt = kept_per_prompt  # type: ignore[attr-defined]
     return kept_n, rejected_n
 
