@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from synth.curate.config import CurateSpec
 from synth.errors import UserError
@@ -135,14 +137,30 @@ def _line_index(text: str) -> dict[tuple[str, ...], int]:
     return index
 
 
+def _model_at(model: Any, part: str) -> Any:
+    """Step from a model (or list / tagged union of models) to what `part` of an error path names."""
+    origin = typing.get_origin(model)
+    if origin is typing.Annotated:
+        return _model_at(typing.get_args(model)[0], part)
+    if origin is list:
+        return typing.get_args(model)[0] if part.isdigit() else None
+    if origin in (typing.Union, types.UnionType):  # a tagged union: `part` is the tag
+        for member in typing.get_args(model):
+            tag = getattr(member, "model_fields", {}).get("type")
+            if tag is not None and part in typing.get_args(tag.annotation):
+                return member
+        return None
+    field = getattr(model, "model_fields", {}).get(part)
+    return None if field is None else field.annotation
+
+
 def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
     """The field names allowed in the section that holds `loc`, for 'unknown field' errors."""
     model: Any = Recipe
     for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        model = _model_at(model, str(part))
+        if model is None:
             return []
-        model = field.annotation
     return sorted(getattr(model, "model_fields", {}))
 
 
@@ -152,7 +170,11 @@ def format_validation_error(err: ValidationError, source: str, lines: dict[tuple
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
         path = ".".join(loc) or "(top level)"
-        where = f"{source}:{lines[loc]}" if loc in lines else source
+        # A tagged union adds its tag to the path (curate.checks.0.near_dedup.x); the YAML has no such key.
+        key = (
+            loc if loc in lines else next((k for i in range(len(loc)) if (k := loc[:i] + loc[i + 1 :]) in lines), None)
+        )
+        where = f"{source}:{lines[key]}" if key else source
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             if any(w in loc[-1].lower() for w in SECRET_WORDS):

@@ -86,3 +86,10 @@ def test_overrides_index_lists() -> None:
     assert r.curate.checks[6].min_confidence == 0.5 and r.curate.select.k == 3
     msg = str(pytest.raises(UserError, load_recipe, RECIPE, ["curate.checks.99.name=x"]).value)
     assert "curate.checks.99: the list has" in msg
+
+
+def test_unknown_field_inside_a_check_lists_that_checks_fields(tmp_path: Path) -> None:
+    p = write(tmp_path, "name: x\ncurate:\n  checks:\n    - type: near_dedup\n      thresold: 0.9\n")
+    msg = str(pytest.raises(UserError, load_recipe, p).value)
+    assert f"{p}:5: curate.checks.0.near_dedup.thresold: unknown field; allowed here:" in msg
+    assert "threshold" in msg and "num_perm" in msg

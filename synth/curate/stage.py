@@ -14,7 +14,6 @@ crash never leaves a half-written curated set; re-runs give a byte-identical `ke
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -29,7 +28,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from synth.curate.base import Context, Row, RowCheck, Verdict, snippet
+from synth.curate.base import Context, Row, RowCheck, Verdict
 from synth.curate.decontam import Decontaminate
 from synth.curate.dedup import ExactDedup, GroupCheck, NearDedup
 from synth.curate.filters import (
@@ -381,11 +380,3 @@ def summary_table(s: CurateSummary):
     t.add_row("rejected", "", str(s.rejected), "", "")
     t.add_row("total", f"{s.seconds:.1f} s", str(s.rows_in), "", f"{s.rows_per_s:,.0f}")
     return t
-
-
-def load_report(run_dir: Path) -> dict[str, Any]:
-    """The last curate report of a run (for later stages and tests)."""
-    return json.loads((run_dir / "curated" / "report.json").read_text())
-
-
-__all__ = ["CurateSummary", "load_report", "run_curate", "snippet", "summary_table"]
