@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from synth.cli_common import OVERRIDES_HELP, guarded, load
+from synth.cli_common import OVERRIDES_HELP, guarded, load, run_dir_for
 from synth.errors import UserError
 
 app = typer.Typer(
@@ -33,8 +33,25 @@ def run(
     """Train the student (SFT, or on-policy logit distillation) on RUN_DIR/curated/kept.parquet."""
 
     def body() -> None:
-        load(recipe, overrides)
-        raise UserError("`sft run` is not part of this release yet: the training stage is still being built")
+        from rich.console import Console
+        from rich.table import Table
+
+        from sft.train import run_train
+        from synth import runtime
+
+        r = load(recipe, overrides)
+        runtime.configure(r.runtime)
+        s = run_train(r, run_dir_for(r, run_dir), resume=resume)
+        t = Table(title=f"sft run: {s.out_dir}")
+        t.add_column("what")
+        t.add_column("value", justify="right")
+        for k, v in [("objective", s.objective), ("curated rows", str(s.rows)), ("steps (total)", str(s.steps)),
+                     ("steps this run", str(s.steps_run)), ("time", f"{s.seconds:.1f} s"),
+                     ("seconds per step", f"{s.seconds_per_step:.1f}"),
+                     ("first / last logged loss", f"{s.first_loss or 0:.4f} / {s.last_loss or 0:.4f}"),
+                     ("saved", str(s.out_dir / "final"))]:
+            t.add_row(k, v)
+        Console().print(t)
 
     guarded(body)
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
+from sft.config import EvalSpec, TrainSpec
 from synth.curate.config import CurateSpec
 from synth.errors import UserError
 from synth.specs import (
@@ -60,8 +61,8 @@ class Recipe(Strict):
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
     curate: CurateSpec = Field(default_factory=CurateSpec)
     review: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
-    eval: dict[str, Any] = Field(default_factory=dict)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
     publish: dict[str, Any] = Field(default_factory=dict)
 
     def content_hash(self) -> str:

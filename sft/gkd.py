@@ -1,0 +1,73 @@
+"""On-policy logit distillation where the teacher sees its own view of the prompt.
+
+TRL's `GKDTrainer` runs the teacher on exactly the student's `input_ids`. For context distillation
+(`teacher: self`) the teacher must instead see `teacher_prompt` (the privileged context) followed by
+the same completion tokens. This is the smallest change that does it: a collator that also tokenises
+each row's `teacher_prompt`, and a `compute_loss` that builds the teacher's sequences as
+*teacher prompt + the student sequence's completion tokens* and compares the two models' logits at
+the positions that predict those same tokens. Everything else (on-policy sampling with `lmbda`,
+`seq_kd`, the generalized JSD with `beta`) is TRL's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from trl.experimental.gkd import GKDTrainer
+from trl.experimental.utils import DataCollatorForChatML
+
+
+class TeacherViewCollator:
+    """TRL's ChatML collator for the student, plus the teacher's prompt ids for each row."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.student = DataCollatorForChatML(tokenizer=tokenizer, max_length=max_length)
+        self.tokenizer = tokenizer
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.student([{"messages": e["messages"]} for e in examples])
+        batch["teacher_prompt_ids"] = [
+            list(self.tokenizer.apply_chat_template(e["teacher_prompt"], add_generation_prompt=True,
+                                                    tokenize=True, return_dict=False))
+            for e in examples
+        ]
+        return batch
+
+
+class SelfDistillGKDTrainer(GKDTrainer):
+    """GKD whose teacher reads `teacher_prompt` + the same completion tokens as the student."""
+
+    last_teacher_input_ids: torch.Tensor | None = None  # kept for tests: what the teacher saw
+
+    def teacher_batch(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, ...]]]:
+        """Teacher sequences, their mask, and (row, student position, row, teacher position) pairs."""
+        ids, labels = inputs["input_ids"], inputs["labels"]
+        pad = self.processing_class.pad_token_id
+        seqs, pairs = [], []
+        for i, prompt_ids in enumerate(inputs["teacher_prompt_ids"]):
+            positions = (labels[i] != -100).nonzero().flatten().tolist()
+            completion = ids[i, positions].tolist()
+            seqs.append(list(prompt_ids) + completion)
+            for j, p in enumerate(positions):
+                # student logits at p-1 and teacher logits at len(prompt)-1+j both predict completion[j]
+                pairs.append((i, p - 1, i, len(prompt_ids) - 1 + j))
+        width = max(len(s) for s in seqs)
+        device = ids.device
+        t_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+        t_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+        return t_ids, t_mask, pairs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        student = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        t_ids, t_mask, pairs = self.teacher_batch(inputs)
+        self.last_teacher_input_ids = t_ids.detach().cpu()
+        self.teacher_model.eval()
+        with torch.no_grad():
+            teacher_logits = self.teacher_model(input_ids=t_ids, attention_mask=t_mask).logits
+        rows_s, pos_s, rows_t, pos_t = (torch.tensor(x, device=t_ids.device) for x in zip(*pairs, strict=True))
+        s = student.logits[rows_s, pos_s].unsqueeze(0)
+        t = teacher_logits[rows_t, pos_t].unsqueeze(0)
+        labels = torch.zeros(s.shape[:2], dtype=torch.long, device=s.device)  # every pair counts: mean per token
+        loss = self.generalized_jsd_loss(student_logits=s, teacher_logits=t, labels=labels, beta=self.beta)
+        return (loss, student) if return_outputs else loss
