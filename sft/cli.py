@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from synth.cli_common import OVERRIDES_HELP, guarded, load, run_dir_for
-from synth.errors import UserError
 
 app = typer.Typer(
     name="sft",
@@ -45,11 +44,16 @@ def run(
         t = Table(title=f"sft run: {s.out_dir}")
         t.add_column("what")
         t.add_column("value", justify="right")
-        for k, v in [("objective", s.objective), ("curated rows", str(s.rows)), ("steps (total)", str(s.steps)),
-                     ("steps this run", str(s.steps_run)), ("time", f"{s.seconds:.1f} s"),
-                     ("seconds per step", f"{s.seconds_per_step:.1f}"),
-                     ("first / last logged loss", f"{s.first_loss or 0:.4f} / {s.last_loss or 0:.4f}"),
-                     ("saved", str(s.out_dir / "final"))]:
+        for k, v in [
+            ("objective", s.objective),
+            ("curated rows", str(s.rows)),
+            ("steps (total)", str(s.steps)),
+            ("steps this run", str(s.steps_run)),
+            ("time", f"{s.seconds:.1f} s"),
+            ("seconds per step", f"{s.seconds_per_step:.1f}"),
+            ("first / last logged loss", f"{s.first_loss or 0:.4f} / {s.last_loss or 0:.4f}"),
+            ("saved", str(s.out_dir / "final")),
+        ]:
             t.add_row(k, v)
         Console().print(t)
 
@@ -65,8 +69,28 @@ def evaluate(
     """Compare base student, trained student and teacher on the held-out prompts."""
 
     def body() -> None:
-        load(recipe, overrides)
-        raise UserError("`sft eval` is not part of this release yet: the evaluation stage is still being built")
+        from rich.console import Console
+        from rich.table import Table
+
+        from sft.evaluate import run_eval
+        from synth import runtime
+
+        r = load(recipe, overrides)
+        runtime.configure(r.runtime)
+        rep = run_eval(r, run_dir_for(r, run_dir), recipe_dir=recipe.parent)
+        t = Table(title=f"sft eval: {rep['prompts']} held-out prompts, behaviour check {rep['behaviour_check']!r}")
+        for col in ("model", "compliance", "x teacher", "top-1 agreement", "seconds"):
+            t.add_column(col, justify="left" if col == "model" else "right")
+        for name, rate in rep["compliance"].items():
+            agree = rep["agreement_top1_with_teacher"].get(name)
+            t.add_row(
+                name,
+                f"{rate:.3f}",
+                f"{rep['ratio_to_teacher'][name]:.2f}",
+                "-" if agree is None else f"{agree:.3f}",
+                str(rep["seconds"][name]),
+            )
+        Console().print(t)
 
     guarded(body)
 

@@ -23,8 +23,11 @@ class TrainSpec(Strict):
     """How `sft run` trains the student on curated/kept.parquet."""
 
     objective: Literal["sft", "gkd"] = "sft"
-    teacher: str = Field("self", description="gkd only: 'self' (the student's initial weights on teacher_prompt) "
-                         "or another checkpoint with the same tokenizer")
+    teacher: str = Field(
+        "self",
+        description="gkd only: 'self' (the student's initial weights on teacher_prompt) "
+        "or another checkpoint with the same tokenizer",
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="overrides epochs when > 0")

@@ -28,8 +28,11 @@ class TeacherViewCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.student([{"messages": e["messages"]} for e in examples])
         batch["teacher_prompt_ids"] = [
-            list(self.tokenizer.apply_chat_template(e["teacher_prompt"], add_generation_prompt=True,
-                                                    tokenize=True, return_dict=False))
+            list(
+                self.tokenizer.apply_chat_template(
+                    e["teacher_prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            )
             for e in examples
         ]
         return batch

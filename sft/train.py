@@ -47,8 +47,10 @@ def _kept(run_dir: Path) -> Any:
         raise UserError(f"no curated set at {path}", "run `synth curate` with the same recipe first")
     ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
     if len(ds) == 0:
-        raise UserError(f"{path} holds no rows: curate rejected everything",
-                        "see curated/report.md for why, and loosen the curate checks")
+        raise UserError(
+            f"{path} holds no rows: curate rejected everything",
+            "see curated/report.md for why, and loosen the curate checks",
+        )
     for col in ("prompt", "completion", "teacher_prompt"):
         if col not in ds.column_names:
             raise UserError(f"{path} has no column {col!r}; it was not written by `synth curate`")
@@ -65,10 +67,17 @@ def _lora_config(recipe: Recipe, model: Any) -> Any:
     missing = [m for m in spec.target_modules if m not in names]
     if missing:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
-        raise UserError(f"train.lora.target_modules: {', '.join(missing)} not in the model",
-                        f"this model's linear layers: {', '.join(linear)}")
-    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=spec.target_modules, task_type="CAUSAL_LM")
+        raise UserError(
+            f"train.lora.target_modules: {', '.join(missing)} not in the model",
+            f"this model's linear layers: {', '.join(linear)}",
+        )
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+        task_type="CAUSAL_LM",
+    )
 
 
 def _common_args(recipe: Recipe, out: Path, rows: int) -> dict[str, Any]:
@@ -106,8 +115,10 @@ def _teacher_model(recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
     if spec != "self":
         theirs = AutoTokenizer.from_pretrained(path)
         if len(theirs) != len(tokenizer):
-            raise UserError(f"teacher {spec!r} has a vocabulary of {len(theirs)} tokens, the student "
-                            f"{recipe.model.path!r} {len(tokenizer)}: logit distillation needs the same tokenizer")
+            raise UserError(
+                f"teacher {spec!r} has a vocabulary of {len(theirs)} tokens, the student "
+                f"{recipe.model.path!r} {len(tokenizer)}: logit distillation needs the same tokenizer"
+            )
     return AutoModelForCausalLM.from_pretrained(path)
 
 
@@ -131,21 +142,38 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
         from trl import SFTConfig, SFTTrainer
 
         train = ds.select_columns(["prompt", "completion"])
-        trainer: Any = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=train,
-                                  processing_class=tokenizer, peft_config=peft_config)
+        trainer: Any = SFTTrainer(
+            model=model,
+            args=SFTConfig(**args),
+            train_dataset=train,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
     else:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.gkd import GKDConfig
 
         from sft.gkd import SelfDistillGKDTrainer, TeacherViewCollator
 
-        train = ds.map(lambda r: {"messages": r["prompt"] + r["completion"]},
-                       remove_columns=[c for c in ds.column_names if c != "teacher_prompt"])
-        gkd_args = {"lmbda": t.lmbda, "beta": t.beta, "temperature": t.temperature,
-                    "max_new_tokens": t.max_new_tokens, "seq_kd": t.seq_kd, **args}
+        train = ds.map(
+            lambda r: {"messages": r["prompt"] + r["completion"]},
+            remove_columns=[c for c in ds.column_names if c != "teacher_prompt"],
+        )
+        gkd_args = {
+            "lmbda": t.lmbda,
+            "beta": t.beta,
+            "temperature": t.temperature,
+            "max_new_tokens": t.max_new_tokens,
+            "seq_kd": t.seq_kd,
+            **args,
+        }
         trainer = SelfDistillGKDTrainer(
-            model=model, teacher_model=_teacher_model(recipe, student_path, tokenizer), args=GKDConfig(**gkd_args),
-            train_dataset=train, processing_class=tokenizer, peft_config=peft_config,
+            model=model,
+            teacher_model=_teacher_model(recipe, student_path, tokenizer),
+            args=GKDConfig(**gkd_args),
+            train_dataset=train,
+            processing_class=tokenizer,
+            peft_config=peft_config,
             data_collator=TeacherViewCollator(tokenizer, t.max_length),
         )
     last = _last_checkpoint(out) if resume else None
@@ -155,9 +183,11 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and "out of memory" not in str(exc).lower():
             raise
-        raise UserError(f"out of memory at train.batch_size={t.batch_size}, max_length={t.max_length}",
-                        "lower train.batch_size (raise gradient_accumulation_steps to keep the effective "
-                        "batch), or set train.lora.enabled=true") from None
+        raise UserError(
+            f"out of memory at train.batch_size={t.batch_size}, max_length={t.max_length}",
+            "lower train.batch_size (raise gradient_accumulation_steps to keep the effective "
+            "batch), or set train.lora.enabled=true",
+        ) from None
     seconds = time.perf_counter() - start
     final = out / "final"
     trainer.save_model(str(final))
@@ -165,8 +195,17 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     atomic_write_text(out / "log.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
     steps_run = result.global_step - (int(last.name.split("-")[-1]) if last else 0)
-    return TrainSummary(t.objective, out, result.global_step, steps_run, seconds, result.training_loss,
-                        len(ds), losses[0] if losses else None, losses[-1] if losses else None)
+    return TrainSummary(
+        t.objective,
+        out,
+        result.global_step,
+        steps_run,
+        seconds,
+        result.training_loss,
+        len(ds),
+        losses[0] if losses else None,
+        losses[-1] if losses else None,
+    )
 
 
 def _last_checkpoint(out: Path) -> Path | None:

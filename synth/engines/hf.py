@@ -61,6 +61,19 @@ class TransformersEngine(Engine):
             ).to(self.device)
         except OSError as exc:
             raise UserError(f"model {model_id!r} could not be loaded: {exc}") from None
+        self._attach(batch_size)
+
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, model_id: str, batch_size: int = 32) -> TransformersEngine:
+        """An engine around a model already in memory (e.g. a trained student with its adapter merged)."""
+        engine = cls.__new__(cls)
+        Engine.__init__(engine, model_id)
+        engine.device = str(next(model.parameters()).device)
+        engine.model, engine.tokenizer = model, tokenizer
+        engine._attach(batch_size)
+        return engine
+
+    def _attach(self, batch_size: int) -> None:
         self.model.eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
