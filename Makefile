@@ -9,7 +9,7 @@ RECIPE  ?= recipes/answer-in-french.yaml
 # CPU machines get the local CPU wheel of torch; an unpinned torch would pull GBs of CUDA packages.
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo demo-gkd test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,13 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/synth generate $(RECIPE)
 	$(BIN)/synth curate $(RECIPE)
+	$(BIN)/sft run $(RECIPE)
+	$(BIN)/sft eval $(RECIPE)
+
+# The second objective of the default recipe, on the same curated set and budget; then compare all.
+demo-gkd: setup
+	$(BIN)/sft run $(RECIPE) train.objective=gkd
+	$(BIN)/sft eval $(RECIPE)
 
 test: setup
 	bash scripts/run_tests.sh

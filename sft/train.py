@@ -41,16 +41,17 @@ class TrainSummary:
 
 def _kept(run_dir: Path) -> Any:
     import datasets
+    import pyarrow.parquet as pq
 
     path = run_dir / "curated" / "kept.parquet"
     if not path.is_file():
         raise UserError(f"no curated set at {path}", "run `synth curate` with the same recipe first")
-    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    if len(ds) == 0:
+    if pq.ParquetFile(path).metadata.num_rows == 0:  # `datasets` cannot load an empty parquet file
         raise UserError(
             f"{path} holds no rows: curate rejected everything",
             "see curated/report.md for why, and loosen the curate checks",
         )
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
     for col in ("prompt", "completion", "teacher_prompt"):
         if col not in ds.column_names:
             raise UserError(f"{path} has no column {col!r}; it was not written by `synth curate`")
@@ -190,10 +191,11 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
         ) from None
     seconds = time.perf_counter() - start
     final = out / "final"
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    trainer.save_model(str(final))  # every process calls it (sharded states gather); only the main one writes
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    atomic_write_text(out / "log.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(str(final))
+        atomic_write_text(out / "log.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
     steps_run = result.global_step - (int(last.name.split("-")[-1]) if last else 0)
     return TrainSummary(
         t.objective,

@@ -340,7 +340,7 @@ def _write_outputs(
             part = _set(part, "verdicts", verdicts, REJECTED_SCHEMA.field("verdicts").type)
             part = _set(part, "rejected_by", rejected_by, pa.string())
             part = _set(part, "reason", reasons, pa.string())
-            keep = pa.array([rb is None for rb in rejected_by])
+            keep = pa.array([rb is None for rb in rejected_by], type=pa.bool_())
             kept = part.filter(keep)
             kept = _set(kept, "score", [curator.alive[i][0] for i in kept.column("id").to_pylist()], pa.float64())
             kept = kept.set_column(

@@ -1,0 +1,185 @@
+"""`sft run` with real TRL trainers on the real SmolLM2 model, and its bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sft.train import run_train
+from synth.curate.stage import run_curate
+from synth.errors import UserError
+from synth.recipe import load_recipe
+from synth.records import Completion, PromptItem, make_rows, prompt_id_for
+from tests.conftest import ROOT
+from tests.curate_helpers import TEACHER, write_run
+
+SYSTEM = {"role": "system", "content": "Always answer in French."}
+ANSWERS = {
+    "Name a colour.": "Le bleu est une belle couleur.",
+    "Say hello.": "Bonjour, mon ami !",
+    "What is two plus two?": "Deux plus deux font quatre.",
+    "Name a fruit.": "La pomme est un fruit.",
+}
+
+
+def curated_run(tmp_path: Path) -> Path:
+    """A run whose curated set holds four French answers; teacher_prompt carries the system prompt."""
+    rows = []
+    for q, a in ANSWERS.items():
+        student = [{"role": "user", "content": q}]
+        teacher = [SYSTEM, *student]
+        item = PromptItem(prompt_id_for(student, teacher), student, teacher, {})
+        rows += make_rows(item, [Completion(a, "stop", 10, 8)], TEACHER, "h")
+    run = write_run(tmp_path / "run", [rows])
+    (tmp_path / "c.yaml").write_text(json.dumps({"name": "t"}))
+    run_curate(load_recipe(tmp_path / "c.yaml"), run)
+    return run
+
+
+def recipe(tmp_path: Path, **train: object) -> object:
+    base = {"batch_size": 2, "max_length": 64, "save_steps": 2, "learning_rate": 1e-3, "max_steps": 4}
+    body = {"name": "t", "teacher": {"system_prompt": SYSTEM["content"]}, "train": {**base, **train}}
+    (tmp_path / "r.yaml").write_text(json.dumps(body))
+    return load_recipe(tmp_path / "r.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_sft_loss_goes_down_and_result_loads_without_distillery(tmp_path: Path, lora: bool) -> None:
+    run = curated_run(tmp_path)
+    s = run_train(recipe(tmp_path, lora={"enabled": lora}, epochs=50, max_steps=6), run)
+    assert s.steps == 6 and s.last_loss < s.first_loss
+    final = run / "train" / "sft" / "final"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(final)
+    if lora:
+        from peft import PeftModel
+
+        config = json.loads((final / "adapter_config.json").read_text())
+        base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+        model = PeftModel.from_pretrained(base, final)
+    else:
+        assert not (final / "adapter_config.json").exists()
+        model = AutoModelForCausalLM.from_pretrained(final)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Name a colour."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+def test_resume_continues_the_step_count(tmp_path: Path) -> None:
+    run = curated_run(tmp_path)
+    first = run_train(recipe(tmp_path, max_steps=2, save_steps=1), run)
+    assert first.steps == 2 and (run / "train/sft/checkpoint-2").is_dir()
+    again = run_train(recipe(tmp_path, max_steps=4, save_steps=1), run, resume=True)
+    assert again.steps == 4 and again.steps_run == 2
+
+
+@pytest.mark.slow
+def test_gkd_teacher_reads_the_teacher_view(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sft import gkd
+
+    seen: list[tuple[list[int], list[int]]] = []
+    original = gkd.SelfDistillGKDTrainer.compute_loss
+
+    def spy(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = original(self, model, inputs, return_outputs, num_items_in_batch)
+        for i in range(inputs["input_ids"].shape[0]):
+            mask = inputs["labels"][i] != -100
+            seen.append((inputs["input_ids"][i][mask].tolist(), self.last_teacher_input_ids[i].tolist()))
+        return loss
+
+    monkeypatch.setattr(gkd.SelfDistillGKDTrainer, "compute_loss", spy)
+    run = curated_run(tmp_path)
+    s = run_train(recipe(tmp_path, objective="gkd", lmbda=0.0, max_steps=2), run)
+    assert s.steps == 2 and s.train_loss > 0
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run / "train/gkd/final")
+    assert seen
+    for completion, teacher_ids in seen:
+        text = tok.decode(teacher_ids)
+        # the teacher's sequence: its own chat prompt, with the privileged system prompt, then the same tokens
+        assert "<|im_start|>system\nAlways answer in French.<|im_end|>" in text
+        start = text.index("<|im_start|>assistant\n") + len("<|im_start|>assistant\n")
+        assert tok.decode(completion).strip() in text[start:]
+        assert teacher_ids[len(teacher_ids) - len(completion) :] == completion or tok.pad_token_id in teacher_ids
+
+
+def test_bad_training_input_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no curated set"):
+        run_train(recipe(tmp_path), tmp_path / "nowhere")
+    (tmp_path / "x.yaml").write_text(json.dumps({"name": "t", "train": {"objective": "ppo"}}))
+    with pytest.raises(UserError, match=r"train.objective.*'sft' or 'gkd'"):
+        load_recipe(tmp_path / "x.yaml")
+    run = write_run(tmp_path / "empty", [[]])
+    (tmp_path / "e.yaml").write_text(json.dumps({"name": "t"}))
+    run_curate(load_recipe(tmp_path / "e.yaml"), run)
+    with pytest.raises(UserError, match="holds no rows"):
+        run_train(recipe(tmp_path), run)
+
+
+@pytest.mark.slow
+def test_bad_lora_modules_and_teacher_vocab(tmp_path: Path, smollm2_dir: Path) -> None:
+    run = curated_run(tmp_path)
+    with pytest.raises(UserError, match=r"up_projection not in the model.*linear layers: .*q_proj"):
+        run_train(recipe(tmp_path, lora={"target_modules": ["q_proj", "up_projection"]}), run)
+    # a teacher with another tokenizer: SmolLM2's tokenizer with extra tokens added
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    other = tmp_path / "other"
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    tok.add_tokens(["<extra_a>", "<extra_b>"])
+    tok.save_pretrained(other)
+    AutoModelForCausalLM.from_pretrained(smollm2_dir).save_pretrained(other)
+    with pytest.raises(UserError, match=r"vocabulary of 49154 tokens, the student .* 49152"):
+        run_train(recipe(tmp_path, objective="gkd", teacher=str(other)), run)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tmp_path: Path) -> None:
+    run = curated_run(tmp_path)
+    recipe(tmp_path, max_steps=2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DISTILLERY_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "2",
+            "--cpu",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "sft.cli",
+            "run",
+            str(tmp_path / "r.yaml"),
+            "--run-dir",
+            str(run),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = json.loads((run / "train/sft/log.json").read_text())
+    assert log[-1]["step"] == 2
+    assert (run / "train/sft/final/adapter_config.json").is_file()
