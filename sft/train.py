@@ -81,7 +81,7 @@ def _lora_config(recipe: Recipe, model: Any) -> Any:
     )
 
 
-def _common_args(recipe: Recipe, out: Path, rows: int) -> dict[str, Any]:
+def _common_args(recipe: Recipe, out: Path) -> dict[str, Any]:
     import torch
 
     t = recipe.train
@@ -138,7 +138,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(student_path)
     peft_config = _lora_config(recipe, model)
-    args = _common_args(recipe, out, len(ds))
+    args = _common_args(recipe, out)
     if t.objective == "sft":
         from trl import SFTConfig, SFTTrainer
 

@@ -183,3 +183,34 @@ def test_accelerate_launch_two_cpu_processes(tmp_path: Path) -> None:
     log = json.loads((run / "train/sft/log.json").read_text())
     assert log[-1]["step"] == 2
     assert (run / "train/sft/final/adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_eval_reports_compliance_for_every_model(tmp_path: Path) -> None:
+    from sft.evaluate import run_eval
+
+    run = curated_run(tmp_path)
+    run_train(recipe(tmp_path, max_steps=2), run)
+    body = {
+        "name": "t",
+        "teacher": {"system_prompt": SYSTEM["content"]},
+        "curate": {"checks": [{"type": "language", "name": "french", "languages": ["fr"]}]},
+        "eval": {
+            "prompts": str(ROOT / "data/heldout_prompts.jsonl"),
+            "limit": 4,
+            "max_new_tokens": 16,
+            "behaviour_check": "french",
+        },
+    }
+    (tmp_path / "ev.yaml").write_text(json.dumps(body))
+    rep = run_eval(load_recipe(tmp_path / "ev.yaml"), run)
+    assert set(rep["compliance"]) == {"teacher", "base_student", "sft"} and rep["prompts"] == 4
+    assert all(0 <= r <= 1 for r in rep["compliance"].values())
+    assert set(rep["agreement_top1_with_teacher"]) == {"base_student", "sft"}
+    assert all(0 < a <= 1 for a in rep["agreement_top1_with_teacher"].values())
+    saved = json.loads((run / "eval/report.json").read_text())
+    assert saved["compliance"] == rep["compliance"]
+    assert (run / "eval/report.md").read_text().startswith("# Evaluation: before vs after")
+    (tmp_path / "bad.yaml").write_text(json.dumps({**body, "eval": {**body["eval"], "behaviour_check": "nope"}}))
+    with pytest.raises(UserError, match=r"eval\.behaviour_check names 'nope'"):
+        run_eval(load_recipe(tmp_path / "bad.yaml"), run)
