@@ -133,7 +133,7 @@ def test_bad_training_input_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bad_lora_modules_and_teacher_vocab(tmp_path: Path, smollm2_dir: Path) -> None:
     run = curated_run(tmp_path)
-    with pytest.raises(UserError, match=r"up_projection not in the model.*linear layers: .*q_proj"):
+    with pytest.raises(UserError, match=r"(?s)up_projection not in the model.*linear layers: .*q_proj"):
         run_train(recipe(tmp_path, lora={"target_modules": ["q_proj", "up_projection"]}), run)
     # a teacher with another tokenizer: SmolLM2's tokenizer with extra tokens added
     from transformers import AutoModelForCausalLM, AutoTokenizer
