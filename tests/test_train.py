@@ -157,15 +157,8 @@ def test_accelerate_launch_two_cpu_processes(tmp_path: Path) -> None:
             sys.executable,
             "-m",
             "accelerate.commands.launch",
-            "--num_processes",
-            "2",
-            "--cpu",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            "--config_file",
+            str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"),
             "-m",
             "sft.cli",
             "run",
@@ -214,3 +207,11 @@ def test_eval_reports_compliance_for_every_model(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(json.dumps({**body, "eval": {**body["eval"], "behaviour_check": "nope"}}))
     with pytest.raises(UserError, match=r"eval\.behaviour_check names 'nope'"):
         run_eval(load_recipe(tmp_path / "bad.yaml"), run)
+
+
+def test_shipped_accelerate_configs_parse() -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    for path in sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")):
+        config = load_config_from_file(str(path))
+        assert config.num_processes >= 2, path
