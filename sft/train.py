@@ -108,6 +108,23 @@ def _common_args(recipe: Recipe, out: Path) -> dict[str, Any]:
     }
 
 
+def _config(cls: Any, args: dict[str, Any]) -> Any:
+    """TRL's config from our defaults plus `train.args`; an unknown key is a user error, not a traceback."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise UserError(
+            f"train.args: {', '.join(unknown)} not a field of TRL's {cls.__name__}",
+            f"see `help(trl.{cls.__name__})` for the fields it takes",
+        )
+    try:
+        return cls(**args)
+    except ValueError as exc:
+        raise UserError(f"train.args: TRL's {cls.__name__} refused the settings: {exc}") from None
+
+
 def _teacher_model(recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,7 +162,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
         train = ds.select_columns(["prompt", "completion"])
         trainer: Any = SFTTrainer(
             model=model,
-            args=SFTConfig(**args),
+            args=_config(SFTConfig, args),
             train_dataset=train,
             processing_class=tokenizer,
             peft_config=peft_config,
@@ -171,7 +188,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
         trainer = SelfDistillGKDTrainer(
             model=model,
             teacher_model=_teacher_model(recipe, student_path, tokenizer),
-            args=GKDConfig(**gkd_args),
+            args=_config(GKDConfig, gkd_args),
             train_dataset=train,
             processing_class=tokenizer,
             peft_config=peft_config,

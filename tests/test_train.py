@@ -123,6 +123,9 @@ def test_bad_training_input_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "x.yaml").write_text(json.dumps({"name": "t", "train": {"objective": "ppo"}}))
     with pytest.raises(UserError, match=r"train.objective.*'sft' or 'gkd'"):
         load_recipe(tmp_path / "x.yaml")
+    run = curated_run(tmp_path)
+    with pytest.raises(UserError, match=r"train\.args: warmup_stepz not a field of TRL's SFTConfig"):
+        run_train(recipe(tmp_path, args={"warmup_stepz": 3}), run)
     run = write_run(tmp_path / "empty", [[]])
     (tmp_path / "e.yaml").write_text(json.dumps({"name": "t"}))
     run_curate(load_recipe(tmp_path / "e.yaml"), run)
