@@ -96,13 +96,17 @@ def run_eval(recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None) -> d
     student_prompts = [it.prompt for it in items]
     teacher_prompts = [teacher_view(it.prompt, recipe.teacher) for it in items]
 
-    models: list[tuple[str, Any, Any, list[list[dict[str, str]]]]] = []
-    tok = AutoTokenizer.from_pretrained(base_path)
-    models.append(("teacher", AutoModelForCausalLM.from_pretrained(teacher_path), tok, teacher_prompts))
-    models.append(("base_student", AutoModelForCausalLM.from_pretrained(base_path), tok, student_prompts))
+    def base(path: str) -> Any:
+        return lambda: (AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(base_path))
+
+    # (name, loader, prompts): each model is loaded when its turn comes and dropped after it.
+    models: list[tuple[str, Any, list[list[dict[str, str]]]]] = [
+        ("teacher", base(teacher_path), teacher_prompts),
+        ("base_student", base(base_path), student_prompts),
+    ]
     for obj in objectives:
-        model, t = _load_student(run_dir / "train" / obj / "final", base_path)
-        models.append((obj, model, t, student_prompts))
+        final = run_dir / "train" / obj / "final"
+        models.append((obj, lambda final=final: _load_student(final, base_path), student_prompts))
 
     report: dict[str, Any] = {
         "prompts": len(items),
@@ -113,8 +117,9 @@ def run_eval(recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None) -> d
         "examples": {},
     }
     teacher_answers: list[str] = []
-    for name, model, tokenizer, prompts in models:
+    for name, loader, prompts in models:
         t0 = time.perf_counter()
+        model, tokenizer = loader()
         engine = TransformersEngine.from_loaded(model, tokenizer, name, batch_size=ev.batch_size)
         answers = [c[0].text for c in engine.generate(prompts, params)]
         rows = [
