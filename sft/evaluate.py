@@ -2,8 +2,9 @@
 
 Every model answers the held-out prompts through the same engine interface as generation: the
 students see the student's view, the teacher sees the teacher's view (with its privileged context).
-Metrics: the compliance rate of the recipe's behaviour check (a curate check, e.g. `french`), and
-token-level agreement with the teacher: how often a student's top-1 next token equals the teacher's
+Metrics: the compliance rate of the recipe's behaviour check (a curate check, e.g. `french`), the
+pass rate of every other curate row check (decontamination aside), the mean LLM-judge score where
+the recipe has an `llm_judge` check, and token-level agreement with the teacher: how often a student's top-1 next token equals the teacher's
 token when reading the teacher's own answers (teacher-forced, on the student's view).
 """
 
@@ -29,17 +30,21 @@ from synth.recipe import PromptsSpec, Recipe
 EXAMPLES = 3
 
 
-def _behaviour_check(recipe: Recipe, recipe_dir: Path | None) -> Any:
+def _checks(recipe: Recipe, recipe_dir: Path | None) -> tuple[str, list[Any]]:
+    """The behaviour check's name and every curate row check to apply to answers (set up once)."""
     name = recipe.eval.behaviour_check or recipe.curate.score
-    spec = next((c for c in recipe.curate.checks if c.label == name), None)
-    if spec is None or spec.type not in ROW_CHECKS:
+    specs = [c for c in recipe.curate.checks if c.type in ROW_CHECKS and c.type != "decontaminate"]
+    if not any(c.label == name for c in specs):
         raise UserError(
             f"eval.behaviour_check names {name!r}, which is not a row check in curate.checks",
             "set eval.behaviour_check to the name of the check that defines the behaviour",
         )
-    check = ROW_CHECKS[spec.type](spec)
-    check.setup(Context(recipe, recipe_dir))
-    return check
+    checks = []
+    for spec in specs:
+        check = ROW_CHECKS[spec.type](spec)
+        check.setup(Context(recipe, recipe_dir))
+        checks.append(check)
+    return name, checks
 
 
 def _load_student(final: Path, base: str) -> tuple[Any, Any]:
@@ -81,7 +86,7 @@ def run_eval(recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None) -> d
     ev = recipe.eval
     spec = PromptsSpec(path=ev.prompts, prompt_column=ev.prompt_column, system_prompt=recipe.prompts.system_prompt)
     items, _ = load_prompts(spec, recipe.teacher, recipe_dir, ev.limit)
-    check = _behaviour_check(recipe, recipe_dir)
+    behaviour, checks = _checks(recipe, recipe_dir)
     objectives = ev.objectives or sorted(p.parent.name for p in (run_dir / "train").glob("*/final"))
     for obj in objectives:
         if not (run_dir / "train" / obj / "final").is_dir():
@@ -110,8 +115,10 @@ def run_eval(recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None) -> d
 
     report: dict[str, Any] = {
         "prompts": len(items),
-        "behaviour_check": check.name,
+        "behaviour_check": behaviour,
         "compliance": {},
+        "checks": {},
+        "judge_mean_score": {},
         "agreement_top1_with_teacher": {},
         "seconds": {},
         "examples": {},
@@ -135,8 +142,16 @@ def run_eval(recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None) -> d
             }
             for i, (it, a) in enumerate(zip(items, answers, strict=True))
         ]
-        verdicts = check.run(rows)
-        report["compliance"][name] = sum(v.passed for v in verdicts) / len(verdicts)
+        report["checks"][name] = {}
+        for check in checks:
+            verdicts = check.run(rows)
+            report["checks"][name][check.name] = sum(v.passed for v in verdicts) / len(verdicts)
+            if check.spec.type == "llm_judge":
+                scores = [v.score for v in verdicts if v.score is not None]
+                report["judge_mean_score"].setdefault(name, {})[check.name] = (
+                    sum(scores) / len(scores) if scores else None
+                )
+        report["compliance"][name] = report["checks"][name][behaviour]
         if name == "teacher":
             teacher_answers = answers
         else:
@@ -148,6 +163,8 @@ def run_eval(recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None) -> d
         del engine, model
     t = report["compliance"]["teacher"]
     report["ratio_to_teacher"] = {k: (v / t if t else None) for k, v in report["compliance"].items()}
+    for check in checks:
+        check.close()
     out = run_dir / "eval"
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out / "report.md", to_markdown(report))
@@ -170,6 +187,20 @@ def to_markdown(rep: dict[str, Any]) -> str:
             f"| {name} | {rate:.3f} | {ratio:.2f} | {'-' if agree is None else f'{agree:.3f}'} | "
             f"{rep['seconds'][name]} |"
         )
+    names = list(next(iter(rep["checks"].values()), {}))
+    if names:
+        lines += [
+            "",
+            "## Every curate check, as pass rates",
+            "",
+            "| model | " + " | ".join(names) + " |",
+            "|---|" + "---:|" * len(names),
+        ]
+        for model, rates in rep["checks"].items():
+            lines.append(f"| {model} | " + " | ".join(f"{rates[n]:.3f}" for n in names) + " |")
+    if rep["judge_mean_score"]:
+        lines += ["", "## LLM judge, mean score", ""]
+        lines += [f"- {m}: {scores}" for m, scores in rep["judge_mean_score"].items()]
     lines += ["", "## Examples", ""]
     for name, examples in rep["examples"].items():
         lines.append(f"**{name}**")

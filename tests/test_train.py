@@ -190,7 +190,13 @@ def test_eval_reports_compliance_for_every_model(tmp_path: Path) -> None:
     body = {
         "name": "t",
         "teacher": {"system_prompt": SYSTEM["content"]},
-        "curate": {"checks": [{"type": "language", "name": "french", "languages": ["fr"]}]},
+        "curate": {
+            "checks": [
+                {"type": "length", "min_chars": 5},
+                {"type": "language", "name": "french", "languages": ["fr"]},
+                {"type": "llm_judge", "name": "judge", "max_new_tokens": 8},
+            ]
+        },
         "eval": {
             "prompts": str(ROOT / "data/heldout_prompts.jsonl"),
             "limit": 4,
@@ -204,6 +210,10 @@ def test_eval_reports_compliance_for_every_model(tmp_path: Path) -> None:
     assert all(0 <= r <= 1 for r in rep["compliance"].values())
     assert set(rep["agreement_top1_with_teacher"]) == {"base_student", "sft"}
     assert all(0 < a <= 1 for a in rep["agreement_top1_with_teacher"].values())
+    for rates in rep["checks"].values():
+        assert set(rates) == {"length", "french", "judge"}
+    assert all(rep["checks"][m]["french"] == rep["compliance"][m] for m in rep["compliance"])
+    assert set(rep["judge_mean_score"]) == {"teacher", "base_student", "sft"}
     saved = json.loads((run / "eval/report.json").read_text())
     assert saved["compliance"] == rep["compliance"]
     assert (run / "eval/report.md").read_text().startswith("# Evaluation: before vs after")
