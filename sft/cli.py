@@ -29,7 +29,15 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in RUN_DIR/train/."),
     run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME."),
 ) -> None:
-    """Train the student (SFT, or on-policy logit distillation) on RUN_DIR/curated/kept.parquet."""
+    """Train the student (SFT, or on-policy logit distillation) on RUN_DIR/curated/kept.parquet.
+
+    `train.objective=sft` runs TRL's SFTTrainer on the curated answers (loss on the completion
+    only); `train.objective=gkd` runs TRL's GKDTrainer with the teacher (by default the student's own
+    initial weights) reading `teacher_prompt`, the privileged view. LoRA by default
+    (`train.lora.enabled=false` for a full fine-tune). Writes RUN_DIR/train/OBJECTIVE/: checkpoints,
+    `final/` (adapter or model + tokenizer), `log.json`. Several processes:
+    `accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml -m sft.cli run RECIPE`.
+    """
 
     def body() -> None:
         from rich.console import Console
@@ -66,7 +74,13 @@ def evaluate(
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME."),
 ) -> None:
-    """Compare base student, trained student and teacher on the held-out prompts."""
+    """Compare base student, trained student and teacher on the held-out prompts.
+
+    Each model answers `eval.prompts` (students: the student's view; teacher: the teacher's view).
+    Reports the compliance rate of `eval.behaviour_check` (a curate check by name), every other
+    curate check's pass rate, the LLM-judge mean score if configured, and top-1 agreement with the
+    teacher. Writes RUN_DIR/eval/report.json and report.md.
+    """
 
     def body() -> None:
         from rich.console import Console
