@@ -4,8 +4,9 @@ Every model answers the held-out prompts through the same engine interface as ge
 students see the student's view, the teacher sees the teacher's view (with its privileged context).
 Metrics: the compliance rate of the recipe's behaviour check (a curate check, e.g. `french`), the
 pass rate of every other curate row check (decontamination aside), the mean LLM-judge score where
-the recipe has an `llm_judge` check, and token-level agreement with the teacher: how often a student's top-1 next token equals the teacher's
-token when reading the teacher's own answers (teacher-forced, on the student's view).
+the recipe has an `llm_judge` check, and token-level agreement with the teacher: how often a
+student's top-1 next token equals the teacher's token when reading the teacher's own answers
+(teacher-forced, on the student's view).
 """
 
 from __future__ import annotations
