@@ -44,7 +44,7 @@ def test_llm_judge_with_smollm2_scores_or_records_every_row() -> None:
         if v.score is None:
             assert v.reason.startswith("judge output unparsable after 1 retry: ") and not v.passed
         else:
-            assert 1 <= v.score <= 10 and v.passed
+            assert v.passed and 1 <= v.score <= 10
     assert [v.score for v in first] == [v.score for v in again]  # greedy first try: deterministic
     # What the judge saw for the injection rows: the attack sits inside the nonce-fenced block only.
     for row in ROWS[2:]:
