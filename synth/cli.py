@@ -44,6 +44,9 @@ def generate(
     run_dir: Path = typer.Option(
         None, "--run-dir", help="Where to write the run. Default: runs/RECIPE_NAME in this folder."
     ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Generate again the prompts whose rows failed (e.g. the server gave up)."
+    ),
 ) -> None:
     """Sample `generate.n` teacher completions for every prompt.
 
@@ -61,7 +64,9 @@ def generate(
 
         r = load(recipe, overrides)
         runtime.configure(r.runtime)
-        summary = run_generate(r, run_dir_for(r, run_dir), recipe_dir=recipe.parent, limit=limit)
+        summary = run_generate(
+            r, run_dir_for(r, run_dir), recipe_dir=recipe.parent, limit=limit, retry_failed=retry_failed
+        )
         Console().print(summary_table(summary))
 
     guarded(body)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import (
@@ -46,6 +47,7 @@ class GenerateSummary:
     prompts_total: int = 0
     prompts_skipped: int = 0
     repeats_dropped: int = 0
+    prompts_retried: int = 0
     rows_written: int = 0
     rows_total: int = 0
     failures: int = 0
@@ -122,6 +124,29 @@ def _check_same_teacher(shards: list[dict[str, Any]], teacher: dict[str, Any], g
             )
 
 
+def drop_failed_prompts(gen_dir: Path) -> int:
+    """Remove every row of prompts that have a failed row, so the normal resume generates them again.
+
+    Each shard is rewritten atomically without those prompts (or deleted when nothing is left). A
+    crash half-way leaves some prompts missing, never a prompt twice, and a re-run fills them in.
+    """
+    import pyarrow.compute as pc
+
+    dropped: set[str] = set()
+    for path in sorted(gen_dir.glob("shard-*.parquet")):
+        table = pq.read_table(path)
+        failed = pc.unique(pc.filter(table["prompt_id"], pc.is_valid(table["error"]))).to_pylist()
+        if not failed:
+            continue
+        dropped.update(failed)
+        kept = table.filter(pc.invert(pc.is_in(table["prompt_id"], value_set=pa.array(failed, pa.string()))))
+        if kept.num_rows:
+            atomic_write_parquet(path, kept)
+        else:
+            path.unlink()
+    return len(dropped)
+
+
 def _prepare(
     items: list[PromptItem], engine: Engine, params: SamplingParams
 ) -> tuple[list[PromptItem], list[PromptItem]]:
@@ -141,8 +166,13 @@ def run_generate(
     limit: int | None = None,
     console: Console | None = None,
     engine: Engine | None = None,
+    retry_failed: bool = False,
 ) -> GenerateSummary:
-    """Generate the missing rows of a run; see the module docstring for the resume contract."""
+    """Generate the missing rows of a run; see the module docstring for the resume contract.
+
+    With `retry_failed`, prompts whose rows failed (server gave up, timeouts, too-long prompts) are
+    generated again; otherwise a failed row counts as done, with its reason kept.
+    """
     console = console or Console(stderr=True)
     gen_dir = run_dir / "generations"
     gen_dir.mkdir(parents=True, exist_ok=True)
@@ -151,14 +181,21 @@ def run_generate(
     items, repeats = load_prompts(recipe.prompts, recipe.teacher, recipe_dir, limit)
     params = sampling_params(recipe)
     shards = scan_shards(gen_dir)
+    teacher = engine.provenance(params) if engine else teacher_provenance(recipe)
+    _check_same_teacher(shards, teacher, gen_dir)
+    retried = drop_failed_prompts(gen_dir) if retry_failed else 0
+    if retried:
+        shards = scan_shards(gen_dir)
     done = set().union(*(s["prompt_ids"] for s in shards)) if shards else set()
     todo = [it for it in items if it.prompt_id not in done]
     summary = GenerateSummary(
-        run_dir, prompts_total=len(items), prompts_skipped=len(items) - len(todo), repeats_dropped=repeats
+        run_dir,
+        prompts_total=len(items),
+        prompts_skipped=len(items) - len(todo),
+        repeats_dropped=repeats,
+        prompts_retried=retried,
     )
     start = time.perf_counter()
-    teacher = engine.provenance(params) if engine else teacher_provenance(recipe)
-    _check_same_teacher(shards, teacher, gen_dir)
     try:
         if todo:
             engine = engine or build_engine(recipe)
@@ -238,6 +275,8 @@ def summary_table(s: GenerateSummary) -> Table:
     t.add_row("prompts in source", str(s.prompts_total))
     t.add_row("prompts already done (resumed)", str(s.prompts_skipped))
     t.add_row("repeated prompts dropped", str(s.repeats_dropped))
+    if s.prompts_retried:
+        t.add_row("failed prompts retried", str(s.prompts_retried))
     t.add_row("rows written now", str(s.rows_written))
     t.add_row("rows in run", str(s.rows_total))
     t.add_row("failed rows (with reason)", str(s.failures))

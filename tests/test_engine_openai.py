@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_retries_429_5xx_and_timeouts_then_succeeds(server: LlamaServer, monkeyp
     assert all(h.get("Authorization") == f"Bearer {SECRET}" for h in proxy.headers)
 
 
-def test_gives_up_and_records_the_reason_per_row(tmp_path: Path, server: LlamaServer, prompts_file: Path) -> None:
+def test_gives_up_records_the_reason_then_retry_failed(tmp_path: Path, server: LlamaServer, prompts_file: Path) -> None:
     proxy = FaultProxy(server.base_url, lambda n: 503)
     try:
         res = run_cli(
@@ -123,6 +124,29 @@ def test_gives_up_and_records_the_reason_per_row(tmp_path: Path, server: LlamaSe
     assert len(rows) == 6 and all(r["error"].startswith("gave up after 3 tries: HTTP 503") for r in rows)
     assert proxy.posts == 3 * 3  # three prompts, three tries each
     assert json.loads((tmp_path / "run/generations/_manifest.json").read_text())["failures"] == 6
+
+    # The server is healthy again: --retry-failed generates exactly the failed prompts, once.
+    again = run_cli(
+        "synth",
+        "generate",
+        str(RECIPE),
+        "teacher.engine=openai",
+        f"teacher.openai.base_url={server.base_url}",
+        f"prompts.path={prompts_file}",
+        "generate.n=2",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--retry-failed",
+    )
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"failed prompts retried\s*│\s*3\s*│", again.stdout), again.stdout
+    rows = [
+        r
+        for f in sorted(glob.glob(str(tmp_path / "run/generations/shard-*.parquet")))
+        for r in pq.read_table(f).to_pylist()
+    ]
+    assert len(rows) == 6 and len({r["id"] for r in rows}) == 6 and all(r["error"] is None for r in rows)
+    assert json.loads((tmp_path / "run/generations/_manifest.json").read_text())["failures"] == 0
 
 
 def test_server_down_is_a_clear_error(tmp_path: Path, prompts_file: Path) -> None:
