@@ -194,10 +194,12 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
             peft_config=peft_config,
             data_collator=TeacherViewCollator(tokenizer, t.max_length),
         )
-    last = _last_checkpoint(out) if resume else None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(out)) if resume else None
     start = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+        result = trainer.train(resume_from_checkpoint=last)
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and "out of memory" not in str(exc).lower():
             raise
@@ -213,7 +215,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(str(final))
         atomic_write_text(out / "log.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
-    steps_run = result.global_step - (int(last.name.split("-")[-1]) if last else 0)
+    steps_run = result.global_step - (int(Path(last).name.split("-")[-1]) if last else 0)
     return TrainSummary(
         t.objective,
         out,
@@ -225,8 +227,3 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
         losses[0] if losses else None,
         losses[-1] if losses else None,
     )
-
-
-def _last_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return ckpts[-1] if ckpts else None

@@ -59,7 +59,7 @@ def histogram(values: list[float], bins: int = 10) -> list[dict[str, Any]]:
 
 def build_report(summary: CurateSummary, curator: Curator) -> dict[str, Any]:
     per_prompt: dict[str, int] = {}
-    for n in curator.kept_per_prompt.values():  # type: ignore[attr-defined]
+    for n in curator.kept_per_prompt.values():
         per_prompt[str(n)] = per_prompt.get(str(n), 0) + 1
     decontam = [c.report() for c in curator.row_checks if hasattr(c, "report")]
     return {

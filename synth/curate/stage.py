@@ -116,6 +116,7 @@ class Curator:
         self.alive: dict[str, tuple[float | None, int, int, str]] = {}
         self.order = 0
         self.prompts: dict[str, int] = {}
+        self.kept_per_prompt: dict[str, int] = {}  # filled when the outputs are written
 
     def _reject(self, row: Row, name: str, v: Verdict) -> None:
         row["rejected_by"] = name
@@ -321,7 +322,7 @@ def _write_outputs(
 ) -> tuple[int, int]:
     """Stream the work parts into kept.parquet (TRL prompt-completion format) and rejected.parquet."""
     kept_n = rejected_n = 0
-    kept_per_prompt = dict.fromkeys(curator.prompts, 0)
+    kept_per_prompt = curator.kept_per_prompt = dict.fromkeys(curator.prompts, 0)
     with (
         pq.ParquetWriter(out / "kept.parquet", KEPT_SCHEMA) as kept_w,
         pq.ParquetWriter(out / "rejected.parquet", REJECTED_SCHEMA) as rej_w,
@@ -355,7 +356,6 @@ def _write_outputs(
                 rej_w.write_table(rejected.select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA))
             kept_n += kept.num_rows
             rejected_n += rejected.num_rows
-    curator.kept_per_prompt = kept_per_prompt  # type: ignore[attr-defined]
     return kept_n, rejected_n
 
 
