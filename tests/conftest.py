@@ -43,6 +43,13 @@ def run_cli(
     )
 
 
+def shard_rows(run: Path) -> list[dict]:
+    """Every row of a run's generation shards, in shard order."""
+    import pyarrow.parquet as pq
+
+    return [r for f in sorted((run / "generations").glob("shard-*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -14,7 +14,7 @@ import pytest
 
 from synth.curate.stage import run_curate
 from synth.recipe import load_recipe
-from tests.conftest import RECIPE, ROOT, run_cli
+from tests.conftest import RECIPE, ROOT, run_cli, shard_rows
 from tests.curate_helpers import recipe_text, rows_for, write_run
 
 CHECKS = [
@@ -41,9 +41,7 @@ def test_rerun_is_byte_identical_and_every_row_lands_once(tmp_path: Path) -> Non
     kept = pq.read_table(run / "curated" / "kept.parquet").to_pylist()
     rejected = pq.read_table(run / "curated" / "rejected.parquet").to_pylist()
     assert s.kept == len(kept) == 6 and s.rejected == len(rejected) == 12
-    assert sorted(r["id"] for r in kept + rejected) == sorted(
-        r["id"] for f in sorted((run / "generations").glob("*.parquet")) for r in pq.read_table(f).to_pylist()
-    )
+    assert sorted(r["id"] for r in kept + rejected) == sorted(r["id"] for r in shard_rows(run))
     run_curate(recipe, run)
     assert (run / "curated" / "kept.parquet").read_bytes() == first
     assert not list(run.glob(".curated*"))

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from synth.engines.base import SamplingParams
@@ -16,7 +14,7 @@ from synth.engines.openai import OpenAIEngine
 from synth.errors import UserError
 from synth.models import embedded_gguf
 from synth.recipe import OpenAISettings
-from tests.conftest import RECIPE, run_cli
+from tests.conftest import RECIPE, run_cli, shard_rows
 from tests.servers import FaultProxy, LlamaServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -31,6 +29,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     s.stop()
 
 
+def generate_openai(base_url: str, prompts: Path, run: Path, *extra: str, env: dict[str, str] | None = None):
+    """`synth generate` with the default recipe on the openai engine at `base_url`."""
+    return run_cli(
+        "synth",
+        "generate",
+        str(RECIPE),
+        "teacher.engine=openai",
+        f"teacher.openai.base_url={base_url}",
+        f"prompts.path={prompts}",
+        *extra,
+        "--run-dir",
+        str(run),
+        env=env,
+    )
+
+
 def engine_for(url: str, **kw: object) -> OpenAIEngine:
     settings = OpenAISettings(base_url=url, backoff_s=0.01, **kw)  # type: ignore[arg-type]
     return OpenAIEngine(settings, model_id="smollm2")
@@ -42,24 +56,19 @@ def test_cli_openai_engine_n_logprobs_and_no_secret_leak(
     run = tmp_path / "run"
     # n=3 exceeds the server's 2 slots: llama.cpp answers 400, and the engine falls back to one sample
     # per request with different seeds.
-    res = run_cli(
-        "synth",
-        "generate",
-        str(RECIPE),
-        "teacher.engine=openai",
-        f"teacher.openai.base_url={server.base_url}",
-        f"prompts.path={prompts_file}",
+    res = generate_openai(
+        server.base_url,
+        prompts_file,
+        run,
         "generate.n=3",
         "generate.max_new_tokens=12",
         "generate.logprobs=2",
         "generate.temperature=1.0",
-        "--run-dir",
-        str(run),
         env={"OPENAI_API_KEY": SECRET},
     )
     assert res.returncode == 0, res.stderr
-    files = sorted(glob.glob(str(run / "generations" / "shard-*.parquet")))
-    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    files = sorted((run / "generations").glob("shard-*.parquet"))
+    rows = shard_rows(run)
     assert len(rows) == 9 and all(r["error"] is None for r in rows)
     assert all(r["teacher"]["engine"] == "openai" for r in rows)
     by_prompt: dict[str, list[dict]] = {}
@@ -104,63 +113,34 @@ def test_retries_429_5xx_and_timeouts_then_succeeds(server: LlamaServer, monkeyp
 def test_gives_up_records_the_reason_then_retry_failed(tmp_path: Path, server: LlamaServer, prompts_file: Path) -> None:
     proxy = FaultProxy(server.base_url, lambda n: 503)
     try:
-        res = run_cli(
-            "synth",
-            "generate",
-            str(RECIPE),
-            "teacher.engine=openai",
-            f"teacher.openai.base_url={proxy.base_url}",
+        res = generate_openai(
+            proxy.base_url,
+            prompts_file,
+            tmp_path / "run",
             "teacher.openai.max_retries=2",
             "teacher.openai.backoff_s=0.01",
-            f"prompts.path={prompts_file}",
             "generate.n=2",
-            "--run-dir",
-            str(tmp_path / "run"),
         )
     finally:
         proxy.stop()
     assert res.returncode == 0, res.stderr
-    rows = pq.read_table(glob.glob(str(tmp_path / "run/generations/shard-*.parquet"))[0]).to_pylist()
+    rows = shard_rows(tmp_path / "run")
     assert len(rows) == 6 and all(r["error"].startswith("gave up after 3 tries: HTTP 503") for r in rows)
     assert proxy.posts == 3 * 3  # three prompts, three tries each
     assert json.loads((tmp_path / "run/generations/_manifest.json").read_text())["failures"] == 6
 
     # The server is healthy again: --retry-failed generates exactly the failed prompts, once.
-    again = run_cli(
-        "synth",
-        "generate",
-        str(RECIPE),
-        "teacher.engine=openai",
-        f"teacher.openai.base_url={server.base_url}",
-        f"prompts.path={prompts_file}",
-        "generate.n=2",
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--retry-failed",
-    )
+    again = generate_openai(server.base_url, prompts_file, tmp_path / "run", "generate.n=2", "--retry-failed")
     assert again.returncode == 0, again.stderr
     assert re.search(r"failed prompts retried\s*│\s*3\s*│", again.stdout), again.stdout
-    rows = [
-        r
-        for f in sorted(glob.glob(str(tmp_path / "run/generations/shard-*.parquet")))
-        for r in pq.read_table(f).to_pylist()
-    ]
+    rows = shard_rows(tmp_path / "run")
     assert len(rows) == 6 and len({r["id"] for r in rows}) == 6 and all(r["error"] is None for r in rows)
     assert json.loads((tmp_path / "run/generations/_manifest.json").read_text())["failures"] == 0
 
 
 def test_server_down_is_a_clear_error(tmp_path: Path, prompts_file: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
-    res = run_cli(
-        "synth",
-        "generate",
-        str(RECIPE),
-        "teacher.engine=openai",
-        f"teacher.openai.base_url={url}",
-        f"prompts.path={prompts_file}",
-        "--run-dir",
-        str(tmp_path / "run"),
-    )
+    res = generate_openai(url, prompts_file, tmp_path / "run")
     assert res.returncode == 2 and "cannot reach the OpenAI-compatible server" in res.stderr
     assert "Traceback" not in res.stderr
     assert not list((tmp_path / "run").glob("generations/shard-*"))
