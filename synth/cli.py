@@ -1,10 +1,11 @@
-"""`synth`: the data side of Distillery (generate now; curate, review and publish in later stages)."""
+"""`synth`: the data side of Distillery (generate, curate, review; publish comes with its issue)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from synth import __version__
 from synth.cli_common import OVERRIDES_HELP, guarded, load, run_dir_for
@@ -57,8 +58,6 @@ def generate(
     """
 
     def body() -> None:
-        from rich.console import Console
-
         from synth import runtime
         from synth.generate import run_generate, summary_table
 
@@ -87,8 +86,6 @@ def curate(
     """
 
     def body() -> None:
-        from rich.console import Console
-
         from synth import runtime
         from synth.curate.stage import run_curate, summary_table
 
@@ -96,6 +93,69 @@ def curate(
         runtime.configure(r.runtime)
         summary = run_curate(r, run_dir_for(r, run_dir), recipe_dir=recipe.parent)
         Console().print(summary_table(summary))
+
+    guarded(body)
+
+
+review_app = typer.Typer(
+    help=(
+        "Human review in Argilla: `push` curated rows as records, `pull` reviewers' verdicts back into "
+        "the curated set.\n\nConnects to $ARGILLA_API_URL (or the recipe's `review.api_url`) with "
+        "$ARGILLA_API_KEY; the key is never read from or written to a recipe."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("push")
+def review_push(
+    recipe: Path = typer.Argument(..., help="The YAML recipe whose curated set to review."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    sample: int = typer.Option(None, "--sample", min=1, help="Push only N kept rows (a seeded sample)."),
+    rejected: int = typer.Option(
+        None, "--rejected", min=0, help="Also push N rejected rows (default: review.rejected_sample)."
+    ),
+    workspace: str = typer.Option(None, "--workspace", help="Argilla workspace (default: review.workspace)."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
+) -> None:
+    """Log curated rows to the run's Argilla dataset (created on first push).
+
+    Records carry the row id, so pushing again updates them and keeps reviewers' responses. The
+    automatic decision and the ranking check's score arrive as suggestions. Writes
+    RUN_DIR/review/push.json and pushed.parquet.
+    """
+
+    def body() -> None:
+        from synth.review.stage import run_push, summary_table
+
+        r = load(recipe, overrides)
+        s = run_push(r, run_dir_for(r, run_dir), workspace=workspace, sample=sample, rejected_sample=rejected)
+        Console().print(summary_table(s))
+
+    guarded(body)
+
+
+@review_app.command("pull")
+def review_pull(
+    recipe: Path = typer.Argument(..., help="The YAML recipe whose review to pull."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
+) -> None:
+    """Apply reviewers' submitted responses to the curated set.
+
+    Discarded rows move to rejected.parquet (reason `human: discard`), corrected completions replace
+    the original (kept in `original_completion`), ratings become a `human` verdict; rows nobody
+    reviewed keep curate's decision. Safe to run again. Writes RUN_DIR/review/responses.parquet and
+    report.json / report.md.
+    """
+
+    def body() -> None:
+        from synth.review.stage import run_pull, summary_table
+
+        r = load(recipe, overrides)
+        Console().print(summary_table(run_pull(r, run_dir_for(r, run_dir))))
 
     guarded(body)
 

@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError
 from sft.config import EvalSpec, TrainSpec
 from synth.curate.config import CurateSpec
 from synth.errors import UserError
+from synth.review.config import ReviewSpec
 from synth.specs import (
     GenerateSpec,
     ModelSpec,
@@ -60,7 +61,7 @@ class Recipe(Strict):
     prompts: PromptsSpec = Field(default_factory=PromptsSpec)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
     curate: CurateSpec = Field(default_factory=CurateSpec)
-    review: dict[str, Any] = Field(default_factory=dict)
+    review: ReviewSpec = Field(default_factory=ReviewSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     publish: dict[str, Any] = Field(default_factory=dict)

@@ -163,6 +163,11 @@ def _with(schema: pa.Schema, replace: dict[str, pa.DataType], extra: list[tuple[
 # curated/kept.parquet: TRL's conversational prompt-completion format (`prompt` = the student's
 # messages, `completion` = one assistant message), so SFTTrainer trains on it directly, with loss on
 # the completion only; every provenance column stays, plus the ranking score.
-KEPT_SCHEMA = _with(SCHEMA, {"completion": pa.list_(MESSAGE)}, [("score", pa.float64())])
+# `original_completion` is set only when a reviewer's correction replaced the completion (synth review).
+KEPT_SCHEMA = _with(
+    SCHEMA, {"completion": pa.list_(MESSAGE)}, [("score", pa.float64()), ("original_completion", pa.string())]
+)
 # curated/rejected.parquet: the record as generated, plus the first failing check and its reason.
-REJECTED_SCHEMA = _with(SCHEMA, {}, [("rejected_by", pa.string()), ("reason", pa.string())])
+REJECTED_SCHEMA = _with(
+    SCHEMA, {}, [("rejected_by", pa.string()), ("reason", pa.string()), ("original_completion", pa.string())]
+)

@@ -66,3 +66,13 @@ def prompts_file(tmp_path: Path) -> Path:
             {"id": "c", "prompt": "What is two plus two?"},
         ],
     )
+
+
+@pytest.fixture(scope="session")
+def argilla_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real argilla-server on 127.0.0.1 for the whole test run (owner key below), stopped at the end."""
+    from tests.servers import ArgillaServer
+
+    server = ArgillaServer(tmp_path_factory.mktemp("argilla"), api_key="owner.test-api-key")
+    yield server
+    server.stop()

@@ -154,3 +154,62 @@ class FaultProxy:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def argilla_server_python() -> str:
+    """The python of the cached argilla-server virtualenv, creating it on first use (~1 min)."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "argilla_server_venv.sh")], capture_output=True, text=True, timeout=1800
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"creating the argilla-server virtualenv failed:\n{out.stderr[-3000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+class ArgillaServer:
+    """A real argilla-server 2.8 process on 127.0.0.1 (SQLite, the SQLite search plugin, fakeredis).
+
+    Started by tests/argilla_server_main.py in the server's own virtualenv; stopped by PID.
+    """
+
+    def __init__(self, home: Path, api_key: str) -> None:
+        self.port = free_port()
+        self.api_key = api_key
+        self.url = f"http://127.0.0.1:{self.port}"
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = open(home / "argilla-server.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                argilla_server_python(),
+                str(ROOT / "tests" / "argilla_server_main.py"),
+                "--home",
+                str(home),
+                "--port",
+                str(self.port),
+                "--api-key",
+                api_key,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 180
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"argilla-server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/api/v1/status", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"argilla-server did not answer in 180 s; see {self.log.name}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()

@@ -350,6 +350,8 @@ def _write_outputs(
             for pid in kept.column("prompt_id").to_pylist():
                 kept_per_prompt[pid] += 1
             rejected = part.filter(pa.compute.invert(keep))
+            kept = _set(kept, "original_completion", [None] * kept.num_rows, pa.string())
+            rejected = _set(rejected, "original_completion", [None] * rejected.num_rows, pa.string())
             if kept.num_rows:
                 kept_w.write_table(kept.select(KEPT_SCHEMA.names).cast(KEPT_SCHEMA))
             if rejected.num_rows:

@@ -1,0 +1,1 @@
+"""`synth review`: human review of curated rows in Argilla (push rows out, pull verdicts back)."""
