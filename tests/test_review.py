@@ -34,8 +34,9 @@ def _env(server: Any, key: str | None = None) -> dict[str, str]:
 
 
 def _review(run: Path, action: str, server: Any, *extra: str, key: str | None = None) -> Any:
-    return run_cli("synth", "review", action, str(RECIPE), *OVERRIDES, "--run-dir", str(run), *extra,
-                   env=_env(server, key))
+    return run_cli(
+        "synth", "review", action, str(RECIPE), *OVERRIDES, "--run-dir", str(run), *extra, env=_env(server, key)
+    )
 
 
 def _rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -62,8 +63,11 @@ class Reviewer:
 
     def pending(self, dataset_id: Any) -> dict[str, str]:
         """row id -> server record id of the records this reviewer has not answered."""
-        body = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "property": "status"},
-                                     "values": ["pending"]}]}}
+        body = {
+            "filters": {
+                "and": [{"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]}]
+            }
+        }
         r = self.http.post(f"/api/v1/me/datasets/{dataset_id}/records/search", params={"limit": 1000}, json=body)
         r.raise_for_status()
         return {i["record"]["external_id"]: i["record"]["id"] for i in r.json()["items"]}
@@ -154,8 +158,10 @@ def test_review_loop_end_to_end(curated_run: Path, argilla_server: Any, tmp_path
     assert _digest(run / "curated") == snapshot
 
     # a reviewer changes their mind: the row comes back
-    alice.http.put(f"/api/v1/responses/{_response_id(owner, todo[discard], alice)}",
-                   json={"values": {"decision": {"value": "keep"}}, "status": "submitted"}).raise_for_status()
+    alice.http.put(
+        f"/api/v1/responses/{_response_id(owner, todo[discard], alice)}",
+        json={"values": {"decision": {"value": "keep"}}, "status": "submitted"},
+    ).raise_for_status()
     assert _review(run, "pull", argilla_server).returncode == 0
     assert discard in _rows(run / "curated" / "kept.parquet")
 
@@ -197,7 +203,12 @@ def test_unreachable_server_or_wrong_key_changes_nothing(
 
 def test_missing_key_is_a_clear_error(curated_run: Path, tmp_path: Path) -> None:
     out = run_cli(
-        "synth", "review", "pull", str(RECIPE), "--run-dir", str(curated_run),
+        "synth",
+        "review",
+        "pull",
+        str(RECIPE),
+        "--run-dir",
+        str(curated_run),
         env={"ARGILLA_API_KEY": "", "ARGILLA_API_URL": "http://127.0.0.1:9"},
     )
     assert out.returncode == 2 and "ARGILLA_API_KEY is not set" in out.stderr

@@ -143,7 +143,7 @@ def run_push(
         has_tp = any(f.name == "teacher_prompt" for f in ds.settings.fields)
         records = [layout.to_record(rg, r, recipe.curate, ranking, has_tp) for r in rows]
         before = len(list(ds.records(with_responses=False, with_suggestions=False)))
-        ds.records.log(records, batch_size=256)
+        ds.records.log(records, batch_size=min(256, len(records)))
         after = len(list(ds.records(with_responses=False, with_suggestions=False)))
     except api_errors() as exc:
         raise UserError(f"Argilla refused the push: {exc}", "check the server log; nothing local changed") from None
@@ -278,7 +278,7 @@ def summary_table(s: ReviewSummary) -> Any:
     """The table printed at the end of `synth review push` / `pull`."""
     from rich.table import Table
 
-    t = Table(title=f"synth review {s.action}: {s.workspace}/{s.dataset} at {s.api_url}")
+    t = Table(title=f"synth review {s.action}", caption=f"Argilla dataset {s.workspace}/{s.dataset} at {s.api_url}")
     t.add_column("what")
     t.add_column("rows", justify="right")
     for k, v in s.counts.items():
