@@ -109,6 +109,39 @@ def evaluate(
     guarded(body)
 
 
+@app.command("publish")
+def publish(
+    recipe: Path = typer.Argument(..., help="The YAML recipe whose trained student to publish."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    repo_id: str = typer.Option(None, "--repo-id", help="Model repo ORG/NAME (default: publish.model_repo_id)."),
+    private: bool = typer.Option(None, "--private/--public", help="Repo visibility (default: publish.private)."),
+    objective: str = typer.Option(
+        None, "--objective", help="Which trained student: sft or gkd (default: train.objective)."
+    ),
+    dataset: str = typer.Option(None, "--dataset", help="Dataset repo the card links (default: publish.repo_id)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only write RUN_DIR/publish/model/, the exact upload."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
+) -> None:
+    """Push RUN_DIR/train/OBJECTIVE/final (LoRA adapter or full model) to the Hugging Face Hub.
+
+    Adds a model card linking the base model, the dataset, the objective and the eval report
+    (RUN_DIR/eval/report.json). The token comes from $HF_TOKEN or `hf auth login`, never from the
+    recipe; $HF_ENDPOINT points at another Hub.
+    """
+
+    def body() -> None:
+        from rich.console import Console
+
+        from synth.publish.dataset import summary_table
+        from synth.publish.model import run_publish_model
+
+        r = load(recipe, overrides)
+        s = run_publish_model(r, run_dir_for(r, run_dir), repo_id, private, objective, dataset, dry_run)
+        Console().print(summary_table(s))
+
+    guarded(body)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,4 +1,4 @@
-"""`synth`: the data side of Distillery (generate, curate, review; publish comes with its issue)."""
+"""`synth`: the data side of Distillery (generate, curate, review, publish)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from rich.console import Console
 
 from synth import __version__
 from synth.cli_common import OVERRIDES_HELP, guarded, load, run_dir_for
+from synth.errors import UserError
 
 app = typer.Typer(
     name="synth",
@@ -93,6 +94,38 @@ def curate(
         runtime.configure(r.runtime)
         summary = run_curate(r, run_dir_for(r, run_dir), recipe_dir=recipe.parent)
         Console().print(summary_table(summary))
+
+    guarded(body)
+
+
+@app.command()
+def publish(
+    recipe: Path = typer.Argument(..., help="The YAML recipe whose data to publish."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    repo_id: str = typer.Option(None, "--repo-id", help="Dataset repo ORG/NAME (default: publish.repo_id)."),
+    private: bool = typer.Option(None, "--private/--public", help="Repo visibility (default: publish.private)."),
+    what: str = typer.Option(
+        None, "--what", help="curated | generations | rejected | all (default: publish.what, i.e. curated)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only write RUN_DIR/publish/dataset/, the exact upload."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
+) -> None:
+    """Push the run's data to the Hugging Face Hub as a dataset with a provenance card.
+
+    One config per set (`curated`, the default, `rejected`, `generations`), each a `train` split in
+    parquet, pushed with `datasets`. The card records the teacher, engine, sampling, curate checks
+    and counts, review counts and the resolved recipe. The token comes from $HF_TOKEN or
+    `hf auth login`, never from the recipe; $HF_ENDPOINT points at another Hub.
+    """
+
+    def body() -> None:
+        from synth.publish.dataset import run_publish_dataset, summary_table
+
+        r = load(recipe, overrides)
+        if what is not None and what not in ("curated", "generations", "rejected", "all"):
+            raise UserError(f"--what {what!r} is not one of curated, generations, rejected, all")
+        s = run_publish_dataset(r, run_dir_for(r, run_dir), repo_id, private, what, dry_run)  # type: ignore[arg-type]
+        Console().print(summary_table(s))
 
     guarded(body)
 

@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError
 from sft.config import EvalSpec, TrainSpec
 from synth.curate.config import CurateSpec
 from synth.errors import UserError
+from synth.publish.config import PublishSpec
 from synth.review.config import ReviewSpec
 from synth.specs import (
     GenerateSpec,
@@ -64,7 +65,7 @@ class Recipe(Strict):
     review: ReviewSpec = Field(default_factory=ReviewSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
-    publish: dict[str, Any] = Field(default_factory=dict)
+    publish: PublishSpec = Field(default_factory=PublishSpec)
 
     def content_hash(self) -> str:
         """Hash of everything the recipe says (not where it was read from)."""

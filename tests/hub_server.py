@@ -252,7 +252,9 @@ def make_app(token: str, user: str) -> FastAPI:
 
     @app.api_route("/{kind}/{namespace}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
     @app.api_route("/{namespace}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
-    async def resolve(request: Request, namespace: str, name: str, revision: str, path: str, kind: str = "models") -> Any:
+    async def resolve(
+        request: Request, namespace: str, name: str, revision: str, path: str, kind: str = "models"
+    ) -> Any:
         repo_type = kind.rstrip("s") if kind in ("datasets", "spaces") else "model"
         if kind not in ("models", "datasets", "spaces"):  # a model repo named like `kind/namespace`
             return error(404, "RepoNotFound", "Repository not found")

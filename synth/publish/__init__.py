@@ -1,0 +1,1 @@
+"""`synth publish` / `sft publish`: datasets and models to the Hugging Face Hub, with provenance cards."""
