@@ -213,3 +213,41 @@ class ArgillaServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+
+
+class HubServer:
+    """The test Hub (tests/hub_server.py) as a uvicorn process on 127.0.0.1, stopped by PID."""
+
+    def __init__(self, log_dir: Path, token: str, user: str = "tester") -> None:
+        import sys
+
+        self.port = free_port()
+        self.token, self.user = token, user
+        self.url = f"http://127.0.0.1:{self.port}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(log_dir / "hub-server.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "hub_server.py"), str(self.port), token, user],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the test hub exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                httpx.get(f"{self.url}/_test/log", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.time() > deadline:
+                    self.stop()
+                    raise RuntimeError("the test hub did not answer in 60 s") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
