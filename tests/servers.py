@@ -1,8 +1,10 @@
-"""Test infrastructure: a real llama.cpp OpenAI-compatible server, and a fault-injecting proxy.
+"""Test infrastructure: the server processes the tests talk to, and a fault-injecting proxy.
 
-The server is llama.cpp's own `llama-server` (built once by scripts/llama_server.sh, then cached)
-serving the same SmolLM2 GGUF the project embeds, on 127.0.0.1 only. The proxy sits in front of it
-to produce the failures real servers produce under load (429, 5xx, slow answers) on demand.
+The OpenAI-compatible server is llama.cpp's own `llama-server` (built once by scripts/llama_server.sh,
+then cached) serving the same SmolLM2 GGUF the project embeds. The proxy sits in front of it to
+produce the failures real servers produce under load (429, 5xx, slow answers) on demand. The review
+tests use a real argilla-server, the publish tests the test Hub (tests/hub_server.py). All listen on
+127.0.0.1 only and share `ServerProcess`: started until healthy, stopped by PID.
 """
 
 from __future__ import annotations
@@ -26,65 +28,65 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def llama_server_binary() -> str:
-    """Path of the cached llama-server, building it on first use (~9 min on 2 cores)."""
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "llama_server.sh")], capture_output=True, text=True, timeout=3600
-    )
+def _cached_tool(script: str, what: str, timeout: int) -> str:
+    """Run a scripts/ builder that prints the path of a cached tool on its last line (building it once)."""
+    out = subprocess.run(["bash", str(ROOT / "scripts" / script)], capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
-        raise RuntimeError(f"building llama-server failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{out.stderr[-3000:]}")
     return out.stdout.strip().splitlines()[-1]
 
 
-class LlamaServer:
+def llama_server_binary() -> str:
+    """Path of the cached llama-server, building it on first use (~9 min on 2 cores)."""
+    return _cached_tool("llama_server.sh", "building llama-server", 3600)
+
+
+class ServerProcess:
+    """A server subprocess on 127.0.0.1 with its log file: started until healthy, stopped by PID."""
+
+    def _launch(self, cmd: list[str], log: Path, health_url: str, name: str, timeout_s: int, poll_s: float) -> None:
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(health_url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} did not become healthy in {timeout_s} s; see {self.log.name}")
+            time.sleep(poll_s)
+
+    def stop(self, timeout_s: float = 15) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class LlamaServer(ServerProcess):
     """A llama-server process on 127.0.0.1, stopped by PID."""
 
     def __init__(self, gguf: Path, log_dir: Path, slots: int = 2) -> None:
         self.port = free_port()
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log = open(log_dir / f"llama-server-{self.port}.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                llama_server_binary(),
-                "-m",
-                str(gguf),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "-c",
-                str(2048 * slots),
-                "-np",
-                str(slots),
-                "-t",
-                "2",
-                "--no-webui",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+        cmd = [llama_server_binary(), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["-c", str(2048 * slots), "-np", str(slots), "-t", "2", "--no-webui"]
+        self._launch(
+            cmd,
+            log_dir / f"llama-server-{self.port}.log",
+            f"http://127.0.0.1:{self.port}/health",
+            "llama-server",
+            timeout_s=120,
+            poll_s=0.3,
         )
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        deadline = time.time() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                self.stop()
-                raise RuntimeError("llama-server did not become healthy in 120 s")
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 class FaultProxy:
@@ -158,15 +160,10 @@ class FaultProxy:
 
 def argilla_server_python() -> str:
     """The python of the cached argilla-server virtualenv, creating it on first use (~1 min)."""
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "argilla_server_venv.sh")], capture_output=True, text=True, timeout=1800
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"creating the argilla-server virtualenv failed:\n{out.stderr[-3000:]}")
-    return out.stdout.strip().splitlines()[-1]
+    return _cached_tool("argilla_server_venv.sh", "creating the argilla-server virtualenv", 1800)
 
 
-class ArgillaServer:
+class ArgillaServer(ServerProcess):
     """A real argilla-server 2.8 process on 127.0.0.1 (SQLite, the SQLite search plugin, fakeredis).
 
     Started by tests/argilla_server_main.py in the server's own virtualenv; stopped by PID.
@@ -177,45 +174,12 @@ class ArgillaServer:
         self.api_key = api_key
         self.url = f"http://127.0.0.1:{self.port}"
         home.mkdir(parents=True, exist_ok=True)
-        self.log = open(home / "argilla-server.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                argilla_server_python(),
-                str(ROOT / "tests" / "argilla_server_main.py"),
-                "--home",
-                str(home),
-                "--port",
-                str(self.port),
-                "--api-key",
-                api_key,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.time() + 180
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"argilla-server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/api/v1/status", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f"argilla-server did not answer in 180 s; see {self.log.name}")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        main = str(ROOT / "tests" / "argilla_server_main.py")
+        cmd = [argilla_server_python(), main, "--home", str(home), "--port", str(self.port), "--api-key", api_key]
+        self._launch(cmd, home / "argilla-server.log", f"{self.url}/api/v1/status", "argilla-server", 180, 0.5)
 
 
-class HubServer:
+class HubServer(ServerProcess):
     """The test Hub (tests/hub_server.py) as a uvicorn process on 127.0.0.1, stopped by PID."""
 
     def __init__(self, log_dir: Path, token: str, user: str = "tester") -> None:
@@ -225,29 +189,5 @@ class HubServer:
         self.token, self.user = token, user
         self.url = f"http://127.0.0.1:{self.port}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log = open(log_dir / "hub-server.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "hub_server.py"), str(self.port), token, user],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.time() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the test hub exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                httpx.get(f"{self.url}/_test/log", timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.time() > deadline:
-                    self.stop()
-                    raise RuntimeError("the test hub did not answer in 60 s") from None
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        cmd = [sys.executable, str(ROOT / "tests" / "hub_server.py"), str(self.port), token, user]
+        self._launch(cmd, log_dir / "hub-server.log", f"{self.url}/_test/log", "the test hub", 60, 0.2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ def test_review_loop_end_to_end(curated_run: Path, argilla_server: Any, tmp_path
     assert first.returncode == 0, first.stderr
     again = _review(run, "push", argilla_server, "--rejected", "2")
     assert again.returncode == 0, again.stderr
+    assert re.search(r"new records\W+0\W", again.stdout), again.stdout
     owner = rg.Argilla(api_url=argilla_server.url, api_key=argilla_server.api_key)
     ds = owner.datasets("answer-in-french")
     records = list(ds.records(with_suggestions=True))

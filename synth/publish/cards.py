@@ -31,6 +31,21 @@ def _resolved_recipe(run_dir: Path) -> str:
     return ""
 
 
+def _recipe_and_footer(run_dir: Path) -> list[str]:
+    """The closing sections both cards share: the resolved recipe and the Distillery version."""
+    return [
+        "",
+        "## Recipe",
+        "",
+        "```yaml",
+        _resolved_recipe(run_dir).rstrip(),
+        "```",
+        "",
+        FOOTER.format(version=__version__),
+        "",
+    ]
+
+
 def dataset_metadata(recipe: Recipe, teacher: dict[str, Any], rows: int) -> dict[str, Any]:
     """The card metadata Distillery owns for a dataset."""
     spec = recipe.publish
@@ -100,18 +115,7 @@ def dataset_body(recipe: Recipe, run_dir: Path, repo_id: str, teacher: dict[str,
     if review:
         lines += ["", "## Human review (Argilla)", "", "| what | rows |", "|---|---:|"]
         lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in review.get("counts", {}).items()]
-    lines += [
-        "",
-        "## Recipe",
-        "",
-        "```yaml",
-        _resolved_recipe(run_dir).rstrip(),
-        "```",
-        "",
-        FOOTER.format(version=__version__),
-        "",
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines + _recipe_and_footer(run_dir))
 
 
 def merged_card(card_cls: Any, existing: str | None, metadata: dict[str, Any], body: str) -> Any:
@@ -189,15 +193,4 @@ def model_body(recipe: Recipe, run_dir: Path, repo_id: str, base: str, adapter: 
         for name, rate in ev.get("compliance", {}).items():
             a = agree.get(name)
             lines.append(f"| {name} | {rate:.3f} | {'' if a is None else f'{a:.3f}'} |")
-    lines += [
-        "",
-        "## Recipe",
-        "",
-        "```yaml",
-        _resolved_recipe(run_dir).rstrip(),
-        "```",
-        "",
-        FOOTER.format(version=__version__),
-        "",
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines + _recipe_and_footer(run_dir))

@@ -131,7 +131,7 @@ def run_push(
     start = time.perf_counter()
     rows = _sample(kept, sample or spec.sample, spec.seed)
     n_rejected = spec.rejected_sample if rejected_sample is None else rejected_sample
-    rows = rows + _sample(rejected, n_rejected, spec.seed)[:n_rejected]
+    rows = rows + _sample(rejected, n_rejected, spec.seed)
     if not rows:
         raise UserError(f"nothing to push: {run_dir / 'curated'} has no kept rows", "check the curate report")
     with_teacher_prompt = any(r["teacher_prompt"] != r["prompt"] for r in kept + rejected)
@@ -142,11 +142,11 @@ def run_push(
         ds = _dataset(client, recipe, ws, with_teacher_prompt, create=True)
         has_tp = any(f.name == "teacher_prompt" for f in ds.settings.fields)
         records = [layout.to_record(rg, r, recipe.curate, ranking, has_tp) for r in rows]
-        before = len(list(ds.records(with_responses=False, with_suggestions=False)))
+        existing = {r.id for r in ds.records(with_responses=False, with_suggestions=False)}
         ds.records.log(records, batch_size=min(256, len(records)))
-        after = len(list(ds.records(with_responses=False, with_suggestions=False)))
     except api_errors() as exc:
         raise UserError(f"Argilla refused the push: {exc}", "check the server log; nothing local changed") from None
+    pushed_ids = {r["id"] for r in rows}  # Argilla upserts records on the row id
     summary = ReviewSummary(
         "push",
         api_url(spec),
@@ -155,8 +155,8 @@ def run_push(
         {
             "kept_pushed": sum(r.get("rejected_by") is None for r in rows),
             "rejected_pushed": sum(r.get("rejected_by") is not None for r in rows),
-            "new_records": after - before,
-            "records_in_dataset": after,
+            "new_records": len(pushed_ids - existing),
+            "records_in_dataset": len(existing | pushed_ids),
         },
     )
     summary.seconds = time.perf_counter() - start
