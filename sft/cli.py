@@ -74,37 +74,48 @@ def evaluate(
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME."),
 ) -> None:
-    """Compare base student, trained student and teacher on the held-out prompts.
+    """Compare teacher, base student and trained student(s) on the held-out prompts: gains AND losses.
 
-    Each model answers `eval.prompts` (students: the student's view; teacher: the teacher's view).
-    Reports the compliance rate of `eval.behaviour_check` (a curate check by name), every other
-    curate check's pass rate, the LLM-judge mean score if configured, and top-1 agreement with the
-    teacher. Writes RUN_DIR/eval/report.json and report.md.
+    Each model answers `eval.prompts` (students: the student's view; teacher: the teacher's view,
+    through `teacher.engine`): one greedy answer per prompt, plus `eval.samples` sampled ones.
+    Leads with four rates per model, each with a bootstrap 95% interval over prompts: behaviour
+    (every `eval.behaviour_check` passes), clean (every other curate check passes), joint (both)
+    and relevance (prompt↔answer embedding similarity, English answers, `relevance` extra). Prints a
+    WARNING, and marks the student "regressed", when a trained student's clean or relevance rate
+    falls below 0.9× the base student's. Writes RUN_DIR/eval/: answers.parquet (every answer with
+    its verdicts), report.json, report.md and report.png.
     """
 
     def body() -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from sft.eval_report import HEADLINE, headline_rows
         from sft.evaluate import run_eval
         from synth import runtime
 
         r = load(recipe, overrides)
         runtime.configure(r.runtime)
-        rep = run_eval(r, run_dir_for(r, run_dir), recipe_dir=recipe.parent)
-        t = Table(title=f"sft eval: {rep['prompts']} held-out prompts, behaviour check {rep['behaviour_check']!r}")
-        for col in ("model", "compliance", "x teacher", "top-1 agreement", "seconds"):
-            t.add_column(col, justify="left" if col == "model" else "right")
-        for name, rate in rep["compliance"].items():
-            agree = rep["agreement_top1_with_teacher"].get(name)
-            t.add_row(
-                name,
-                f"{rate:.3f}",
-                f"{rep['ratio_to_teacher'][name]:.2f}",
-                "-" if agree is None else f"{agree:.3f}",
-                str(rep["seconds"][name]),
-            )
-        Console().print(t)
+        err = Console(stderr=True)
+        rep = run_eval(
+            r,
+            run_dir_for(r, run_dir),
+            recipe_dir=recipe.parent,
+            on_model=lambda name: err.print(f"[bold]sft eval:[/] {name} answering…"),
+        )
+        t = Table(
+            title=f"sft eval: {rep['prompts']} held-out prompts × {rep['samples_per_prompt']} answers; "
+            f"rates [95% CI]; behaviour = {' + '.join(rep['behaviour_checks'])}"
+        )
+        for col in HEADLINE:
+            t.add_column(col, justify="left" if col in ("model", "verdict") else "right")
+        for row in headline_rows(rep):
+            t.add_row(*row, style="bold red" if row[-1] == "regressed" else None)
+        console = Console()
+        console.print(t)
+        for w in rep["warnings"]:
+            console.print(f"[bold red]{w}[/]", highlight=False)
+        console.print(f"answers, report and picture: {run_dir_for(r, run_dir) / 'eval'}/", highlight=False)
 
     guarded(body)
 

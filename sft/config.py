@@ -52,8 +52,11 @@ class EvalSpec(Strict):
     prompts: str = Field("data/heldout_prompts.jsonl", description="held-out prompts (prompt column)")
     prompt_column: str = "prompt"
     limit: int | None = Field(None, ge=1)
-    behaviour_check: str | None = Field(None, description="name of the curate check that defines compliance")
+    behaviour_check: str | list[str] | None = Field(
+        None, description="curate check(s) that define the behaviour; all must pass (default: curate.score)"
+    )
+    samples: int = Field(0, ge=0, le=64, description="sampled answers per prompt beside the greedy one (sample 0)")
     max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0, description="sample 0's temperature (0 = greedy); samples use generate's")
     batch_size: int = Field(32, ge=1)
     objectives: list[str] = Field(default_factory=list, description="train folders to compare (default: all found)")

@@ -1,54 +1,82 @@
-"""`sft eval`: base student, trained student(s) and teacher side by side on held-out prompts.
+"""`sft eval`: teacher, base student and trained student(s) side by side on held-out prompts.
 
-Every model answers the held-out prompts through the same engine interface as generation: the
-students see the student's view, the teacher sees the teacher's view (with its privileged context).
-Metrics: the compliance rate of the recipe's behaviour check (a curate check, e.g. `french`), the
-pass rate of every other curate row check (decontamination aside), the mean LLM-judge score where
-the recipe has an `llm_judge` check, and token-level agreement with the teacher: how often a
-student's top-1 next token equals the teacher's token when reading the teacher's own answers
-(teacher-forced, on the student's view).
+Every model answers the held-out prompts through the engine interface generation uses: the teacher
+with the recipe's teacher engine (transformers, an OpenAI-compatible server or vLLM, with its
+revision and dtype) on the teacher's view, the students with transformers on the student's view.
+Each prompt gets one greedy answer (sample 0) and `eval.samples` more at the generation temperature.
+
+Every answer is kept in eval/answers.parquet with its real finish reason, token count and each
+check's verdict, because a rate is only as good as the answers behind it: `behaviour` (every
+behaviour check passed) and `clean` (every other curate row check passed, decontamination aside),
+their conjunction, relevance (embedding similarity, English answers) and word-level degeneration
+measures are then aggregated with bootstrap intervals in sft/eval_report.py.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 
-from synth.curate.base import Context
+from sft.eval_report import ANSWERS_SCHEMA, build_report, write_outputs
+from sft.quality import distinct_n, repeated_ngram_share
+from synth import embeddings
+from synth.curate.base import Context, RowCheck
 from synth.curate.stage import ROW_CHECKS
-from synth.engines.base import SamplingParams
+from synth.engines import build_engine_for
+from synth.engines.base import Engine, SamplingParams
 from synth.engines.hf import TransformersEngine
 from synth.errors import UserError
-from synth.io import atomic_write_text
 from synth.models import resolve_model
-from synth.prompts import load_prompts, teacher_view
+from synth.prompts import load_prompts
 from synth.recipe import PromptsSpec, Recipe
+from synth.records import Messages, PromptItem
 
-EXAMPLES = 3
+
+@dataclass
+class EvalModel:
+    """One model under evaluation: its name, how to build its engine, and the view it reads."""
+
+    name: str
+    engine: Callable[[], Engine]
+    teacher_view: bool
 
 
-def _checks(recipe: Recipe, recipe_dir: Path | None) -> tuple[str, list[Any]]:
-    """The behaviour check's name and every curate row check to apply to answers (set up once)."""
-    name = recipe.eval.behaviour_check or recipe.curate.score
+def behaviour_names(recipe: Recipe) -> list[str]:
+    """The checks that define the behaviour (all must pass): eval.behaviour_check, else curate.score."""
+    names = recipe.eval.behaviour_check or recipe.curate.score
+    if not names:
+        raise UserError("no behaviour check: set eval.behaviour_check to the curate check(s) that define the behaviour")
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _checks(recipe: Recipe, recipe_dir: Path | None) -> tuple[list[str], list[RowCheck]]:
+    """The behaviour check names and every curate row check to apply to answers (set up once)."""
+    names = behaviour_names(recipe)
     specs = [c for c in recipe.curate.checks if c.type in ROW_CHECKS and c.type != "decontaminate"]
-    if not any(c.label == name for c in specs):
+    labels = {c.label for c in specs}
+    missing = [n for n in names if n not in labels]
+    if missing:
         raise UserError(
-            f"eval.behaviour_check names {name!r}, which is not a row check in curate.checks",
-            "set eval.behaviour_check to the name of the check that defines the behaviour",
+            f"eval.behaviour_check names {', '.join(map(repr, missing))}, not a row check in curate.checks "
+            f"(row checks: {', '.join(sorted(labels)) or 'none'})",
+            "set eval.behaviour_check to the name(s) of the check(s) that define the behaviour",
         )
     checks = []
     for spec in specs:
         check = ROW_CHECKS[spec.type](spec)
         check.setup(Context(recipe, recipe_dir))
         checks.append(check)
-    return name, checks
+    return names, checks
 
 
-def _load_student(final: Path, base: str) -> tuple[Any, Any]:
+def _student_engine(final: Path, base: str, batch_size: int) -> TransformersEngine:
     """A trained student: a full model folder, or a LoRA adapter merged into its base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,152 +87,190 @@ def _load_student(final: Path, base: str) -> tuple[Any, Any]:
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final).merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(final)
-    return model, tokenizer
+    return TransformersEngine.from_loaded(model, tokenizer, str(final), batch_size=batch_size)
 
 
-def _agreement(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], answers: list[str]) -> float:
-    """Share of the teacher's answer tokens that are the student's top-1 prediction (teacher-forced)."""
+def _agreement(engine: TransformersEngine, prompts: list[Messages], answers: list[str]) -> float | None:
+    """Share of the teacher's answer tokens that are the model's top-1 prediction (teacher-forced)."""
+    model, tokenizer = engine.model, engine.tokenizer
     hits = total = 0
     with torch.inference_mode():
         for messages, answer in zip(prompts, answers, strict=True):
-            prompt_ids = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
+            prompt_ids = engine.encode(messages)
             answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
             if not answer_ids:
                 continue
-            ids = torch.tensor([list(prompt_ids) + answer_ids], device=model.device)
+            ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
             logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1]
             hits += int((logits.argmax(-1).cpu() == torch.tensor(answer_ids)).sum())
             total += len(answer_ids)
-    return hits / total if total else 0.0
+    return hits / total if total else None
 
 
-def run_eval(recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None) -> dict[str, Any]:
-    """Write run_dir/eval/report.json and report.md; return the report."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
+    """Teacher, base student, then each trained student; engines are built when their turn comes."""
     ev = recipe.eval
-    spec = PromptsSpec(path=ev.prompts, prompt_column=ev.prompt_column, system_prompt=recipe.prompts.system_prompt)
-    items, _ = load_prompts(spec, recipe.teacher, recipe_dir, ev.limit)
-    behaviour, checks = _checks(recipe, recipe_dir)
     objectives = ev.objectives or sorted(p.parent.name for p in (run_dir / "train").glob("*/final"))
     for obj in objectives:
         if not (run_dir / "train" / obj / "final").is_dir():
             raise UserError(
                 f"no trained model at {run_dir / 'train' / obj / 'final'}", f"run `sft run` with objective {obj}"
             )
-    base_path, _ = resolve_model(recipe.model.path)
-    teacher_path = base_path if recipe.teacher.path == "self" else resolve_model(recipe.teacher.path)[0]
-    params = SamplingParams(
-        n=1, temperature=ev.temperature, max_new_tokens=ev.max_new_tokens, seed=recipe.generate.seed
-    )
-    student_prompts = [it.prompt for it in items]
-    teacher_prompts = [teacher_view(it.prompt, recipe.teacher) for it in items]
+    m = recipe.model
 
-    def base(path: str) -> Any:
-        return lambda: (AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(base_path))
+    def base() -> Engine:
+        load_path, model_id = resolve_model(m.path)
+        return TransformersEngine(
+            load_path, model_id, m.revision, dtype=m.dtype, device=recipe.runtime.device, batch_size=ev.batch_size
+        )
 
-    # (name, loader, prompts): each model is loaded when its turn comes and dropped after it.
-    models: list[tuple[str, Any, list[list[dict[str, str]]]]] = [
-        ("teacher", base(teacher_path), teacher_prompts),
-        ("base_student", base(base_path), student_prompts),
+    models = [
+        EvalModel(
+            "teacher", lambda: build_engine_for(recipe.teacher, recipe, ev.batch_size, recipe.generate.seed), True
+        ),
+        EvalModel("base_student", base, False),
     ]
     for obj in objectives:
         final = run_dir / "train" / obj / "final"
-        models.append((obj, lambda final=final: _load_student(final, base_path), student_prompts))
-
-    report: dict[str, Any] = {
-        "prompts": len(items),
-        "behaviour_check": behaviour,
-        "compliance": {},
-        "checks": {},
-        "judge_mean_score": {},
-        "agreement_top1_with_teacher": {},
-        "seconds": {},
-        "examples": {},
-    }
-    teacher_answers: list[str] = []
-    for name, loader, prompts in models:
-        t0 = time.perf_counter()
-        model, tokenizer = loader()
-        engine = TransformersEngine.from_loaded(model, tokenizer, name, batch_size=ev.batch_size)
-        answers = [c[0].text for c in engine.generate(prompts, params)]
-        rows = [
-            {
-                "id": f"{name}-{i}",
-                "prompt_id": it.prompt_id,
-                "sample_index": 0,
-                "prompt": it.prompt,
-                "completion": a,
-                "finish_reason": "stop",
-                "completion_tokens": None,
-                "meta": "{}",
-            }
-            for i, (it, a) in enumerate(zip(items, answers, strict=True))
-        ]
-        report["checks"][name] = {}
-        for check in checks:
-            verdicts = check.run(rows)
-            report["checks"][name][check.name] = sum(v.passed for v in verdicts) / len(verdicts)
-            if check.spec.type == "llm_judge":
-                scores = [v.score for v in verdicts if v.score is not None]
-                report["judge_mean_score"].setdefault(name, {})[check.name] = (
-                    sum(scores) / len(scores) if scores else None
-                )
-        report["compliance"][name] = report["checks"][name][behaviour]
-        if name == "teacher":
-            teacher_answers = answers
-        else:
-            report["agreement_top1_with_teacher"][name] = _agreement(model, tokenizer, student_prompts, teacher_answers)
-        report["seconds"][name] = round(time.perf_counter() - t0, 1)
-        report["examples"][name] = [
-            {"prompt": it.prompt[-1]["content"], "answer": a} for it, a in zip(items[:EXAMPLES], answers, strict=False)
-        ]
-        del engine, model
-    t = report["compliance"]["teacher"]
-    report["ratio_to_teacher"] = {k: (v / t if t else None) for k, v in report["compliance"].items()}
-    for check in checks:
-        check.close()
-    out = run_dir / "eval"
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(out / "report.md", to_markdown(report))
-    return report
-
-
-def to_markdown(rep: dict[str, Any]) -> str:
-    lines = [
-        "# Evaluation: before vs after",
-        "",
-        f"{rep['prompts']} held-out prompts; behaviour check: `{rep['behaviour_check']}`.",
-        "",
-        "| model | compliance | × teacher | top-1 agreement with teacher | seconds |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, rate in rep["compliance"].items():
-        ratio = rep["ratio_to_teacher"][name]
-        agree = rep["agreement_top1_with_teacher"].get(name)
-        lines.append(
-            f"| {name} | {rate:.3f} | {ratio:.2f} | {'-' if agree is None else f'{agree:.3f}'} | "
-            f"{rep['seconds'][name]} |"
+        models.append(
+            EvalModel(obj, lambda f=final: _student_engine(f, resolve_model(m.path)[0], ev.batch_size), False)
         )
-    names = list(next(iter(rep["checks"].values()), {}))
-    if names:
-        lines += [
-            "",
-            "## Every curate check, as pass rates",
-            "",
-            "| model | " + " | ".join(names) + " |",
-            "|---|" + "---:|" * len(names),
-        ]
-        for model, rates in rep["checks"].items():
-            lines.append(f"| {model} | " + " | ".join(f"{rates[n]:.3f}" for n in names) + " |")
-    if rep["judge_mean_score"]:
-        lines += ["", "## LLM judge, mean score", ""]
-        lines += [f"- {m}: {scores}" for m, scores in rep["judge_mean_score"].items()]
-    lines += ["", "## Examples", ""]
-    for name, examples in rep["examples"].items():
-        lines.append(f"**{name}**")
-        lines += [f"- {e['prompt']} → {' '.join(e['answer'].split())[:160]}" for e in examples]
-        lines.append("")
-    return "\n".join(lines) + "\n"
+    return models
+
+
+def _answer(engine: Engine, prompts: list[Messages], recipe: Recipe) -> list[list[Any]]:
+    """Per prompt: the greedy answer (sample 0), then `eval.samples` answers at the generation temperature."""
+    ev, g = recipe.eval, recipe.generate
+    greedy = SamplingParams(n=1, temperature=ev.temperature, max_new_tokens=ev.max_new_tokens, seed=g.seed)
+    out = [list(c) for c in engine.generate(prompts, greedy)]
+    if ev.samples:
+        sampled = SamplingParams(
+            n=ev.samples,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            top_k=g.top_k,
+            max_new_tokens=ev.max_new_tokens,
+            seed=g.seed,
+        )
+        for comps, more in zip(out, engine.generate(prompts, sampled), strict=True):
+            comps.extend(more)
+    return out
+
+
+def _rows(name: str, items: list[PromptItem], prompts: list[Messages], comps: list[list[Any]]) -> list[dict[str, Any]]:
+    """One row per prompt × sample, shaped for the curate checks (which read `completion`)."""
+    rows = []
+    for it, view, cs in zip(items, prompts, comps, strict=True):
+        for i, c in enumerate(cs):
+            rows.append(
+                {
+                    "id": f"{name}:{it.prompt_id}:{i}",
+                    "model": name,
+                    "prompt_id": it.prompt_id,
+                    "sample_index": i,
+                    "prompt": it.prompt,
+                    "seen_prompt": view,
+                    "completion": c.text,
+                    "answer": c.text,
+                    "finish_reason": c.finish_reason,
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.completion_tokens,
+                    "error": c.error,
+                    "meta": json.dumps(it.meta, ensure_ascii=False, sort_keys=True),
+                }
+            )
+    return rows
+
+
+def _judge(rows: list[dict[str, Any]], checks: list[RowCheck], behaviour: list[str]) -> None:
+    """Add every check's verdict to each row, then `behaviour`, `clean` and the quality measures."""
+    ok = [r for r in rows if r["error"] is None]
+    for r in rows:
+        r["verdicts"] = []
+    for check in checks:
+        for r, v in zip(ok, check.run(ok) if ok else [], strict=True):
+            r["verdicts"].append({"name": check.name, "passed": v.passed, "score": v.score, "reason": v.reason})
+    for r in rows:
+        failed = {v["name"] for v in r["verdicts"] if not v["passed"]}
+        r["behaviour"] = r["error"] is None and not failed.intersection(behaviour)
+        r["clean"] = r["error"] is None and not (failed - set(behaviour))
+        r["repeated_3gram_share"] = repeated_ngram_share(r["completion"], 3)
+        r["distinct_2"] = distinct_n(r["completion"], 2)
+        r["english"] = False
+        r["relevance"] = r["teacher_similarity"] = None
+        for key in [k for k in r if k.startswith("_")]:
+            del r[key]  # the checks' per-row caches
+
+
+def _relevance(rows: list[dict[str, Any]]) -> None:
+    """Prompt↔answer and answer↔teacher-answer similarity, on English answers only."""
+    if not embeddings.available():
+        return
+    for r in rows:
+        r["english"] = bool(r["completion"].strip()) and embeddings.is_english(r["completion"])
+    eng = [r for r in rows if r["english"]]
+    user = ["\n".join(m["content"] for m in r["prompt"] if m["role"] == "user") for r in eng]
+    for r, s in zip(eng, embeddings.similarity(user, [r["completion"] for r in eng]), strict=True):
+        r["relevance"] = s
+    teacher = {(r["prompt_id"], r["sample_index"]): r for r in rows if r["model"] == "teacher"}
+    pairs = [(r, teacher.get((r["prompt_id"], r["sample_index"]))) for r in eng if r["model"] != "teacher"]
+    pairs = [(r, t) for r, t in pairs if t is not None and t["english"]]
+    sims = embeddings.similarity([r["completion"] for r, _ in pairs], [t["completion"] for _, t in pairs])
+    for (r, _), s in zip(pairs, sims, strict=True):
+        r["teacher_similarity"] = s
+
+
+def run_eval(
+    recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None, on_model: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Answer, judge and report; writes run_dir/eval/{answers.parquet, report.json, report.md, report.png}."""
+    ev = recipe.eval
+    spec = PromptsSpec(path=ev.prompts, prompt_column=ev.prompt_column, system_prompt=recipe.prompts.system_prompt)
+    items, _ = load_prompts(spec, recipe.teacher, recipe_dir, ev.limit)
+    items = [it for it in items if it.error is None]
+    behaviour, checks = _checks(recipe, recipe_dir)
+    models = _models(recipe, run_dir)
+    rows: list[dict[str, Any]] = []
+    seconds: dict[str, float] = {}
+    agreement: dict[str, float | None] = {}
+    teacher_answers: list[str] = []
+    student_prompts = [it.prompt for it in items]
+    try:
+        for m in models:
+            if on_model:
+                on_model(m.name)
+            t0 = time.perf_counter()
+            engine = m.engine()
+            try:
+                prompts = [it.teacher_prompt for it in items] if m.teacher_view else student_prompts
+                comps = _answer(engine, prompts, recipe)
+                rows += _rows(m.name, items, prompts, comps)
+                if m.name == "teacher":
+                    teacher_answers = [cs[0].text for cs in comps]
+                elif isinstance(engine, TransformersEngine):
+                    agreement[m.name] = _agreement(engine, student_prompts, teacher_answers)
+            finally:
+                engine.close()
+                del engine
+            seconds[m.name] = round(time.perf_counter() - t0, 1)
+        _judge(rows, checks, behaviour)
+    finally:
+        for check in checks:
+            check.close()
+    _relevance(rows)
+    threshold = next((c.min_similarity for c in recipe.curate.checks if c.type == "relevance"), None)
+    report = build_report(
+        rows,
+        [m.name for m in models],
+        behaviour=behaviour,
+        prompts=len(items),
+        samples=ev.samples,
+        relevance_threshold=threshold,
+        relevance_measured=embeddings.available(),
+        judges=[c.name for c in checks if c.spec.type == "llm_judge"],
+        agreement=agreement,
+        seconds=seconds,
+    )
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in ANSWERS_SCHEMA} for r in rows], ANSWERS_SCHEMA)
+    write_outputs(run_dir / "eval", report, table)
+    return report

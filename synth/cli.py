@@ -151,6 +151,9 @@ def review_push(
         None, "--rejected", min=0, help="Also push N rejected rows (default: review.rejected_sample)."
     ),
     workspace: str = typer.Option(None, "--workspace", help="Argilla workspace (default: review.workspace)."),
+    eval_answers: bool = typer.Option(
+        False, "--eval", help="Push `sft eval`'s answers for blind side-by-side preference instead."
+    ),
     run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
 ) -> None:
     """Log curated rows to the run's Argilla dataset (created on first push).
@@ -158,12 +161,27 @@ def review_push(
     Records carry the row id, so pushing again updates them and keeps reviewers' responses. The
     automatic decision and the ranking check's score arrive as suggestions. Writes
     RUN_DIR/review/push.json and pushed.parquet.
+
+    With `--eval`: one record per held-out prompt of RUN_DIR/eval/answers.parquet, showing every
+    model's greedy answer (teacher, base student, trained students) in a shuffled order with no
+    model names, and the question "which answer is best?" (or tie), in the dataset
+    `<review.dataset or recipe name>-eval`. `--sample N` pushes N prompts.
     """
 
     def body() -> None:
         from synth.review.stage import run_push, summary_table
 
         r = load(recipe, overrides)
+        if eval_answers:
+            from synth.review.compare import run_push_eval
+
+            c = run_push_eval(r, run_dir_for(r, run_dir), workspace=workspace, sample=sample)
+            Console().print(
+                f"pushed {c['records']} blind comparisons of {c['models']} models to Argilla dataset "
+                f"{c['dataset']} at {c['api_url']} in {c['seconds']} s",
+                highlight=False,
+            )
+            return
         s = run_push(r, run_dir_for(r, run_dir), workspace=workspace, sample=sample, rejected_sample=rejected)
         Console().print(summary_table(s))
 
@@ -174,6 +192,9 @@ def review_push(
 def review_pull(
     recipe: Path = typer.Argument(..., help="The YAML recipe whose review to pull."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    eval_answers: bool = typer.Option(
+        False, "--eval", help="Pull the blind side-by-side choices on `sft eval`'s answers as win rates."
+    ),
     run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
 ) -> None:
     """Apply reviewers' submitted responses to the curated set.
@@ -182,12 +203,30 @@ def review_pull(
     the original (kept in `original_completion`), ratings become a `human` verdict; rows nobody
     reviewed keep curate's decision. Safe to run again. Writes RUN_DIR/review/responses.parquet and
     report.json / report.md.
+
+    With `--eval`: each submitted "best answer" choice is mapped back to its model; win rates (share
+    of a model's comparisons it won, with 95% intervals) go into RUN_DIR/eval/report.json and
+    report.md.
     """
 
     def body() -> None:
         from synth.review.stage import run_pull, summary_table
 
         r = load(recipe, overrides)
+        if eval_answers:
+            from rich.table import Table
+
+            from synth.review.compare import run_pull_eval
+
+            c = run_pull_eval(r, run_dir_for(r, run_dir))
+            t = Table(title=f"synth review pull --eval: {c['choices']} choices from {c['dataset']}")
+            for col in ("model", "win rate [95% CI]", "comparisons"):
+                t.add_column(col, justify="left" if col == "model" else "right")
+            for m, w in c["win_rates"].items():
+                ci = f" [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}]" if w["ci"] else ""
+                t.add_row(m, f"{w['rate']:.3f}{ci}", str(w["n"]))
+            Console().print(t)
+            return
         Console().print(summary_table(run_pull(r, run_dir_for(r, run_dir))))
 
     guarded(body)

@@ -21,9 +21,10 @@ SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
 def resolve_path(path: str, recipe_dir: Path | None) -> Path:
-    """Relative paths are tried against the working folder first, then the recipe's folder."""
+    """Relative paths resolve against the recipe's folder (so a recipe and its data move together),
+    then, for recipes written before that rule, against the working folder."""
     p = Path(path).expanduser()
-    candidates = [p] if p.is_absolute() else [Path.cwd() / p] + ([recipe_dir / p] if recipe_dir else [])
+    candidates = [p] if p.is_absolute() else ([recipe_dir / p] if recipe_dir else []) + [Path.cwd() / p]
     for c in candidates:
         if c.is_file():
             return c

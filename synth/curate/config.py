@@ -139,6 +139,13 @@ class PythonCheck(CheckBase):
     min_score: float | None = None
 
 
+class RelevanceCheck(CheckBase):
+    type: Literal["relevance"]
+    min_similarity: float = Field(
+        0.2, ge=-1, le=1, description="min cosine similarity prompt↔answer (all-MiniLM-L6-v2; English answers only)"
+    )
+
+
 class LLMJudgeCheck(CheckBase):
     type: Literal["llm_judge"]
     model: TeacherSpec = Field(default_factory=TeacherSpec, description="the judge; path: self = the student")
@@ -167,6 +174,7 @@ Check = Annotated[
     | RefusalCheck
     | LanguageCheck
     | EchoCheck
+    | RelevanceCheck
     | ExactDedupCheck
     | NearDedupCheck
     | DecontaminateCheck

@@ -41,6 +41,7 @@ from synth.curate.filters import (
     TruncatedFilter,
 )
 from synth.curate.judges import LLMJudge, RewardModelJudge
+from synth.curate.relevance import RelevanceFilter
 from synth.curate.report import CheckStats, write_reports
 from synth.curate.verifiers import ExactMatchVerifier, JsonSchemaVerifier, PythonVerifier, RegexVerifier
 from synth.errors import UserError
@@ -55,6 +56,7 @@ ROW_CHECKS: dict[str, type[RowCheck]] = {
     "refusal": RefusalFilter,
     "language": LanguageFilter,
     "echo": EchoFilter,
+    "relevance": RelevanceFilter,
     "decontaminate": Decontaminate,
     "regex": RegexVerifier,
     "json_schema": JsonSchemaVerifier,
@@ -64,7 +66,7 @@ ROW_CHECKS: dict[str, type[RowCheck]] = {
     "reward_model": RewardModelJudge,
 }
 GROUP_CHECKS: dict[str, type[GroupCheck]] = {"exact_dedup": ExactDedup, "near_dedup": NearDedup}
-SCORED = {"language", "regex", "json_schema", "exact_match", "python", "llm_judge", "reward_model"}
+SCORED = {"language", "relevance", "regex", "json_schema", "exact_match", "python", "llm_judge", "reward_model"}
 
 
 @dataclass

@@ -183,14 +183,15 @@ def model_body(recipe: Recipe, run_dir: Path, repo_id: str, base: str, adapter: 
             "",
             "## Evaluation",
             "",
-            f"Held-out prompts: {ev.get('prompts')}; compliance = share of answers passing the "
-            f"`{ev.get('behaviour_check')}` check.",
+            f"`sft eval` on {ev.get('prompts')} held-out prompts × {ev.get('samples_per_prompt')} answers per "
+            f"model. Behaviour: {', '.join(ev.get('behaviour_checks') or [])}; clean: every other check passes; "
+            "joint: both; relevance: prompt↔answer similarity (English answers). Brackets: bootstrap 95% intervals.",
             "",
-            "| model | compliance | top-1 agreement with teacher |",
-            "|---|---:|---:|",
         ]
-        agree = ev.get("agreement_top1_with_teacher", {})
-        for name, rate in ev.get("compliance", {}).items():
-            a = agree.get(name)
-            lines.append(f"| {name} | {rate:.3f} | {'' if a is None else f'{a:.3f}'} |")
+        lines += [f"**{w}**" for w in ev.get("warnings", [])]
+        head = ev.get("headline") or {}
+        cols, rows = head.get("columns") or [], head.get("rows") or []
+        if cols:
+            lines += ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines + _recipe_and_footer(run_dir))

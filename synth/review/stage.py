@@ -77,7 +77,7 @@ def _sample(rows: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[s
     return random.Random(seed).sample(rows, n)
 
 
-def _workspace(client: Any, name: str | None) -> Any:
+def workspace_for(client: Any, name: str | None) -> Any:
     """The named workspace (created if the user may), else the user's first, else a new `distillery` one."""
     rg = import_argilla()
     with warnings.catch_warnings():
@@ -138,7 +138,7 @@ def run_push(
     ranking = _ranking_score(recipe.curate.checks, recipe.curate.score)
     rg = import_argilla()
     try:
-        ws = _workspace(client, workspace or spec.workspace)
+        ws = workspace_for(client, workspace or spec.workspace)
         ds = _dataset(client, recipe, ws, with_teacher_prompt, create=True)
         has_tp = any(f.name == "teacher_prompt" for f in ds.settings.fields)
         records = [layout.to_record(rg, r, recipe.curate, ranking, has_tp) for r in rows]
@@ -167,7 +167,7 @@ def run_push(
     return summary
 
 
-def _fetch_responses(client: Any, ds: Any) -> list[dict[str, Any]]:
+def fetch_responses(client: Any, ds: Any) -> list[dict[str, Any]]:
     """Every response of every record, with who gave it and when (raw API: it has `updated_at`)."""
     users: dict[str, str] = {}
     try:
@@ -226,9 +226,9 @@ def run_pull(recipe: Recipe, run_dir: Path, console: Console | None = None) -> R
     kept, rejected = _curated(run_dir)
     start = time.perf_counter()
     try:
-        ws = _workspace(client, spec.workspace)
+        ws = workspace_for(client, spec.workspace)
         ds = _dataset(client, recipe, ws, False, create=False)
-        responses = _fetch_responses(client, ds)
+        responses = fetch_responses(client, ds)
     except api_errors() as exc:
         raise UserError(f"Argilla refused the pull: {exc}", "check the server log; nothing local changed") from None
     decisions = combine(responses)

@@ -1,0 +1,34 @@
+"""Relevance: rejects answers that do not address their prompt (embedding similarity).
+
+Cosine similarity between the user's prompt and the answer under all-MiniLM-L6-v2 (see
+synth/embeddings.py, the `relevance` extra). The model reads English: an answer in another language
+passes with no score and the reason "relevance n/a", instead of being judged by a number that means
+nothing for it.
+"""
+
+from __future__ import annotations
+
+from synth import embeddings
+from synth.curate.base import Context, Row, RowCheck, Verdict, user_text
+
+
+class RelevanceFilter(RowCheck):
+    """Keeps answers whose prompt↔answer similarity is at least `min_similarity`; scores it."""
+
+    def setup(self, ctx: Context) -> None:
+        embeddings.model_dir()  # fail before any row if the extra is missing
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        english = [i for i, r in enumerate(rows) if r["completion"].strip() and embeddings.is_english(r["completion"])]
+        sims = embeddings.similarity([user_text(rows[i]) for i in english], [rows[i]["completion"] for i in english])
+        by_row = dict(zip(english, sims, strict=True))
+        out = []
+        for i in range(len(rows)):
+            if i not in by_row:
+                out.append(Verdict(True, None, "relevance n/a: answer not English"))
+                continue
+            s = by_row[i]
+            ok = s >= self.spec.min_similarity
+            reason = "" if ok else f"off-topic: prompt↔answer similarity {s:.2f} < {self.spec.min_similarity}"
+            out.append(Verdict(ok, s, reason))
+        return out

@@ -1,0 +1,136 @@
+"""Quality beside behaviour: degeneration and relevance on planted answers, intervals, the warning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sft.eval_report import ANSWERS_SCHEMA, build_report, to_markdown, write_outputs
+from sft.quality import distinct_n, repeated_ngram_share
+from synth.stats import bootstrap_ci
+
+PROMPT = "Why do bees make honey?"
+CLEAN = (
+    "Bees make honey to feed their colony through the winter. They collect nectar from flowers, "
+    "store it in wax cells and fan it with their wings until most of the water evaporates."
+)
+LOOP = "Bees, les bébé, sont les bébé, les bébé, les bébé, les bébé, les bébé, les bébé, les bébé."
+SALAD = "Purple seven quickly under tomorrow sandwich, bicycle of the yes window marble sings elbow."
+OFF_TOPIC = "The French Revolution began in 1789 with the storming of the Bastille in Paris."
+
+
+def test_degeneration_measures_separate_a_loop_from_a_clean_answer() -> None:
+    assert repeated_ngram_share(CLEAN, 3) == 0.0 and distinct_n(CLEAN, 2) == 1.0
+    assert repeated_ngram_share(LOOP, 3) > 0.6 and distinct_n(LOOP, 2) < 0.3
+    # word salad repeats nothing: only relevance can tell it from a good answer
+    assert repeated_ngram_share(SALAD, 3) == 0.0
+    assert repeated_ngram_share("", 3) == 0.0 and distinct_n("one", 2) == 1.0
+
+
+@pytest.mark.slow
+def test_relevance_ranks_the_on_topic_answer_above_salad_and_off_topic() -> None:
+    from sft.eval_report import DEFAULT_RELEVANCE
+    from synth import embeddings
+
+    sims = embeddings.similarity([PROMPT] * 3, [CLEAN, SALAD, OFF_TOPIC])
+    assert sims[0] >= DEFAULT_RELEVANCE > max(sims[1], sims[2]), sims
+    assert embeddings.is_english(CLEAN) and not embeddings.is_english("Les abeilles font du miel pour l'hiver.")
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_prompts() -> None:
+    few = [1.0, 0.0] * 5
+    many = [1.0, 0.0] * 200
+    lo, hi = bootstrap_ci(few)
+    assert lo < 0.5 < hi
+    lo2, hi2 = bootstrap_ci(many)
+    assert lo < lo2 < 0.5 < hi2 < hi
+    assert bootstrap_ci(few) == bootstrap_ci(few)  # seeded: a report is reproducible
+    assert bootstrap_ci([]) is None
+    assert bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
+    # samples of one prompt move together: 10 prompts × 20 identical samples ≈ 10 prompts, not 200
+    grouped = bootstrap_ci([v for v in few for _ in range(20)], [str(i) for i in range(10) for _ in range(20)])
+    assert grouped is not None and grouped[1] - grouped[0] > (hi2 - lo2) * 2
+
+
+def _rows(model: str, answers: list[tuple[bool, bool, str]], relevance: float = 0.5) -> list[dict[str, Any]]:
+    """Judged answer rows as sft eval builds them: (behaviour, clean, text) per prompt."""
+    return [
+        {
+            "model": model,
+            "prompt_id": f"p{i}",
+            "prompt": [{"role": "user", "content": PROMPT}],
+            "seen_prompt": [{"role": "user", "content": PROMPT}],
+            "sample_index": 0,
+            "answer": text,
+            "completion": text,
+            "finish_reason": "stop",
+            "prompt_tokens": 10,
+            "completion_tokens": len(text.split()),
+            "error": None,
+            "behaviour": b,
+            "clean": c,
+            "verdicts": [{"name": "rep", "passed": c, "score": None, "reason": ""}],
+            "repeated_3gram_share": repeated_ngram_share(text, 3),
+            "distinct_2": distinct_n(text, 2),
+            "english": True,
+            "relevance": relevance,
+            "teacher_similarity": None,
+        }
+        for i, (b, c, text) in enumerate(answers)
+    ]
+
+
+def _report(student: list[tuple[bool, bool, str]], student_relevance: float = 0.5) -> dict[str, Any]:
+    teacher = [(i % 2 == 0, True, CLEAN) for i in range(20)]
+    base = [(False, True, CLEAN) for _ in range(20)]
+    rows = _rows("teacher", teacher) + _rows("base_student", base) + _rows("sft", student, student_relevance)
+    return build_report(
+        rows,
+        ["teacher", "base_student", "sft"],
+        behaviour=["french"],
+        prompts=20,
+        samples=0,
+        relevance_threshold=0.3,
+        relevance_measured=True,
+        judges=[],
+        agreement={},
+        seconds={},
+    )
+
+
+def test_warning_fires_on_a_student_that_complies_in_loops() -> None:
+    # 19/20 compliant, but only 10/20 clean: behaviour up, quality down
+    rep = _report([(True, i % 2 == 0, CLEAN if i % 2 == 0 else LOOP) for i in range(19)] + [(False, True, CLEAN)])
+    sft = rep["models"]["sft"]
+    assert sft["behaviour"]["rate"] == pytest.approx(0.95) and sft["clean"]["rate"] == pytest.approx(0.55)
+    assert sft["joint"]["rate"] == pytest.approx(0.5)
+    assert rep["verdict"]["sft"] == "regressed"
+    assert len(rep["warnings"]) == 1 and "clean rate 0.550 < 0.9× the base student's 1.000" in rep["warnings"][0]
+    assert rep["ratio_to_teacher"]["sft"] == pytest.approx(1.9)
+    assert rep["warnings"][0] in to_markdown(rep)
+    lo, hi = sft["clean"]["ci"]
+    assert lo < 0.55 < hi
+
+
+def test_warning_fires_on_off_topic_answers_and_not_on_a_good_student() -> None:
+    good = _report([(True, True, CLEAN)] * 18 + [(True, False, LOOP)] + [(False, True, CLEAN)])
+    assert good["verdict"]["sft"] == "ok" and good["warnings"] == []  # clean 0.95 ≥ 0.9 × 1.0
+    off = _report([(True, True, OFF_TOPIC)] * 20, student_relevance=0.05)
+    assert off["verdict"]["sft"] == "regressed" and "relevance rate 0.000" in off["warnings"][0]
+
+
+def test_answers_file_round_trips_through_plain_datasets(tmp_path: Path) -> None:
+    import datasets
+    import pyarrow as pa
+
+    rep = _report([(True, True, CLEAN)] * 20)
+    rows = _rows("teacher", [(True, True, CLEAN), (False, False, LOOP)])
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in ANSWERS_SCHEMA} for r in rows], ANSWERS_SCHEMA)
+    write_outputs(tmp_path, rep, table)
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "answers.parquet"), split="train")
+    assert ds.num_rows == 2 and ds[1]["answer"] == LOOP and ds[1]["behaviour"] is False
+    assert ds[0]["prompt"] == [{"role": "user", "content": PROMPT}] and ds[0]["verdicts"][0]["name"] == "rep"
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "report.md").read_text().startswith("# Evaluation: what the student gained and what it lost")
