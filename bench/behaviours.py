@@ -42,6 +42,22 @@ CANDIDATES = {
         lambda t: t.rstrip().lower().rstrip(".!").endswith("hope this helps"),
     ),
     "at-most-40-words": ("Always answer in at most 40 words.", lambda t: len(t.split()) <= 40),
+    "one-or-two-sentences": (
+        "Always answer in one or two short sentences.",
+        lambda t: len(t.split()) <= 40,
+    ),
+    "at-most-30-words": ("Be brief: always answer in at most 30 words.", lambda t: len(t.split()) <= 30),
+    "at-most-30-words-example": (
+        "Be brief: always answer in at most 30 words, like this example.\n"
+        "Question: Why is the sea salty?\n"
+        "Answer: Rivers carry dissolved minerals from rocks into the sea. When sea water evaporates, "
+        "the salt stays behind, so it builds up over time.",
+        lambda t: len(t.split()) <= 30,
+    ),
+    "numbered-three": (
+        "Always answer with a numbered list of exactly three short points.",
+        numbered,
+    ),
     "bullets": (
         "Always answer with bullet points that start with '- '.",
         lambda t: len(re.findall(r"^\s*[-*•]\s+\S", t, re.M)) >= 3,
@@ -62,12 +78,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--max-new-tokens", type=int, default=192)
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--out", default="runs/behaviours.json")
     args = ap.parse_args()
     rows = [json.loads(x) for x in Path(args.prompts).read_text().splitlines() if x.strip()][: args.limit]
     path, model_id = resolve_model("smollm2")
     engine = TransformersEngine(path, model_id, batch_size=16)
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens)
+    params = SamplingParams(n=1, temperature=args.temperature, top_p=0.95, max_new_tokens=args.max_new_tokens)
     fr = None
     try:
         from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier

@@ -15,14 +15,16 @@ from typing import Any
 
 import pyarrow as pa
 
+from synth.curate.config import RelevanceCheck
 from synth.io import atomic_write, atomic_write_parquet, atomic_write_text
 from synth.records import MESSAGE, VERDICT
 from synth.stats import bootstrap_ci, mean
 
 REGRESSION = 0.9
 """A trained student regresses when its clean or relevance rate is below this share of the base's."""
-DEFAULT_RELEVANCE = 0.2
-"""Prompt↔answer similarity at which an answer counts as relevant, when curate has no relevance check."""
+DEFAULT_RELEVANCE: float = RelevanceCheck.model_fields["min_similarity"].default
+"""Prompt↔answer similarity at which an answer counts as relevant, when curate has no relevance check.
+0.3: on 40 seed prompts, 1-2 of SmolLM2's real answers fall below it and 0-1 of 40 mismatched pairs reach it."""
 MIN_RELEVANCE_COVERAGE = 0.5
 """Relevance is compared only when it applies (English answers) to at least this share of both models."""
 RATES = ("behaviour", "clean", "joint", "relevance")

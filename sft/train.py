@@ -140,6 +140,23 @@ def _teacher_model(recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
     return AutoModelForCausalLM.from_pretrained(path)
 
 
+def _model_card(trainer: Any, recipe: Recipe) -> None:
+    """TRL's README.md in the output folder, naming the base model.
+
+    TRL reads the base model from `config._name_or_path`, which is a local cache folder for the
+    embedded model, and then writes "fine-tuned version of [None]"; give it the Hub id for the card only.
+    """
+    from synth.publish.model import base_model_id
+
+    config = trainer.model.config
+    local = config._name_or_path
+    config._name_or_path = base_model_id(recipe)
+    try:
+        trainer.create_model_card(model_name=f"{recipe.name}-{recipe.train.objective}", tags=["distillery"])
+    finally:
+        config._name_or_path = local
+
+
 def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSummary:
     """Train `recipe.train.objective` on run_dir/curated/kept.parquet; see the module docstring."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -212,6 +229,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     final = out / "final"
     trainer.save_model(str(final))  # every process calls it (sharded states gather); only the main one writes
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    _model_card(trainer, recipe)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(str(final))
         atomic_write_text(out / "log.json", json.dumps(trainer.state.log_history, indent=1) + "\n")

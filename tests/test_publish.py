@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.curate_helpers import rows_for, write_run
+from tests.eval_helpers import answer_rows, report_for, write_eval
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_distillery_test_token_123456"
@@ -210,17 +211,13 @@ def test_publish_model_adapter_loads_with_peft(hub: Any, tmp_path: Path, smollm2
     model.save_pretrained(final)
     AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(final)
     (final / "training_args.bin").write_bytes(b"pickled arguments")
-    (run / "eval").mkdir()
-    (run / "eval" / "report.json").write_text(
-        json.dumps(
-            {
-                "prompts": 10,
-                "behaviour_check": "french",
-                "compliance": {"teacher": 0.5, "base_student": 0.0, "sft": 0.7},
-                "agreement_top1_with_teacher": {"base_student": 0.8, "sft": 0.85},
-            }
-        )
-    )
+    # an eval whose sft student complies more but loops: the card must carry the warning
+    good, loop = "Le miel nourrit la colonie en hiver.", "les bébé, les bébé, les bébé, les bébé, les bébé"
+    rows = answer_rows("teacher", [(i < 5, True, good) for i in range(10)])
+    rows += answer_rows("base_student", [(False, True, good)] * 10)
+    rows += answer_rows("sft", [(True, i < 5, good if i < 5 else loop) for i in range(10)])
+    rep = report_for(rows, ["teacher", "base_student", "sft"])
+    write_eval(run / "eval", rows, rep)
     env = _env(hub, tmp_path)
     repo = "tester/pub-model"
     out = run_cli(
@@ -248,7 +245,9 @@ print(json.dumps({{"meta": card.data.to_dict(), "text": card.text, "w": w,
     meta = got["meta"]
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta["library_name"] == "peft"
     assert meta["datasets"] == ["tester/pub-data"] and "sft" in meta["tags"]
-    assert "| sft | 0.700 | 0.850 |" in got["text"] and "Objective: `sft`" in got["text"]
+    sft_row = next(r for r in rep["headline"]["rows"] if r[0] == "sft")
+    assert "| " + " | ".join(sft_row) + " |" in got["text"] and sft_row[-1] == "regressed"
+    assert rep["warnings"][0] in got["text"] and "Objective: `sft`" in got["text"]
     assert "training_args.bin" not in got["files"] and "adapter_model.safetensors" in got["files"]
     local = {k: v.sum().item() for k, v in model.state_dict().items() if "lora_" in k}
     assert got["w"] and got["w"] == pytest.approx(local)

@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
 
-from sft.eval_report import ANSWERS_SCHEMA, build_report, write_outputs
 from synth.review.compare import slots_for, win_rates
 from tests.conftest import run_cli
+from tests.eval_helpers import answer_rows, report_for, write_eval
 
 MODELS = ["teacher", "base_student", "sft"]
 
@@ -29,45 +28,11 @@ def _eval_run(tmp_path: Path) -> tuple[Path, Path]:
     """A run folder with eval answers of three models on 6 prompts (sft's answers say 'SFT')."""
     run = tmp_path / "run"
     rows = []
-    for i in range(6):
-        for m in MODELS:
-            text = f"Answer {i} by {'SFT' if m == 'sft' else 'another model'}."
-            rows.append(
-                {
-                    "model": m,
-                    "prompt_id": f"p{i}",
-                    "prompt": [{"role": "user", "content": f"Question {i}?"}],
-                    "seen_prompt": [{"role": "user", "content": f"Question {i}?"}],
-                    "sample_index": 0,
-                    "answer": text,
-                    "completion": text,
-                    "finish_reason": "stop",
-                    "completion_tokens": 5,
-                    "error": None,
-                    "behaviour": True,
-                    "clean": True,
-                    "verdicts": [],
-                    "repeated_3gram_share": 0.0,
-                    "distinct_2": 1.0,
-                    "english": False,
-                    "relevance": None,
-                    "teacher_similarity": None,
-                }
-            )
-    rep = build_report(
-        rows,
-        MODELS,
-        behaviour=["b"],
-        prompts=6,
-        samples=0,
-        relevance_threshold=None,
-        relevance_measured=False,
-        judges=[],
-        agreement={},
-        seconds={},
-    )
-    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in ANSWERS_SCHEMA} for r in rows], ANSWERS_SCHEMA)
-    write_outputs(run / "eval", rep, table)
+    for m in MODELS:
+        rows += answer_rows(
+            m, [(True, True, f"Answer {i} by {'SFT' if m == 'sft' else 'another model'}.") for i in range(6)]
+        )
+    write_eval(run / "eval", rows, report_for(rows, MODELS))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(json.dumps({"name": "cmp"}))
     return run, recipe

@@ -181,18 +181,14 @@ def test_accelerate_launch_two_cpu_processes(tmp_path: Path) -> None:
     assert (run / "train/sft/final/adapter_config.json").is_file()
 
 
-@pytest.mark.slow
-def test_eval_reports_compliance_for_every_model(tmp_path: Path) -> None:
-    from sft.evaluate import run_eval
-
-    run = curated_run(tmp_path)
-    run_train(recipe(tmp_path, max_steps=2), run)
+def eval_recipe(tmp_path: Path, **eval_fields: object) -> Path:
     body = {
         "name": "t",
         "teacher": {"system_prompt": SYSTEM["content"]},
         "curate": {
             "checks": [
-                {"type": "length", "min_chars": 5},
+                {"type": "length", "min_chars": 5, "min_tokens": 3},
+                {"type": "truncated"},
                 {"type": "language", "name": "french", "languages": ["fr"]},
                 {"type": "llm_judge", "name": "judge", "max_new_tokens": 8},
             ]
@@ -200,24 +196,66 @@ def test_eval_reports_compliance_for_every_model(tmp_path: Path) -> None:
         "eval": {
             "prompts": str(ROOT / "data/heldout_prompts.jsonl"),
             "limit": 4,
-            "max_new_tokens": 16,
+            "max_new_tokens": 24,
             "behaviour_check": "french",
+            **eval_fields,
         },
     }
     (tmp_path / "ev.yaml").write_text(json.dumps(body))
-    rep = run_eval(load_recipe(tmp_path / "ev.yaml"), run)
-    assert set(rep["compliance"]) == {"teacher", "base_student", "sft"} and rep["prompts"] == 4
-    assert all(0 <= r <= 1 for r in rep["compliance"].values())
-    assert set(rep["agreement_top1_with_teacher"]) == {"base_student", "sft"}
-    assert all(0 < a <= 1 for a in rep["agreement_top1_with_teacher"].values())
-    for rates in rep["checks"].values():
-        assert set(rates) == {"length", "french", "judge"}
-    assert all(rep["checks"][m]["french"] == rep["compliance"][m] for m in rep["compliance"])
-    assert set(rep["judge_mean_score"]) == {"teacher", "base_student", "sft"}
+    return tmp_path / "ev.yaml"
+
+
+@pytest.mark.slow
+def test_eval_keeps_every_answer_and_judges_each_one(tmp_path: Path) -> None:
+    import datasets
+
+    from sft.evaluate import run_eval
+
+    run = curated_run(tmp_path)
+    run_train(recipe(tmp_path, max_steps=2), run)
+    rep = run_eval(load_recipe(eval_recipe(tmp_path, samples=1)), run)
+    assert list(rep["models"]) == ["teacher", "base_student", "sft"] and rep["prompts"] == 4
+    answers = datasets.load_dataset("parquet", data_files=str(run / "eval/answers.parquet"), split="train")
+    assert answers.num_rows == 3 * 4 * 2  # models × prompts × (greedy + 1 sample)
+    rows = answers.to_list()
+    for r in rows:
+        verdicts = {v["name"]: v for v in r["verdicts"]}
+        assert set(verdicts) == {"length", "truncated", "french", "judge"}
+        # real finish reasons and token counts: the truncated and min_tokens checks see them
+        assert r["finish_reason"] in ("stop", "length") and 0 < r["completion_tokens"] <= 24
+        assert verdicts["truncated"]["passed"] == (r["finish_reason"] != "length")
+        assert verdicts["length"]["passed"] == (r["completion_tokens"] >= 3 and len(r["answer"].strip()) >= 5)
+        assert r["behaviour"] == verdicts["french"]["passed"]
+        assert r["clean"] == all(v["passed"] for n, v in verdicts.items() if n != "french")
+    assert any(r["finish_reason"] == "length" for r in rows) and any(r["finish_reason"] == "stop" for r in rows)
+    for name, m in rep["models"].items():
+        mine = [r for r in rows if r["model"] == name]
+        assert m["behaviour"]["rate"] == pytest.approx(sum(r["behaviour"] for r in mine) / 8)
+        assert m["joint"]["rate"] == pytest.approx(sum(r["behaviour"] and r["clean"] for r in mine) / 8)
+        assert m["truncated"]["rate"] == pytest.approx(sum(r["finish_reason"] == "length" for r in mine) / 8)
+        lo, hi = m["clean"]["ci"]
+        assert lo <= m["clean"]["rate"] <= hi
+    # the teacher saw its privileged view; students did not
+    teacher_rows = [r for r in rows if r["model"] == "teacher"]
+    assert all(r["seen_prompt"][0] == SYSTEM for r in teacher_rows)
+    assert all(r["seen_prompt"] == r["prompt"] for r in rows if r["model"] != "teacher")
+    assert set(rep["models"]["base_student"]) >= {"relevance", "distinct_2", "repeated_3gram_share"}
+    assert set(rep["models"]["base_student"]["judge_mean_score"]) == {"judge"}
+    assert set(rep["verdict"]) == {"sft"} and (run / "eval/report.png").is_file()
     saved = json.loads((run / "eval/report.json").read_text())
-    assert saved["compliance"] == rep["compliance"]
-    assert (run / "eval/report.md").read_text().startswith("# Evaluation: before vs after")
-    (tmp_path / "bad.yaml").write_text(json.dumps({**body, "eval": {**body["eval"], "behaviour_check": "nope"}}))
+    assert saved["models"]["sft"]["behaviour"] == rep["models"]["sft"]["behaviour"]
+    greedy = [(r["model"], r["answer"]) for r in rows if r["sample_index"] == 0]
+
+    # several behaviour checks: all must pass; sample 0 is greedy, so the same answers come back
+    run_eval(load_recipe(eval_recipe(tmp_path, behaviour_check=["french", "truncated"])), run)
+    again = datasets.load_dataset("parquet", data_files=str(run / "eval/answers.parquet"), split="train").to_list()
+    assert [(r["model"], r["answer"]) for r in again if r["sample_index"] == 0] == greedy
+    for r in again:
+        french = next(v["passed"] for v in r["verdicts"] if v["name"] == "french")
+        assert r["behaviour"] == (french and r["finish_reason"] != "length")
+    (tmp_path / "bad.yaml").write_text(
+        json.dumps({**json.loads(eval_recipe(tmp_path).read_text()), "eval": {"behaviour_check": "nope"}})
+    )
     with pytest.raises(UserError, match=r"eval\.behaviour_check names 'nope'"):
         run_eval(load_recipe(tmp_path / "bad.yaml"), run)
 

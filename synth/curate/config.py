@@ -65,6 +65,20 @@ class RepetitionCheck(CheckBase):
     max_line_repeat: float = Field(0.3, ge=0, le=1, description="max share of non-empty lines that are repeats")
 
 
+class WordCountCheck(CheckBase):
+    type: Literal["word_count"]
+    min_words: int | None = Field(None, ge=0, description="fewest whitespace-separated words")
+    max_words: int | None = Field(None, ge=1, description="most whitespace-separated words")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> WordCountCheck:
+        if self.min_words is None and self.max_words is None:
+            raise ValueError("give min_words, max_words or both")
+        if self.min_words is not None and self.max_words is not None and self.min_words > self.max_words:
+            raise ValueError(f"min_words {self.min_words} > max_words {self.max_words}")
+        return self
+
+
 class RefusalCheck(CheckBase):
     type: Literal["refusal"]
     phrases: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS))
@@ -142,7 +156,7 @@ class PythonCheck(CheckBase):
 class RelevanceCheck(CheckBase):
     type: Literal["relevance"]
     min_similarity: float = Field(
-        0.2, ge=-1, le=1, description="min cosine similarity prompt↔answer (all-MiniLM-L6-v2; English answers only)"
+        0.3, ge=-1, le=1, description="min cosine similarity prompt↔answer (all-MiniLM-L6-v2; English answers only)"
     )
 
 
@@ -170,6 +184,7 @@ Check = Annotated[
     EmptyCheck
     | TruncatedCheck
     | LengthCheck
+    | WordCountCheck
     | RepetitionCheck
     | RefusalCheck
     | LanguageCheck

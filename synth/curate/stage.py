@@ -44,6 +44,7 @@ from synth.curate.judges import LLMJudge, RewardModelJudge
 from synth.curate.relevance import RelevanceFilter
 from synth.curate.report import CheckStats, write_reports
 from synth.curate.verifiers import ExactMatchVerifier, JsonSchemaVerifier, PythonVerifier, RegexVerifier
+from synth.curate.word_count import WordCountFilter
 from synth.errors import UserError
 from synth.recipe import Recipe, dump_resolved
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA
@@ -52,6 +53,7 @@ ROW_CHECKS: dict[str, type[RowCheck]] = {
     "empty": EmptyFilter,
     "truncated": TruncatedFilter,
     "length": LengthFilter,
+    "word_count": WordCountFilter,
     "repetition": RepetitionFilter,
     "refusal": RefusalFilter,
     "language": LanguageFilter,

@@ -1,0 +1,26 @@
+"""word_count: bounds on the number of words, for behaviours like "answer in at most 40 words".
+
+Words are whitespace-separated pieces, as a reader counts them ("3.5" and "well-known" are one word
+each). The score is the word count, so reports show the distribution.
+"""
+
+from __future__ import annotations
+
+from synth.curate.base import Row, RowCheck, Verdict
+
+
+class WordCountFilter(RowCheck):
+    """Keeps completions with min_words ≤ words ≤ max_words (either bound optional)."""
+
+    def run(self, rows: list[Row]) -> list[Verdict]:
+        lo, hi = self.spec.min_words, self.spec.max_words
+        out = []
+        for r in rows:
+            n = len(r["completion"].split())
+            if lo is not None and n < lo:
+                out.append(Verdict(False, float(n), f"too few words: {n} < min_words {lo}"))
+            elif hi is not None and n > hi:
+                out.append(Verdict(False, float(n), f"too many words: {n} > max_words {hi}"))
+            else:
+                out.append(Verdict(True, float(n)))
+        return out
