@@ -5,7 +5,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-RECIPE  ?= recipes/answer-in-french.yaml
+RECIPE  ?= recipes/concise-answers.yaml
 # CPU machines get the local CPU wheel of torch; an unpinned torch would pull GBs of CUDA packages.
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 

@@ -146,3 +146,35 @@ def test_server_down_is_a_clear_error(tmp_path: Path, prompts_file: Path) -> Non
     assert not list((tmp_path / "run").glob("generations/shard-*"))
     with pytest.raises(UserError):
         engine_for(url)
+
+
+def test_eval_teacher_through_the_openai_engine(tmp_path: Path, server: LlamaServer, prompts_file: Path) -> None:
+    """`sft eval` honours teacher.engine: the teacher answers through the server, with real finish reasons."""
+    import datasets
+
+    from sft.evaluate import run_eval
+    from synth.recipe import load_recipe
+
+    proxy = FaultProxy(server.base_url, lambda n: None)  # counts the requests that reach the server
+    try:
+        body = {
+            "name": "ev",
+            "teacher": {"engine": "openai", "system_prompt": "Answer briefly.", "openai": {"base_url": proxy.base_url}},
+            "curate": {"checks": [{"type": "length", "min_tokens": 2}, {"type": "truncated", "name": "short"}]},
+            "eval": {"prompts": str(prompts_file), "max_new_tokens": 12, "behaviour_check": "short"},
+        }
+        (tmp_path / "r.yaml").write_text(json.dumps(body))
+        rep = run_eval(load_recipe(tmp_path / "r.yaml"), tmp_path / "run")
+    finally:
+        proxy.stop()
+    assert list(rep["models"]) == ["teacher", "base_student"]
+    assert proxy.posts >= 3  # one chat completion per prompt at least
+    rows = datasets.load_dataset("parquet", data_files=str(tmp_path / "run/eval/answers.parquet"), split="train")
+    teacher = [r for r in rows if r["model"] == "teacher"]
+    assert len(teacher) == 3 and all(r["error"] is None and r["answer"] for r in teacher)
+    assert all(r["seen_prompt"][0] == {"role": "system", "content": "Answer briefly."} for r in teacher)
+    # the server's own finish reasons and token counts, so `truncated` and `min_tokens` judge real values
+    assert all(r["finish_reason"] in ("stop", "length") and r["completion_tokens"] for r in teacher)
+    for r in teacher:
+        short = next(v for v in r["verdicts"] if v["name"] == "short")
+        assert short["passed"] == (r["finish_reason"] == "stop") == r["behaviour"]
