@@ -96,13 +96,7 @@ def evaluate(
 
         r = load(recipe, overrides)
         runtime.configure(r.runtime)
-        err = Console(stderr=True)
-        rep = run_eval(
-            r,
-            run_dir_for(r, run_dir),
-            recipe_dir=recipe.parent,
-            on_model=lambda name: err.print(f"[bold]sft eval:[/] {name} answering…"),
-        )
+        rep = run_eval(r, run_dir_for(r, run_dir), recipe_dir=recipe.parent, console=Console(stderr=True))
         t = Table(
             title=f"sft eval: {rep['prompts']} held-out prompts × {rep['samples_per_prompt']} answers; "
             f"rates [95% CI]; behaviour = {' + '.join(rep['behaviour_checks'])}"
@@ -112,6 +106,8 @@ def evaluate(
         for row in headline_rows(rep):
             t.add_row(*row, style="bold red" if row[-1] == "regressed" else None)
         console = Console()
+        if not console.is_terminal:  # a log file or pipe: keep each interval on one line
+            console = Console(width=170)
         console.print(t)
         for w in rep["warnings"]:
             console.print(f"[bold red]{w}[/]", highlight=False)

@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 import torch
+from rich.console import Console
 
 from sft.eval_report import ANSWERS_SCHEMA, build_report, write_outputs
 from sft.quality import distinct_n, repeated_ngram_share
@@ -30,9 +31,10 @@ from synth import embeddings
 from synth.curate.base import Context, RowCheck
 from synth.curate.stage import ROW_CHECKS
 from synth.engines import build_engine_for
-from synth.engines.base import Engine, SamplingParams
+from synth.engines.base import Engine, ProgressFn, SamplingParams
 from synth.engines.hf import TransformersEngine
 from synth.errors import UserError
+from synth.generate import progress_bar
 from synth.models import resolve_model
 from synth.prompts import load_prompts
 from synth.recipe import PromptsSpec, Recipe
@@ -138,11 +140,13 @@ def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
     return models
 
 
-def _answer(engine: Engine, prompts: list[Messages], recipe: Recipe) -> list[list[Any]]:
+def _answer(
+    engine: Engine, prompts: list[Messages], recipe: Recipe, on_progress: ProgressFn | None = None
+) -> list[list[Any]]:
     """Per prompt: the greedy answer (sample 0), then `eval.samples` answers at the generation temperature."""
     ev, g = recipe.eval, recipe.generate
     greedy = SamplingParams(n=1, temperature=ev.temperature, max_new_tokens=ev.max_new_tokens, seed=g.seed)
-    out = [list(c) for c in engine.generate(prompts, greedy)]
+    out = [list(c) for c in engine.generate(prompts, greedy, on_progress)]
     if ev.samples:
         sampled = SamplingParams(
             n=ev.samples,
@@ -152,7 +156,7 @@ def _answer(engine: Engine, prompts: list[Messages], recipe: Recipe) -> list[lis
             max_new_tokens=ev.max_new_tokens,
             seed=g.seed,
         )
-        for comps, more in zip(out, engine.generate(prompts, sampled), strict=True):
+        for comps, more in zip(out, engine.generate(prompts, sampled, on_progress), strict=True):
             comps.extend(more)
     return out
 
@@ -221,7 +225,7 @@ def _relevance(rows: list[dict[str, Any]]) -> None:
 
 
 def run_eval(
-    recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None, on_model: Callable[[str], None] | None = None
+    recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None, console: Console | None = None
 ) -> dict[str, Any]:
     """Answer, judge and report; writes run_dir/eval/{answers.parquet, report.json, report.md, report.png}."""
     ev = recipe.eval
@@ -235,15 +239,20 @@ def run_eval(
     agreement: dict[str, float | None] = {}
     teacher_answers: list[str] = []
     student_prompts = [it.prompt for it in items]
+    console = console or Console(stderr=True)
     try:
         for m in models:
-            if on_model:
-                on_model(m.name)
             t0 = time.perf_counter()
             engine = m.engine()
             try:
                 prompts = [it.teacher_prompt for it in items] if m.teacher_view else student_prompts
-                comps = _answer(engine, prompts, recipe)
+                with progress_bar(console) as bar:
+                    task = bar.add_task(m.name, total=len(items) * (1 + ev.samples), tokens=0)
+
+                    def advance(rows: int, tokens: int, bar: Any = bar, task: Any = task) -> None:
+                        bar.update(task, advance=rows, tokens=bar.tasks[task].fields["tokens"] + tokens)
+
+                    comps = _answer(engine, prompts, recipe, advance)
                 rows += _rows(m.name, items, prompts, comps)
                 if m.name == "teacher":
                     teacher_answers = [cs[0].text for cs in comps]

@@ -102,7 +102,9 @@ def _common_args(recipe: Recipe, out: Path) -> dict[str, Any]:
         "seed": t.seed,
         "bf16": bool(gpu and torch.cuda.is_bf16_supported()),
         "use_cpu": not gpu,
-        "gradient_checkpointing": False,
+        # transformers 5 renamed gradient_checkpointing; TRL's configs still default the old name to True,
+        # so setting the new one is what turns it off without a FutureWarning.
+        "activation_checkpointing": False,
         "disable_tqdm": False,
         **t.args,
     }
@@ -140,21 +142,23 @@ def _teacher_model(recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
     return AutoModelForCausalLM.from_pretrained(path)
 
 
-def _model_card(trainer: Any, recipe: Recipe) -> None:
+def _model_card(trainer: Any, recipe: Recipe, final: Path) -> None:
     """TRL's README.md in the output folder, naming the base model.
 
     TRL reads the base model from `config._name_or_path`, which is a local cache folder for the
-    embedded model, and then writes "fine-tuned version of [None]"; give it the Hub id for the card only.
+    embedded model, and then writes "fine-tuned version of [None]"; give it the Hub id for the card only,
+    and the saved folder as the model its quick start loads.
     """
     from synth.publish.model import base_model_id
 
     config = trainer.model.config
-    local = config._name_or_path
+    local, hub_id = config._name_or_path, trainer.hub_model_id
     config._name_or_path = base_model_id(recipe)
+    trainer.hub_model_id = str(final)  # the card's quick start loads this folder, not "None"
     try:
         trainer.create_model_card(model_name=f"{recipe.name}-{recipe.train.objective}", tags=["distillery"])
     finally:
-        config._name_or_path = local
+        config._name_or_path, trainer.hub_model_id = local, hub_id
 
 
 def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSummary:
@@ -229,7 +233,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     final = out / "final"
     trainer.save_model(str(final))  # every process calls it (sharded states gather); only the main one writes
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    _model_card(trainer, recipe)
+    _model_card(trainer, recipe, final)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(str(final))
         atomic_write_text(out / "log.json", json.dumps(trainer.state.log_history, indent=1) + "\n")

@@ -229,7 +229,7 @@ def _generate_shards(
     chunks = [good[i : i + per_shard] for i in range(0, len(good), per_shard)] or [[]]
     chunks[0] = bad + chunks[0]
     next_index = 1 + max((int(s["file"][6:11]) for s in shards), default=-1)
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("generating", total=len(good) * params.n, tokens=0)
 
         def on_progress(rows: int, tokens: int) -> None:
@@ -253,7 +253,8 @@ def _generate_shards(
             summary.completion_tokens += sum(r["completion_tokens"] or 0 for r in rows)
 
 
-def _progress(console: Console) -> Progress:
+def progress_bar(console: Console) -> Progress:
+    """Rows done of total, completion tokens/s, elapsed and ETA (generate, and eval's answering)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -24,3 +24,5 @@ def configure(runtime: RuntimeSpec) -> None:
     hf_logging.disable_progress_bar()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+    # TRL 1.16 and PEFT call transformers' deprecated `is_gradient_checkpointing`: nothing a user can act on.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

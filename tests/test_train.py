@@ -75,6 +75,9 @@ def test_sft_loss_goes_down_and_result_loads_without_distillery(tmp_path: Path, 
     )
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
+    card = (run / "train" / "sft" / "README.md").read_text()
+    assert "fine-tuned version of [HuggingFaceTB/SmolLM2-135M-Instruct]" in card and "[None]" not in card
+    assert f'model="{final}"' in card
 
 
 @pytest.mark.slow
