@@ -98,11 +98,11 @@ def evaluate(
         runtime.configure(r.runtime)
         rep = run_eval(r, run_dir_for(r, run_dir), recipe_dir=recipe.parent, console=Console(stderr=True))
         t = Table(
-            title=f"sft eval: {rep['prompts']} held-out prompts × {rep['samples_per_prompt']} answers; "
+            title=f"sft eval: {rep['prompts']} held-out prompts × {rep['samples_per_prompt']} answer(s); "
             f"rates [95% CI]; behaviour = {' + '.join(rep['behaviour_checks'])}"
         )
         for col in HEADLINE:
-            t.add_column(col, justify="left" if col in ("model", "verdict") else "right")
+            t.add_column(col, justify="left" if col in ("model", "verdict") else "right", no_wrap=True)
         for row in headline_rows(rep):
             t.add_row(*row, style="bold red" if row[-1] == "regressed" else None)
         console = Console()

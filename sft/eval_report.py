@@ -94,7 +94,7 @@ def model_summary(
             out["relevance"] = _rate([r["relevance"] >= threshold for r in eng], [r["prompt_id"] for r in eng])
         out["relevance_similarity"] = _mean([r["relevance"] for r in rows], g)
         out["teacher_similarity"] = _mean([r["teacher_similarity"] for r in rows], g)
-    names = [v["name"] for v in rows[0]["verdicts"]] if rows else []
+    names = list(dict.fromkeys(v["name"] for r in rows for v in r["verdicts"]))  # rows with an error have none
     out["checks"] = {
         n: mean([float(any(v["name"] == n and v["passed"] for v in r["verdicts"])) for r in rows]) for n in names
     }
@@ -210,7 +210,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
     lines = [
         "# Evaluation: what the student gained and what it lost",
         "",
-        f"{rep['prompts']} held-out prompts × {rep['samples_per_prompt']} answers per model (sample 0 greedy). "
+        f"{rep['prompts']} held-out prompts × {rep['samples_per_prompt']} answer(s) per model (sample 0 greedy). "
         f"Behaviour: {', '.join(f'`{b}`' for b in rep['behaviour_checks'])} all pass. Clean: every other curate "
         f"check passes. Joint: both. Relevance: prompt↔answer similarity ≥ {rep['relevance_threshold']} "
         f"(all-MiniLM-L6-v2; {rep['relevance_note']}). Brackets: bootstrap 95% intervals over prompts.",
@@ -281,7 +281,7 @@ def draw(rep: dict[str, Any], path: Path) -> bool:
     ax.set_xticks(range(len(RATES)), list(RATES))
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share of answers (95% CI)")
-    ax.set_title(f"sft eval: {rep['prompts']} held-out prompts × {rep['samples_per_prompt']} answers")
+    ax.set_title(f"sft eval: {rep['prompts']} held-out prompts × {rep['samples_per_prompt']} answer(s)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

