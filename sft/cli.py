@@ -107,7 +107,7 @@ def evaluate(
             t.add_row(*row, style="bold red" if row[-1] == "regressed" else None)
         console = Console()
         if not console.is_terminal:  # a log file or pipe: keep each interval on one line
-            console = Console(width=170)
+            console = Console(width=220)
         console.print(t)
         for w in rep["warnings"]:
             console.print(f"[bold red]{w}[/]", highlight=False)

@@ -101,3 +101,32 @@ def test_missing_file_and_unknown_type(tmp_path: Path) -> None:
     msg = str(pytest.raises(UserError, load_prompts, PromptsSpec(path=str(tmp_path / "p.txt")), TeacherSpec()).value)
     assert "unsupported prompts file type" in msg
     assert "exactly one" in str(pytest.raises(UserError, load_prompts, PromptsSpec(), TeacherSpec()).value)
+
+
+def test_relative_paths_resolve_against_the_recipe_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe and its data move together: the recipe's folder wins over the working folder."""
+    mine = tmp_path / "project"
+    mine.mkdir()
+    write_jsonl(mine / "p.jsonl", [{"prompt": "from the recipe's folder"}])
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    write_jsonl(elsewhere / "p.jsonl", [{"prompt": "from the working folder"}])
+    monkeypatch.chdir(elsewhere)
+    items, _ = load_prompts(PromptsSpec(path="p.jsonl"), TEACHER, recipe_dir=mine)
+    assert items[0].prompt[0]["content"] == "from the recipe's folder"
+    items, _ = load_prompts(PromptsSpec(path="p.jsonl"), TEACHER, recipe_dir=tmp_path)  # not there: working folder
+    assert items[0].prompt[0]["content"] == "from the working folder"
+
+
+@pytest.mark.parametrize("name", ["concise-answers.yaml", "answer-in-french.yaml"])
+def test_shipped_recipes_find_their_data_from_any_folder(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synth.recipe import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(ROOT / "recipes" / name)
+    items, _ = load_prompts(recipe.prompts, recipe.teacher, recipe_dir=ROOT / "recipes")
+    assert len(items) == recipe.prompts.limit
+    held = PromptsSpec(path=recipe.eval.prompts)
+    assert len(load_prompts(held, recipe.teacher, recipe_dir=ROOT / "recipes")[0]) == 108
