@@ -4,14 +4,16 @@ One Argilla record per held-out prompt: the prompt and every model's greedy answ
 student, trained students) as `answer_1..answer_N` in an order shuffled per prompt (seeded), so a
 reviewer cannot tell which model wrote which. The question `best` asks for the best answer, or
 `tie`. Which slot holds which model is kept only on disk (`review/eval_pushed.parquet`), never in
-the record. `pull --eval` maps each submitted choice back to a model and writes win rates: a model
-wins a comparison when a reviewer picks its answer; its win rate is wins / comparisons it was in,
-with a bootstrap interval over records. They go into eval/report.json (`win_rates`) and
-eval/report.md, and into review/eval_preferences.json.
+the record. The record id hashes the answers shown, so after a new `sft eval` a push makes new
+records and choices made on the old answers no longer count. `pull --eval` maps each submitted
+choice back to a model and writes win rates: a model wins a comparison when a reviewer picks its
+answer; its win rate is wins / comparisons it was in, with a bootstrap interval over records.
+They go into eval/report.json (`win_rates`) and eval/report.md, and into review/eval_preferences.json.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -79,8 +81,10 @@ def _settings(rg: Any, slots: int) -> Any:
     return rg.Settings(fields=fields, questions=[question], guidelines=GUIDELINES, allow_extra_metadata=False)
 
 
-def _record_id(prompt_id: str) -> str:
-    return "eval-" + re.sub(r"[^A-Za-z0-9_-]", "_", prompt_id)
+def _record_id(prompt_id: str, shown: list[str]) -> str:
+    """The prompt and a hash of the answers shown: after a new `sft eval`, old choices do not count for new answers."""
+    digest = hashlib.sha256(json.dumps(shown, ensure_ascii=False).encode()).hexdigest()[:10]
+    return "eval-" + re.sub(r"[^A-Za-z0-9_-]", "_", prompt_id) + "-" + digest
 
 
 def _dataset(client: Any, recipe: Recipe, workspace: str | None, slots: int | None) -> Any:
@@ -125,10 +129,11 @@ def run_push_eval(
     mapping, records = [], []
     for pid in prompts:
         order = slots_for(pid, models, recipe.review.seed)
-        rid = _record_id(pid)
+        shown = [answers[pid][m]["answer"] or "(empty answer)" for m in order]
+        rid = _record_id(pid, shown)
         fields: dict[str, Any] = {"prompt": answers[pid][order[0]]["prompt"]}
-        for i, m in enumerate(order, 1):
-            fields[f"answer_{i}"] = answers[pid][m]["answer"] or "(empty answer)"
+        for i, (m, text) in enumerate(zip(order, shown, strict=True), 1):
+            fields[f"answer_{i}"] = text
             mapping.append({"record_id": rid, "prompt_id": pid, "slot": i, "model": m})
         records.append(rg.Record(id=rid, fields=fields))
     try:
