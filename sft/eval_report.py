@@ -174,7 +174,7 @@ def _relevance_note(measured: bool, coverage: list[float]) -> str:
         return "relevance not measured: install the relevance extra"
     note = "English answers only"
     if coverage and min(coverage) < 1:
-        note += f"; it applies to as few as {min(coverage):.0%} of a model's answers"
+        note += f"; for one model only {min(coverage):.0%} of the answers are English"
     return note
 
 
