@@ -146,7 +146,9 @@ app.add_typer(review_app, name="review")
 def review_push(
     recipe: Path = typer.Argument(..., help="The YAML recipe whose curated set to review."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
-    sample: int = typer.Option(None, "--sample", min=1, help="Push only N kept rows (a seeded sample)."),
+    sample: int = typer.Option(
+        None, "--sample", min=1, help="Push only N kept rows (a seeded sample); with --eval, N prompts."
+    ),
     rejected: int = typer.Option(
         None, "--rejected", min=0, help="Also push N rejected rows (default: review.rejected_sample)."
     ),
