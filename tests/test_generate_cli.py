@@ -90,7 +90,16 @@ def test_generate_writes_readable_shards_with_rejects(tmp_path: Path) -> None:
 
 def _start(args: list[str]) -> subprocess.Popen[str]:
     env_cmd = [sys.executable, "-m", "synth.cli", "generate", str(RECIPE), *args]
-    return subprocess.Popen(env_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A suite started in the background by a non-interactive shell inherits SIGINT as ignored, and so
+    # would this child: give it Ctrl-C's default, as in a terminal.
+    return subprocess.Popen(
+        env_cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _wait_for_shards(run: Path, proc: subprocess.Popen[str], count: int, timeout: float = 300) -> None:
