@@ -18,7 +18,7 @@ import pyarrow as pa
 from synth.curate.config import RelevanceCheck
 from synth.io import atomic_write, atomic_write_parquet, atomic_write_text
 from synth.records import MESSAGE, VERDICT
-from synth.stats import bootstrap_ci, mean
+from synth.stats import bootstrap_ci, mean, with_interval
 
 REGRESSION = 0.9
 """A trained student regresses when its clean or relevance rate is below this share of the base's."""
@@ -57,8 +57,9 @@ ANSWERS_SCHEMA = pa.schema(
 
 
 def _rate(values: list[bool], groups: list[str]) -> dict[str, Any]:
-    ci = bootstrap_ci([float(v) for v in values], groups)
-    return {"rate": mean([float(v) for v in values]), "ci": list(ci) if ci else None, "n": len(values)}
+    floats = [float(v) for v in values]
+    ci = bootstrap_ci(floats, groups)
+    return {"rate": mean(floats), "ci": list(ci) if ci else None, "n": len(values)}
 
 
 def _mean(values: list[float | None], groups: list[str]) -> dict[str, Any]:
@@ -181,8 +182,7 @@ def _relevance_note(measured: bool, coverage: list[float]) -> str:
 def _cell(rate: dict[str, Any] | None, key: str = "rate") -> str:
     if not rate or rate.get(key) is None:
         return "n/a"
-    ci = rate.get("ci")
-    return f"{rate[key]:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{rate[key]:.3f}"
+    return with_interval(rate[key], rate.get("ci"))
 
 
 def headline_rows(rep: dict[str, Any]) -> list[list[str]]:
@@ -289,8 +289,9 @@ def draw(rep: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write_outputs(out: Path, report: dict[str, Any], answers: pa.Table) -> None:
-    """answers.parquet, report.json, report.md and report.png, each written atomically."""
+def write_outputs(out: Path, report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """answers.parquet (the judged rows in ANSWERS_SCHEMA), report.json, report.md and report.png, atomically."""
+    answers = pa.Table.from_pylist([{f.name: r.get(f.name) for f in ANSWERS_SCHEMA} for r in rows], ANSWERS_SCHEMA)
     atomic_write_parquet(out / "answers.parquet", answers)
     report["headline"] = {"columns": HEADLINE, "rows": headline_rows(report)}
     report["picture"] = "report.png" if draw(report, out / "report.png") else None

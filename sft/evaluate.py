@@ -21,14 +21,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import torch
 from rich.console import Console
 
-from sft.eval_report import ANSWERS_SCHEMA, build_report, write_outputs
+from sft.eval_report import build_report, write_outputs
 from sft.quality import distinct_n, repeated_ngram_share
 from synth import embeddings
 from synth.curate.base import Context, RowCheck
+from synth.curate.config import RelevanceCheck
+from synth.curate.relevance import RelevanceFilter
 from synth.curate.stage import ROW_CHECKS
 from synth.engines import build_engine_for, sampling_params
 from synth.engines.base import Engine, ProgressFn
@@ -201,15 +202,14 @@ def _judge(rows: list[dict[str, Any]], checks: list[RowCheck], behaviour: list[s
 
 
 def _relevance(rows: list[dict[str, Any]]) -> None:
-    """Prompt↔answer and answer↔teacher-answer similarity, on English answers only."""
+    """Prompt↔answer similarity (the `relevance` check's score: English answers only) and answer↔teacher."""
     if not embeddings.available():
         return
-    for r in rows:
-        r["english"] = bool(r["completion"].strip()) and embeddings.is_english(r["completion"])
+    check = RelevanceFilter(RelevanceCheck(type="relevance"))
+    for r, v in zip(rows, check.run(rows), strict=True):
+        r["relevance"] = v.score
+        r["english"] = v.score is not None
     eng = [r for r in rows if r["english"]]
-    user = ["\n".join(m["content"] for m in r["prompt"] if m["role"] == "user") for r in eng]
-    for r, s in zip(eng, embeddings.similarity(user, [r["completion"] for r in eng]), strict=True):
-        r["relevance"] = s
     teacher = {(r["prompt_id"], r["sample_index"]): r for r in rows if r["model"] == "teacher"}
     pairs = [(r, teacher.get((r["prompt_id"], r["sample_index"]))) for r in eng if r["model"] != "teacher"]
     pairs = [(r, t) for r, t in pairs if t is not None and t["english"]]
@@ -274,6 +274,5 @@ def run_eval(
         agreement=agreement,
         seconds=seconds,
     )
-    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in ANSWERS_SCHEMA} for r in rows], ANSWERS_SCHEMA)
-    write_outputs(run_dir / "eval", report, table)
+    write_outputs(run_dir / "eval", report, rows)
     return report

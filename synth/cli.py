@@ -219,14 +219,14 @@ def review_pull(
             from rich.table import Table
 
             from synth.review.compare import run_pull_eval
+            from synth.stats import with_interval
 
             c = run_pull_eval(r, run_dir_for(r, run_dir))
             t = Table(title=f"synth review pull --eval: {c['choices']} choices from {c['dataset']}")
             for col in ("model", "win rate [95% CI]", "comparisons"):
                 t.add_column(col, justify="left" if col == "model" else "right")
             for m, w in c["win_rates"].items():
-                ci = f" [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}]" if w["ci"] else ""
-                t.add_row(m, f"{w['rate']:.3f}{ci}", str(w["n"]))
+                t.add_row(m, with_interval(w["rate"], w["ci"]), str(w["n"]))
             Console().print(t)
             return
         Console().print(summary_table(run_pull(r, run_dir_for(r, run_dir))))

@@ -84,13 +84,8 @@ def similarity(a: list[str], b: list[str]) -> list[float]:
     return [float(x) for x in (ea * eb).sum(-1)]
 
 
-@lru_cache(maxsize=1)
-def _langid() -> Any:
-    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
-
-    return LanguageIdentifier.from_modelpath(Path(MODEL_DIR) / MODEL_FILE, norm_probs=True)
-
-
 def is_english(text: str) -> bool:
     """Whether relevance applies: the answer is English by py3langid (the embedding model's language)."""
-    return _langid().classify(text)[0] == "en"
+    from synth.curate.filters import language_identifier
+
+    return language_identifier().classify(text)[0] == "en"

@@ -12,6 +12,11 @@ from collections.abc import Sequence
 BOOTSTRAP_RESAMPLES = 2000
 
 
+def with_interval(value: float, ci: list[float] | tuple[float, float] | None) -> str:
+    """`0.454 [0.36, 0.55]`: how every rate with its interval is shown (tables, report.md, cards)."""
+    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.3f}"
+
+
 def mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from sft.eval_report import ANSWERS_SCHEMA, build_report, write_outputs
+from sft.eval_report import build_report, write_outputs
 from sft.quality import distinct_n, repeated_ngram_share
 
 PROMPT = "Why do bees make honey?"
@@ -60,5 +58,4 @@ def report_for(rows: list[dict[str, Any]], models: list[str], relevance_measured
 
 def write_eval(out: Path, rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
     """eval/answers.parquet, report.json, report.md and report.png, as `sft eval` writes them."""
-    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in ANSWERS_SCHEMA} for r in rows], ANSWERS_SCHEMA)
-    write_outputs(out, report, table)
+    write_outputs(out, report, rows)

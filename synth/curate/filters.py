@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from synth.curate.base import Row, RowCheck, Verdict, completion_ngrams, completion_words, ngrams, user_text, words
 from synth.errors import UserError
@@ -81,6 +83,16 @@ class RefusalFilter(RowCheck):
         return out
 
 
+@lru_cache(maxsize=1)
+def language_identifier() -> Any:
+    """py3langid's identifier with normalised probabilities, loaded once per process."""
+    try:
+        from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+    except ImportError:
+        raise UserError("the language check needs py3langid: pip install py3langid") from None
+    return LanguageIdentifier.from_modelpath(Path(MODEL_DIR) / MODEL_FILE, norm_probs=True)
+
+
 class LanguageFilter(RowCheck):
     """Keeps completions in the wanted languages, by py3langid (offline, ~30k texts/s here).
 
@@ -89,11 +101,7 @@ class LanguageFilter(RowCheck):
     """
 
     def setup(self, ctx: object) -> None:
-        try:
-            from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
-        except ImportError:
-            raise UserError("the language check needs py3langid: pip install py3langid") from None
-        self.identifier = LanguageIdentifier.from_modelpath(Path(MODEL_DIR) / MODEL_FILE, norm_probs=True)
+        self.identifier = language_identifier()
 
     def run(self, rows: list[Row]) -> list[Verdict]:
         s = self.spec

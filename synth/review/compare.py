@@ -29,7 +29,7 @@ from synth.errors import UserError
 from synth.io import atomic_write_parquet, atomic_write_text
 from synth.recipe import Recipe
 from synth.review.connect import api_errors, api_url, connect, import_argilla
-from synth.stats import bootstrap_ci, mean
+from synth.stats import bootstrap_ci, mean, with_interval
 
 BEST, TIE = "best", "tie"
 PREFERENCE_SECTION = "## Human preference (Argilla, blind side by side)"
@@ -199,8 +199,7 @@ def _with_preferences(markdown: str, rates: dict[str, dict[str, Any]], responses
         "|---|---:|---:|",
     ]
     for m, w in rates.items():
-        ci = f" [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}]" if w["ci"] else ""
-        lines.append(f"| {m} | {w['rate']:.3f}{ci} | {w['n']} |")
+        lines.append(f"| {m} | {with_interval(w['rate'], w['ci'])} | {w['n']} |")
     return head + "\n".join(lines) + "\n"
 
 
