@@ -68,6 +68,12 @@ def generate(
             r, run_dir_for(r, run_dir), recipe_dir=recipe.parent, limit=limit, retry_failed=retry_failed
         )
         Console().print(summary_table(summary))
+        if summary.all_failed:
+            raise UserError(
+                f"every one of the {summary.rows_written} rows written failed; the first error: {summary.first_error}",
+                "fix the cause (the server's URL, the model name, the key), then run the same command "
+                "with --retry-failed; the failed rows are kept with their reasons",
+            )
 
     guarded(body)
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 
 from synth.errors import UserError
 from synth.recipe import Recipe, load_recipe
+from synth.redact import scrub
 
 T = TypeVar("T")
 err_console = Console(stderr=True)
@@ -23,21 +27,59 @@ OVERRIDES_HELP = (
 
 def run_dir_for(recipe: Recipe, run_dir: Path | None) -> Path:
     """`runs/RECIPE_NAME` under the working folder unless --run-dir says otherwise."""
-    return run_dir if run_dir is not None else Path("runs") / recipe.name
+    path = run_dir if run_dir is not None else Path("runs") / recipe.name
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise UserError(
+                f"--run-dir {path}: {p} is a file, not a folder",
+                "give a folder (it is created if missing), e.g. --run-dir runs/my-run",
+            )
+    return path
 
 
 def load(recipe_path: Path, overrides: list[str] | None) -> Recipe:
     return load_recipe(recipe_path, overrides or [])
 
 
+# OSErrors that the user's machine causes and the user can fix: exit 2 with the path, not a traceback.
+_USER_OS_ERRORS = {
+    errno.ENOSPC: "free some disk space and run the same command again; complete files were kept",
+    errno.EDQUOT: "free some disk space and run the same command again; complete files were kept",
+    errno.EFBIG: "the file size limit (ulimit -f) or free disk space ran out; raise it and run the command again",
+    errno.EACCES: "check the permissions of that path, or choose another --run-dir",
+    errno.EPERM: "check the permissions of that path, or choose another --run-dir",
+    errno.EROFS: "that file system is read-only; choose another --run-dir",
+    errno.EISDIR: "that path is a folder where a file is expected; rename or remove it",
+    errno.ENOTDIR: "a part of that path is a file where a folder is expected",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    """One line on stderr: what is wrong, where, and what to do; secrets scrubbed."""
+    text = scrub(message) or ""
+    if hint:
+        text = f"{text} (fix: {scrub(hint)})"
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
 def guarded(body: Callable[[], T]) -> T:
-    """Run a command body; user mistakes and Ctrl-C end with a message, never a traceback."""
+    """Run a command body; user mistakes and Ctrl-C end with one line, never a traceback.
+
+    A `UserError` exits 2. So does an OSError the machine caused (disk full, permissions, a
+    file where a folder belongs), naming the path. Anything else is a bug in Distillery: one line
+    saying so, the traceback in a log file for the bug report, exit 1.
+    """
     try:
         return body()
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-        if exc.hint:
-            err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+        _print_error(exc.message, exc.hint)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in _USER_OS_ERRORS:
+            _internal_error(exc)
+        where = exc.filename or "a file"
+        _print_error(f"{where}: {exc.strerror or exc}", _USER_OS_ERRORS[exc.errno])
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print(
@@ -45,3 +87,25 @@ def guarded(body: Callable[[], T]) -> T:
             "run the same command again to continue where it stopped."
         )
         sys.exit(130)
+    except Exception as exc:
+        _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> NoReturn:
+    """Report a bug in one line and keep the (scrubbed) traceback in a file for the report."""
+    import tempfile
+    import traceback
+
+    trace = scrub("".join(traceback.format_exception(exc))) or ""
+    log = Path(tempfile.gettempdir()) / f"distillery-error-{os.getpid()}.log"
+    try:
+        log.write_text(trace, encoding="utf-8")
+        where = f"details in {log}"
+    except OSError:
+        where = "no details could be written"
+    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+    _print_error(
+        f"internal error {type(exc).__name__}: {first} ({where})",
+        "this is a bug in Distillery, not in your input; please report it with that file",
+    )
+    sys.exit(1)

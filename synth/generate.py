@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -31,12 +31,14 @@ from rich.text import Text
 
 from synth.engines import Engine, SamplingParams, build_engine, sampling_params, teacher_provenance
 from synth.errors import UserError
-from synth.io import atomic_write_parquet, atomic_write_text, sweep_temp_files
-from synth.prompts import load_prompts
+from synth.io import atomic_write_parquet, atomic_write_text, read_parquet, sweep_temp_files
+from synth.prompts import load_prompts, teacher_view
 from synth.recipe import Recipe, dump_resolved
-from synth.records import Completion, PromptItem, make_rows, rows_to_table
+from synth.records import SCHEMA, Completion, PromptItem, make_rows, rows_to_table
+from synth.shards import ShardSet, shard_index
 
 MANIFEST = "_manifest.json"
+SCAN_ONLY = ("prompt_ids", "teacher", "prompt", "teacher_prompt")  # scan state, not manifest entries
 
 
 @dataclass
@@ -51,10 +53,16 @@ class GenerateSummary:
     rows_written: int = 0
     rows_total: int = 0
     failures: int = 0
+    first_error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
     shards_written: list[str] = field(default_factory=list)
+
+    @property
+    def all_failed(self) -> bool:
+        """Every row written by this run failed: a setup problem (wrong URL, model name), not bad luck."""
+        return self.rows_written > 0 and self.failures == self.rows_written
 
     @property
     def tokens_per_s(self) -> float:
@@ -70,11 +78,17 @@ class TokensPerSecond(ProgressColumn):
         return Text(f"{tokens / elapsed:,.1f} tok/s" if elapsed > 0 else "- tok/s", style="cyan")
 
 
-def scan_shards(gen_dir: Path) -> list[dict[str, Any]]:
-    """Read the small columns of every complete shard: the state a re-run resumes from."""
+def scan_shards(gen_dir: Path, console: Console | None = None) -> list[dict[str, Any]]:
+    """Read the small columns of every complete shard: the state a re-run resumes from.
+
+    Rows repeated in another file (a copied shard) count once; `console` gets the warning.
+    """
     shards = []
-    for path in sorted(gen_dir.glob("shard-*.parquet")):
-        t = pq.read_table(path, columns=["prompt_id", "error", "completion_tokens", "teacher"])
+    shard_set = ShardSet(gen_dir)
+    if console is not None and (warning := shard_set.warning()):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    columns = ["prompt_id", "error", "completion_tokens", "teacher", "prompt", "teacher_prompt"]
+    for path, t in shard_set.tables(columns):
         shards.append(
             {
                 "file": path.name,
@@ -83,6 +97,8 @@ def scan_shards(gen_dir: Path) -> list[dict[str, Any]]:
                 "failures": sum(e is not None for e in t.column("error").to_pylist()),
                 "completion_tokens": sum(x or 0 for x in t.column("completion_tokens").to_pylist()),
                 "teacher": t.column("teacher")[0].as_py() if t.num_rows else None,
+                "prompt": t.column("prompt")[0].as_py() if t.num_rows else None,
+                "teacher_prompt": t.column("teacher_prompt")[0].as_py() if t.num_rows else None,
             }
         )
     return shards
@@ -102,12 +118,13 @@ def write_manifest(
         "recipe": recipe.name,
         "recipe_hash": recipe_hash,
         "teacher": teacher,
+        "context": teacher_context(recipe),
         "rows": sum(s["rows"] for s in shards),
         "prompts": len(done),
         "prompts_in_source": prompts_in_source,
         "complete": len(done) >= prompts_in_source,
         "failures": sum(s["failures"] for s in shards),
-        "shards": [{k: v for k, v in s.items() if k not in ("prompt_ids", "teacher")} for s in shards],
+        "shards": [{k: v for k, v in s.items() if k not in SCAN_ONLY} for s in shards],
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_text(gen_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -124,6 +141,43 @@ def _check_same_teacher(shards: list[dict[str, Any]], teacher: dict[str, Any], g
             )
 
 
+def teacher_context(recipe: Recipe) -> dict[str, Any]:
+    """The recipe fields that shape what the teacher read besides the prompts themselves."""
+    return {
+        "teacher.system_prompt": recipe.teacher.system_prompt,
+        "prompts.system_prompt": recipe.prompts.system_prompt,
+    }
+
+
+def _check_same_context(shards: list[dict[str, Any]], recipe: Recipe, gen_dir: Path) -> None:
+    """Refuse to mix rows generated with another teacher context (system prompts) in one run folder.
+
+    Two sources agree on it: the manifest's record of the context, and the rows themselves (the
+    stored teacher view must be what the current recipe builds from the stored student view), so a
+    run killed before its first manifest is covered too.
+    """
+    now = teacher_context(recipe)
+    hint = "use another --run-dir, or delete that generations folder to start over"
+    try:
+        before = json.loads((gen_dir / MANIFEST).read_text(encoding="utf-8")).get("context") or {}
+    except (OSError, ValueError, AttributeError):
+        before = {}
+    for key, value in before.items():
+        if key in now and now[key] != value:
+            raise UserError(
+                f"{gen_dir} holds rows generated with {key}={value!r}; the recipe now says {now[key]!r}",
+                hint,
+            )
+    for s in shards:
+        if s["prompt"] is not None and teacher_view(s["prompt"], recipe.teacher) != s["teacher_prompt"]:
+            raise UserError(
+                f"{gen_dir / s['file']} holds rows whose teacher saw another context "
+                f"({json.dumps(s['teacher_prompt'][0], ensure_ascii=False)[:160]}) "
+                "than teacher.system_prompt gives now",
+                hint,
+            )
+
+
 def drop_failed_prompts(gen_dir: Path) -> int:
     """Remove every row of prompts that have a failed row, so the normal resume generates them again.
 
@@ -133,8 +187,8 @@ def drop_failed_prompts(gen_dir: Path) -> int:
     import pyarrow.compute as pc
 
     dropped: set[str] = set()
-    for path in sorted(gen_dir.glob("shard-*.parquet")):
-        table = pq.read_table(path)
+    for path in ShardSet(gen_dir).paths:
+        table = read_parquet(path, "a generation shard", SCHEMA.names)
         failed = pc.unique(pc.filter(table["prompt_id"], pc.is_valid(table["error"]))).to_pylist()
         if not failed:
             continue
@@ -180,9 +234,10 @@ def run_generate(
     recipe_hash = dump_resolved(recipe, run_dir / "recipe.resolved.yaml")
     items, repeats = load_prompts(recipe.prompts, recipe.teacher, recipe_dir, limit)
     params = sampling_params(recipe)
-    shards = scan_shards(gen_dir)
+    shards = scan_shards(gen_dir, console)
     teacher = engine.provenance(params) if engine else teacher_provenance(recipe)
     _check_same_teacher(shards, teacher, gen_dir)
+    _check_same_context(shards, recipe, gen_dir)
     retried = drop_failed_prompts(gen_dir) if retry_failed else 0
     if retried:
         shards = scan_shards(gen_dir)
@@ -228,7 +283,7 @@ def _generate_shards(
     per_shard = recipe.generate.prompts_per_shard
     chunks = [good[i : i + per_shard] for i in range(0, len(good), per_shard)] or [[]]
     chunks[0] = bad + chunks[0]
-    next_index = 1 + max((int(s["file"][6:11]) for s in shards), default=-1)
+    next_index = 1 + max((i for s in shards if (i := shard_index(s["file"])) is not None), default=-1)
     with progress_bar(console) as progress:
         task = progress.add_task("generating", total=len(good) * params.n, tokens=0)
 
@@ -249,6 +304,7 @@ def _generate_shards(
             summary.shards_written.append(name)
             summary.rows_written += len(rows)
             summary.failures += sum(r["error"] is not None for r in rows)
+            summary.first_error = summary.first_error or next((r["error"] for r in rows if r["error"]), None)
             summary.prompt_tokens += sum(r["prompt_tokens"] or 0 for r in rows if r["sample_index"] == 0)
             summary.completion_tokens += sum(r["completion_tokens"] or 0 for r in rows)
 

@@ -34,6 +34,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        if exc.errno is not None and exc.filename is None:  # pyarrow's write errors carry no file name
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -57,3 +61,33 @@ def sweep_temp_files(folder: Path) -> int:
             tmp.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def read_parquet(
+    path: Path, what: str, columns: list[str] | None = None, hint: str | None = None, require: list[str] | None = None
+) -> pa.Table:
+    """Read a parquet file the pipeline expects; a corrupt or foreign file is a UserError naming it.
+
+    `what` says what the file should be ("a generation shard", "the curated set"), `columns` the
+    columns this reader needs: a parquet file written by something else fails here, with the file
+    name and the missing columns, instead of deep inside a stage.
+    """
+    from synth.errors import UserError
+
+    path = Path(path)
+    try:
+        schema = pq.read_schema(path)
+        missing = [c for c in [*(columns or []), *(require or [])] if c not in schema.names]
+        if missing:
+            raise UserError(
+                f"{path}: not {what}: no column {', '.join(map(repr, missing))}",
+                hint or "it was not written by Distillery; move it out of the run folder",
+            )
+        return pq.read_table(path, columns=columns)
+    except UserError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(
+            f"{path}: cannot read {what}: {str(exc).splitlines()[0][:200]}",
+            hint or "the file is damaged or not parquet; remove it (or restore it) and run the command again",
+        ) from None

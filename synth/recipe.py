@@ -167,17 +167,30 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
     return sorted(getattr(model, "model_fields", {}))
 
 
-def format_validation_error(err: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
-    """One line per problem: `file:line: field.path: what is wrong (what is allowed)`."""
+def format_validation_error(
+    err: ValidationError,
+    source: str,
+    lines: dict[tuple[str, ...], int],
+    overridden: dict[tuple[str, ...], str] | None = None,
+) -> str:
+    """One line per problem: `file:line: field.path: what is wrong (what is allowed)`.
+
+    A value set by a command-line override is blamed on the override (`override a.b=x`), not on
+    the recipe line that the override replaced.
+    """
     out = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
+        override = next(
+            (text for path, text in (overridden or {}).items() if loc[: len(path)] == path or path[: len(loc)] == loc),
+            None,
+        )
         path = ".".join(loc) or "(top level)"
         # A tagged union adds its tag to the path (curate.checks.0.near_dedup.x); the YAML has no such key.
         key = (
             loc if loc in lines else next((k for i in range(len(loc)) if (k := loc[:i] + loc[i + 1 :]) in lines), None)
         )
-        where = f"{source}:{lines[key]}" if key else source
+        where = f"override {override}" if override else f"{source}:{lines[key]}" if key else source
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             if any(w in loc[-1].lower() for w in SECRET_WORDS):
@@ -191,6 +204,8 @@ def format_validation_error(err: ValidationError, source: str, lines: dict[tuple
         elif "input" in e and not isinstance(e["input"], dict | list):
             msg = f"{msg} (got {e['input']!r})"
         out.append(f"{where}: {path}: {msg}")
+    if len(out) == 1:
+        return f"recipe is not valid: {out[0]}"
     return "recipe is not valid:\n  " + "\n  ".join(out)
 
 
@@ -213,10 +228,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise UserError(f"{p}: a recipe is a YAML mapping (name:, model:, teacher:, ...), got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     data.pop("recipe_hash", None)
+    overridden = {tuple(parse_override(o)[0]): o for o in overrides or []}
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, str(p), _line_index(text))) from None
+        raise UserError(format_validation_error(exc, str(p), _line_index(text), overridden)) from None
 
 
 def dump_resolved(recipe: Recipe, path: Path) -> str:
@@ -224,6 +240,7 @@ def dump_resolved(recipe: Recipe, path: Path) -> str:
     digest = recipe.content_hash()
     data = {"recipe_hash": digest, **recipe.model_dump(mode="json", exclude={"recipe_hash"})}
     from synth.io import atomic_write_text
+    from synth.redact import redact
 
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    atomic_write_text(path, yaml.safe_dump(redact(data), sort_keys=False, allow_unicode=True))
     return digest

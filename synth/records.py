@@ -15,6 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from synth.redact import scrub
+
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 SAMPLING = pa.struct(
     [
@@ -121,6 +123,7 @@ def make_rows(
     """Turn one prompt's completions into rows (the only place rows are built)."""
     rows = []
     for i, c in enumerate(completions):
+        error = scrub(c.error)  # a server's error body may echo the request's credentials
         rows.append(
             {
                 "id": row_id_for(item.prompt_id, i, teacher),
@@ -140,9 +143,9 @@ def make_rows(
                     for t in c.logprobs
                 ],
                 "verdicts": []
-                if c.error is None
-                else [{"name": "generate", "passed": False, "score": None, "reason": c.error}],
-                "error": c.error,
+                if error is None
+                else [{"name": "generate", "passed": False, "score": None, "reason": error}],
+                "error": error,
                 "meta": json.dumps(item.meta, ensure_ascii=False, sort_keys=True),
                 "recipe_hash": recipe_hash,
             }

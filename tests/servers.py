@@ -191,3 +191,19 @@ class HubServer(ServerProcess):
         log_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, str(ROOT / "tests" / "hub_server.py"), str(self.port), token, user]
         self._launch(cmd, log_dir / "hub-server.log", f"{self.url}/_test/log", "the test hub", 60, 0.2)
+
+
+class MisbehavingServer(ServerProcess):
+    """tests/misbehaving_server.py as a process: `url(mode)` is the base_url of one misbehaviour."""
+
+    def __init__(self, log_dir: Path) -> None:
+        import sys
+
+        self.port = free_port()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(ROOT / "tests" / "misbehaving_server.py"), str(self.port)]
+        health = f"http://127.0.0.1:{self.port}/ok/v1/models"
+        self._launch(cmd, log_dir / "misbehaving-server.log", health, "the misbehaving server", 30, 0.1)
+
+    def url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{mode}/v1"

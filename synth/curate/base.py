@@ -41,6 +41,11 @@ class RowCheck(ABC):
     def setup(self, ctx: Context) -> None:
         """Load what the check needs (models, eval sets, user code) before any row is read."""
 
+    def field(self, ctx: Context) -> str:
+        """Where this check sits in the recipe (`curate.checks.2`), for messages that say what to change."""
+        index = next((i for i, c in enumerate(ctx.recipe.curate.checks) if c is self.spec), None)
+        return f"curate.checks.{index}" if index is not None else f"curate check {self.name!r}"
+
     @abstractmethod
     def run(self, rows: list[Row]) -> list[Verdict]:
         """One verdict per row, in order."""

@@ -11,7 +11,7 @@ from collections import Counter
 
 from synth.curate.base import Context, Row, RowCheck, Verdict, snippet, user_text, words
 from synth.errors import UserError
-from synth.prompts import iter_source
+from synth.prompts import iter_source, resolve_path
 from synth.specs import PromptsSpec
 
 
@@ -23,9 +23,18 @@ class Decontaminate(RowCheck):
         self.index: dict[tuple[str, ...], int] = {}
         self.items: list[tuple[str, str]] = []  # (eval set label, text)
         self.lengths: set[int] = set()
-        for es in self.spec.eval_sets:
+        for j, es in enumerate(self.spec.eval_sets):
             label = es.path or es.dataset or "?"
             source = PromptsSpec(path=es.path, dataset=es.dataset, split=es.split)
+            if es.path:  # name the eval set's own field, not prompts.path, when its file is missing
+                try:
+                    resolve_path(es.path, ctx.recipe_dir)
+                except UserError:
+                    raise UserError(
+                        f"{self.field(ctx)}.eval_sets.{j}.path: decontamination set {es.path} not found "
+                        "(relative paths start at the recipe's folder, then the working folder)",
+                        f"fix {self.field(ctx)}.eval_sets.{j}.path, or remove that eval set",
+                    ) from None
             for where, row in iter_source(source, ctx.recipe_dir):
                 for col in es.columns:
                     if col not in row:

@@ -6,7 +6,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from synth.curate.base import Row, RowCheck, Verdict, completion_ngrams, completion_words, ngrams, user_text, words
+from synth.curate.base import (
+    Context,
+    Row,
+    RowCheck,
+    Verdict,
+    completion_ngrams,
+    completion_words,
+    ngrams,
+    user_text,
+    words,
+)
 from synth.errors import UserError
 
 
@@ -100,8 +110,15 @@ class LanguageFilter(RowCheck):
     so it can rank samples for best-of-n.
     """
 
-    def setup(self, ctx: object) -> None:
+    def setup(self, ctx: Context) -> None:
         self.identifier = language_identifier()
+        unknown = [code for code in self.spec.languages if code not in self.identifier.nb_classes]
+        if unknown:  # a code the detector never outputs would silently reject every row
+            raise UserError(
+                f"{self.field(ctx)}.languages: {', '.join(map(repr, unknown))} is not a language code py3langid knows",
+                "use lower-case ISO 639-1 codes, e.g. en, fr, de, es, zh; known: "
+                + " ".join(self.identifier.nb_classes),
+            )
 
     def run(self, rows: list[Row]) -> list[Verdict]:
         s = self.spec

@@ -76,7 +76,10 @@ class LLMJudge(RowCheck):
     def setup(self, ctx: Context) -> None:
         from synth.engines import build_engine_for
 
-        self.engine = build_engine_for(self.spec.model, ctx.recipe, self.spec.batch_size)
+        # field: so that server errors name the judge's settings, not the teacher's
+        self.engine = build_engine_for(
+            self.spec.model, ctx.recipe, self.spec.batch_size, field=f"{self.field(ctx)}.model"
+        )
         for key in re.findall(r"{(\w+)}", self.spec.template or ""):
             if key not in ("instruction", "response", "scale", "rubric"):
                 raise UserError(

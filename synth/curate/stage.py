@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from synth.curate.base import Context, Row, RowCheck, Verdict
@@ -48,6 +49,7 @@ from synth.curate.word_count import WordCountFilter
 from synth.errors import UserError
 from synth.recipe import Recipe, dump_resolved
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA
+from synth.shards import ShardSet
 
 ROW_CHECKS: dict[str, type[RowCheck]] = {
     "empty": EmptyFilter,
@@ -231,9 +233,11 @@ def run_curate(
     """Curate `run_dir/generations` into `run_dir/curated`; see the module docstring."""
     console = console or Console(stderr=True)
     gen_dir = run_dir / "generations"
-    shards = sorted(gen_dir.glob("shard-*.parquet"))
-    if not shards:
+    shard_set = ShardSet(gen_dir)
+    if not shard_set.paths:
         raise UserError(f"no generations in {gen_dir}", "run `synth generate` with the same recipe first")
+    if warning := shard_set.warning():
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     for stale in run_dir.glob(".curated*"):
         shutil.rmtree(stale, ignore_errors=True)
     start = time.perf_counter()
@@ -252,9 +256,8 @@ def run_curate(
             TimeElapsedColumn(),
             console=console,
         ) as progress:
-            task = progress.add_task("curate", total=len(shards), rate="")
-            for i, shard in enumerate(shards):
-                table = pq.read_table(shard)
+            task = progress.add_task("curate", total=len(shard_set.paths), rate="")
+            for i, (_, table) in enumerate(shard_set.tables()):
                 rows = _rows(table)
                 summary.rows_in += len(rows)
                 curator.row_pass(rows)

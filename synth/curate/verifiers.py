@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import re
 import string
 import sys
@@ -47,12 +48,21 @@ class JsonSchemaVerifier(RowCheck):
     def setup(self, ctx: Context) -> None:
         import jsonschema
 
+        self.where = f"{self.field(ctx)}.schema"
         cls = jsonschema.validators.validator_for(self.spec.json_schema)
         try:
             cls.check_schema(self.spec.json_schema)
         except jsonschema.SchemaError as exc:
-            raise UserError(f"curate check {self.name!r}: the schema is not valid: {exc.message}") from None
+            raise UserError(f"{self.where}: the schema is not valid: {exc.message}") from None
         self.validator = cls(self.spec.json_schema)
+        for ref in _refs(self.spec.json_schema):  # an unresolvable $ref would otherwise fail on the first row
+            try:
+                self.validator.evolve(schema={"$ref": ref}).is_valid(None)
+            except Exception as exc:  # referencing / jsonschema raise several types for a bad reference
+                raise UserError(
+                    f"{self.where}: $ref {ref!r} cannot be resolved ({type(exc).__name__})",
+                    "point $ref at a definition inside the schema (e.g. #/$defs/Name); remote refs are not fetched",
+                ) from None
 
     def run(self, rows: list[Row]) -> list[Verdict]:
         out = []
@@ -71,6 +81,16 @@ class JsonSchemaVerifier(RowCheck):
                 where = "/".join(map(str, error.absolute_path)) or "(root)"
                 out.append(Verdict(False, 0.0, f"schema: {where}: {snippet(error.message, 100)}"))
         return out
+
+
+def _refs(node: Any) -> list[str]:
+    """Every `$ref` string in a schema, at any depth."""
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
 
 
 def _normalize(text: str) -> str:
@@ -132,18 +152,32 @@ class PythonVerifier(RowCheck):
         return out
 
     def _verdict(self, value: Any) -> Verdict:
+        """The user's return value as a verdict, read strictly: a value that is not what the docstring
+        promises (a NaN score, `passed: "no"`) rejects the row saying so, never counts as a pass."""
         min_score = self.spec.min_score
+        fn = self.spec.function
         if isinstance(value, bool):
-            return Verdict(value, float(value), "" if value else f"{self.spec.function} returned False")
+            return Verdict(value, float(value), "" if value else f"{fn} returned False")
         if isinstance(value, int | float):
-            ok = min_score is None or value >= min_score
-            return Verdict(ok, float(value), "" if ok else f"score {value:g} < min_score {min_score:g}")
+            score = _score(value, fn)
+            ok = min_score is None or score >= min_score
+            return Verdict(ok, score, "" if ok else f"score {score:g} < min_score {min_score:g}")
         if isinstance(value, tuple) and len(value) == 2:
-            score, reason = value
-            ok = min_score is None or float(score) >= min_score
-            return Verdict(ok, float(score), "" if ok else str(reason))
+            score, reason = _score(value[0], fn), value[1]
+            ok = min_score is None or score >= min_score
+            return Verdict(ok, score, "" if ok else str(reason))
         if isinstance(value, dict):
-            score = value.get("score")
-            ok = bool(value.get("passed", min_score is None or (score is not None and score >= min_score)))
-            return Verdict(ok, None if score is None else float(score), str(value.get("reason", "")))
+            score = None if value.get("score") is None else _score(value["score"], fn)
+            passed = value.get("passed")
+            if passed is not None and not isinstance(passed, bool):
+                raise TypeError(f"returned passed={passed!r}; `passed` must be true or false")
+            ok = passed if passed is not None else min_score is None or (score is not None and score >= min_score)
+            return Verdict(ok, score, str(value.get("reason", "")) or ("" if ok else f"{fn} did not pass"))
         raise TypeError(f"returned {type(value).__name__}; expected bool, number, (score, reason) or dict")
+
+
+def _score(value: Any, fn: str) -> float:
+    """A finite number, or TypeError (the row is rejected with that reason)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"returned the score {value!r}; a score must be a finite number")
+    return float(value)

@@ -53,13 +53,17 @@ def build_engine(recipe: Recipe) -> Engine:
     return build_engine_for(recipe.teacher, recipe, recipe.generate.batch_size, recipe.generate.seed)
 
 
-def build_engine_for(t: TeacherSpec, recipe: Recipe, batch_size: int, seed: int = 0) -> Engine:
-    """Build an engine for a teacher or a judge spec (`engine`, `path`, `openai`, `vllm` fields)."""
+def build_engine_for(t: TeacherSpec, recipe: Recipe, batch_size: int, seed: int = 0, field: str = "teacher") -> Engine:
+    """Build an engine for a teacher or a judge spec (`engine`, `path`, `openai`, `vllm` fields).
+
+    `field` is where `t` sits in the recipe (`teacher`, `curate.checks.2.model`), so that an
+    engine's errors name the setting to change.
+    """
     path, revision = _source(t, recipe)
     if t.engine == "openai":
         from synth.engines.openai import OpenAIEngine
 
-        return OpenAIEngine(t.openai, model_id=path, revision=revision)
+        return OpenAIEngine(t.openai, model_id=path, revision=revision, field=f"{field}.openai")
     from synth.models import resolve_model
 
     load_path, model_id = resolve_model(path)

@@ -23,16 +23,24 @@ from synth.engines.base import Engine, ProgressFn, SamplingParams
 from synth.errors import UserError
 from synth.recipe import OpenAISettings
 from synth.records import Completion, Messages, TokenLogprob
+from synth.redact import register_secret, scrub
 
 RETRY_STATUS = {408, 409, 425, 429}
+# Finish reasons that mean the answer ended normally (or at max_tokens); any other one
+# (content_filter, abort, error, ...) is stored as the row's error so `--retry-failed` sees it.
+FINISHED = {"stop", "length", "eos", "end_turn", "stop_sequence", "tool_calls", "function_call"}
 
 
 class RequestFailed(Exception):
-    """A request that failed for good; its message lands in the rows' `error` column."""
+    """A request that failed for good; its (scrubbed) message lands in the rows' `error` column."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(scrub(message))
         self.status = status
+
+
+class MalformedAnswer(ValueError):
+    """A 200 answer that does not have the shape of a chat completion; the row keeps what was wrong."""
 
 
 def _rejects_n(exc: RequestFailed) -> bool:
@@ -45,11 +53,15 @@ class OpenAIEngine(Engine):
 
     name = "openai"
 
-    def __init__(self, settings: OpenAISettings, model_id: str, revision: str | None = None) -> None:
+    def __init__(
+        self, settings: OpenAISettings, model_id: str, revision: str | None = None, field: str = "teacher.openai"
+    ) -> None:
         super().__init__(settings.model or model_id, revision)
         self.settings = settings
+        self.field = field  # where these settings sit in the recipe, for error messages
         self.base_url = settings.base_url.rstrip("/")
         key = os.environ.get(settings.api_key_env)
+        register_secret(key)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._max_n: int | None = None  # set to 1 once the server refuses n > 1
         self._preflight()
@@ -61,12 +73,45 @@ class OpenAIEngine(Engine):
         except httpx.HTTPError as exc:
             raise UserError(
                 f"cannot reach the OpenAI-compatible server at {self.base_url} ({type(exc).__name__})",
-                "start the server, or set teacher.openai.base_url=http://HOST:PORT/v1",
+                f"start the server, or set {self.field}.base_url=http://HOST:PORT/v1",
             ) from None
         if r.status_code in (401, 403):
             raise UserError(
                 f"the server at {self.base_url} refused the API key (HTTP {r.status_code})",
                 f"put a valid key in the environment variable {self.settings.api_key_env}",
+            )
+        if r.status_code == 404:
+            raise UserError(
+                f"{self.base_url}/models answered 404: {self.base_url} is not the root of an OpenAI-compatible API",
+                f"{self.field}.base_url usually ends in /v1, e.g. http://127.0.0.1:8000/v1",
+            )
+        try:
+            listed = [m.get("id") for m in r.json().get("data") or [] if isinstance(m, dict)]
+        except (ValueError, AttributeError):
+            listed = None
+        if r.status_code != 200 or listed is None:
+            raise UserError(
+                f"{self.base_url}/models answered HTTP {r.status_code} with "
+                f"{'a body that is not a model list' if r.status_code == 200 else scrub(r.text[:120])!r}: "
+                "this is not an OpenAI-compatible server",
+                f"set {self.field}.base_url to the server's API root (vLLM, llama.cpp: http://HOST:PORT/v1)",
+            )
+        if listed and self.model_id not in listed:
+            self._probe_model(listed)
+
+    def _probe_model(self, listed: list[str]) -> None:
+        """A model name the server does not list: one 1-token request tells a typo from a server that
+        answers to any name (llama.cpp), before any real work."""
+        body = {"model": self.model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        try:
+            r = httpx.post(f"{self.base_url}/chat/completions", json=body, headers=self._headers, timeout=60)
+        except httpx.HTTPError:
+            return  # reachability was checked; the real requests will report their own errors
+        if r.status_code in (400, 404, 422):
+            raise UserError(
+                f"the server at {self.base_url} does not serve the model {self.model_id!r} "
+                f"(HTTP {r.status_code}); it lists: {', '.join(map(str, listed[:10]))}",
+                f"set {self.field}.model to one of those names",
             )
 
     def generate(
@@ -97,17 +142,23 @@ class OpenAIEngine(Engine):
             want = min(params.n - len(comps), self._max_n or params.n)
             try:
                 data = await self._post(client, sem, self._body(messages, params, want, round_))
-                choices = data.get("choices") or []
-                if not choices:
-                    raise RequestFailed("the server answered with no choices")
+                choices = _choices(data)
             except RequestFailed as exc:
                 if want > 1 and _rejects_n(exc):
                     self._max_n = 1  # ask for one sample per request from now on
                     continue
                 comps += [Completion.failed(str(exc)) for _ in range(params.n - len(comps))]
                 break
-            usage = data.get("usage") or {}
-            comps += [to_completion(ch, usage, len(choices)) for ch in choices[:want]]
+            except MalformedAnswer as exc:
+                comps += [Completion.failed(f"malformed answer from {self.base_url}: {exc}") for _ in range(want)]
+                round_ += 1
+                continue
+            usage = _usage(data.get("usage"))
+            for ch in choices[:want]:
+                try:
+                    comps.append(to_completion(ch, usage, len(choices)))
+                except MalformedAnswer as exc:
+                    comps.append(Completion.failed(f"malformed answer from {self.base_url}: {exc}"))
             round_ += 1
         if on_progress:
             on_progress(len(comps), sum(c.completion_tokens or 0 for c in comps))
@@ -168,31 +219,87 @@ def _retry_after(r: httpx.Response) -> float | None:
         return None
 
 
-def to_completion(choice: dict[str, Any], usage: dict[str, Any], n_choices: int) -> Completion:
-    """Map one OpenAI `choice` to a Completion (token counts only where they are knowable)."""
-    message = choice.get("message") or {}
-    lp = (choice.get("logprobs") or {}).get("content")
-    logprobs = None
-    if lp is not None:
-        logprobs = [
-            TokenLogprob(
-                token=t.get("token", ""),
-                logprob=float(t.get("logprob", 0.0)),
-                top_tokens=[x.get("token", "") for x in t.get("top_logprobs") or []],
-                top_logprobs=[float(x.get("logprob", 0.0)) for x in t.get("top_logprobs") or []],
-            )
-            for t in lp
-        ]
+def _choices(data: Any) -> list[Any]:
+    """The `choices` of a chat completion body, or MalformedAnswer saying what is wrong with it."""
+    if not isinstance(data, dict):
+        raise MalformedAnswer(f"the body is a JSON {type(data).__name__}, not an object")
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise MalformedAnswer("the body has no `choices` list")
+    if not choices:
+        raise MalformedAnswer("`choices` is empty")
+    return choices
+
+
+def _count(value: Any) -> int | None:
+    """A token count from `usage`; anything that is not a non-negative whole number is unknown."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < 0:
+        return None
+    return int(value) if float(value).is_integer() and value < 2**31 else None
+
+
+def _usage(usage: Any) -> dict[str, int | None]:
+    """`usage` with garbage dropped: a broken usage block alone never costs a good answer."""
+    usage = usage if isinstance(usage, dict) else {}
+    return {k: _count(usage.get(k)) for k in ("prompt_tokens", "completion_tokens")}
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedAnswer(f"{what} is {type(value).__name__} {str(value)[:40]!r}, not a number")
+    return float(value)
+
+
+def _token_logprob(t: Any, i: int) -> TokenLogprob:
+    """One entry of `logprobs.content`, checked: a token string, a logprob, top alternatives."""
+    if not isinstance(t, dict) or not isinstance(t.get("token"), str):
+        raise MalformedAnswer(f"logprobs.content[{i}] is not a {{token, logprob, top_logprobs}} object")
+    top = t.get("top_logprobs") or []
+    if not isinstance(top, list) or not all(isinstance(x, dict) and isinstance(x.get("token"), str) for x in top):
+        raise MalformedAnswer(f"logprobs.content[{i}].top_logprobs is not a list of {{token, logprob}} objects")
+    return TokenLogprob(
+        token=t["token"],
+        logprob=_number(t.get("logprob"), f"logprobs.content[{i}].logprob"),
+        top_tokens=[x["token"] for x in top],
+        top_logprobs=[_number(x.get("logprob"), f"logprobs.content[{i}].top_logprobs.logprob") for x in top],
+    )
+
+
+def to_completion(choice: Any, usage: dict[str, int | None], n_choices: int) -> Completion:
+    """Map one OpenAI `choice` to a Completion (token counts only where they are knowable).
+
+    Raises MalformedAnswer when the choice does not have a chat completion's shape, so that the
+    row records what was wrong instead of the run crashing.
+    """
+    if not isinstance(choice, dict):
+        raise MalformedAnswer(f"a choice is a JSON {type(choice).__name__}, not an object")
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise MalformedAnswer("a choice has no `message` object")
+    text = message.get("content")
+    if text is not None and not isinstance(text, str):
+        raise MalformedAnswer(f"message.content is {type(text).__name__}, not a string")
+    lp_block = choice.get("logprobs")
+    lp = lp_block.get("content") if isinstance(lp_block, dict) else None
+    if lp_block is not None and not isinstance(lp_block, dict):
+        raise MalformedAnswer(f"logprobs is {type(lp_block).__name__}, not an object")
+    if lp is not None and not isinstance(lp, list):
+        raise MalformedAnswer(f"logprobs.content is {type(lp).__name__}, not a list")
+    logprobs = None if lp is None else [_token_logprob(t, i) for i, t in enumerate(lp)]
     if logprobs is not None:
         completion_tokens = len(logprobs)
     elif n_choices == 1:
         completion_tokens = usage.get("completion_tokens")
     else:
         completion_tokens = None  # usage sums all choices; one choice's share is not knowable
+    finish = choice.get("finish_reason") or "stop"
+    finish = finish if isinstance(finish, str) else str(finish)
+    error = None if finish in FINISHED else f"the server ended the answer with finish_reason {finish!r}"
     return Completion(
-        text=message.get("content") or "",
-        finish_reason=choice.get("finish_reason") or "stop",
+        text=text or "",
+        finish_reason=finish,
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=completion_tokens,
         logprobs=logprobs,
+        error=error,
     )

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from synth.errors import UserError
+from synth.io import read_parquet
 from synth.publish import cards
 from synth.publish.config import What
-from synth.publish.hub import authenticated_api, check_repo_id, import_hub
+from synth.publish.hub import authenticated_api, check_repo_id, hub_errors, import_hub
 from synth.recipe import Recipe
+from synth.shards import ShardSet
 
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # datasets' default max_shard_size
 SPLIT = "train"
@@ -61,10 +62,16 @@ def _sources(run_dir: Path, what: What) -> dict[str, list[Path]]:
     return {name: files[name] for name in chosen}
 
 
-def _dataset(paths: list[Path]) -> Any:
+def _dataset(name: str, paths: list[Path]) -> Any:
+    """One set as a `datasets.Dataset`; the generations are read through ShardSet (each row once)."""
     import datasets
 
-    table = pa.concat_tables([pq.read_table(p) for p in paths])
+    if name == "generations":
+        table = ShardSet(paths[0].parent).table()
+    else:
+        table = pa.concat_tables(
+            [read_parquet(p, f"the {name} set", require=["id", "prompt", "completion"]) for p in paths]
+        )
     return datasets.Dataset(table)
 
 
@@ -133,7 +140,7 @@ def run_publish_dataset(
     hub = import_hub()
     api = None if dry_run else authenticated_api()  # fail on a bad token before any work
     start = time.perf_counter()
-    datasets_ = {name: _dataset(paths) for name, paths in sources.items()}
+    datasets_ = {name: _dataset(name, paths) for name, paths in sources.items()}
     teacher = _teacher(datasets_)
     counts = {name: len(ds) for name, ds in datasets_.items()}
     metadata = cards.dataset_metadata(recipe, teacher, sum(counts.values()))
@@ -146,6 +153,17 @@ def run_publish_dataset(
     if dry_run:
         summary.seconds = time.perf_counter() - start
         return summary
+    with hub_errors(api.endpoint, f"publishing {repo_id}"):
+        url = _push(hub, api, repo_id, private, datasets_, metadata, body)
+    summary.url = str(url)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _push(
+    hub: Any, api: Any, repo_id: str, private: bool, datasets_: dict[str, Any], metadata: dict[str, Any], body: str
+) -> str:
+    """Create the repo, push each set as a config, then the card; returns the repo URL."""
     url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     for i, (config, ds) in enumerate(datasets_.items()):
         ds.push_to_hub(
@@ -162,9 +180,7 @@ def run_publish_dataset(
         existing = hub.DatasetCard.load(repo_id, repo_type="dataset").content
     card = cards.merged_card(hub.DatasetCard, existing, metadata, body)
     card.push_to_hub(repo_id, repo_type="dataset", commit_message="Distillery: dataset card with provenance")
-    summary.url = str(url)
-    summary.seconds = time.perf_counter() - start
-    return summary
+    return str(url)
 
 
 def summary_table(s: PublishSummary) -> Any:

@@ -7,9 +7,12 @@ read it ourselves, so it cannot end up in a card, a log line or a file we write.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from synth.errors import UserError
+from synth.redact import scrub
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -32,32 +35,57 @@ def check_repo_id(repo_id: str | None, what: str) -> str:
     return repo_id
 
 
-def authenticated_api() -> Any:
-    """An HfApi whose token the Hub accepted (checked with whoami before any upload)."""
-    hub = import_hub()
+@contextmanager
+def hub_errors(endpoint: str, doing: str) -> Iterator[None]:
+    """Turn every way a Hub call can fail into one line naming the Hub URL, the step and what to do.
+
+    A Hub that refuses (403 on create_repo: no write access to that namespace), fails (500), or a URL
+    that is not a Hub at all (HTML, 404 on the API) must not end in a traceback half-way through.
+    """
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
-    api = hub.HfApi()
     try:
-        api.whoami()
+        yield
     except LocalTokenNotFoundError:
         raise UserError(
             "no Hugging Face token found", "set HF_TOKEN or run `hf auth login` (a token with write access)"
         ) from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
-        if status == 401:
-            raise UserError(
-                f"the Hub at {api.endpoint} refused the token (401)", "check HF_TOKEN, or run `hf auth login` again"
-            ) from None
-        raise UserError(f"the Hub at {api.endpoint} answered {status}: {exc}") from None
+        hint = {
+            401: "check HF_TOKEN, or run `hf auth login` again",
+            403: "the token has no write access to that namespace: use a write token, or another --repo-id",
+            404: f"{endpoint} does not answer like a Hugging Face Hub: check HF_ENDPOINT",
+        }.get(status or 0, "try again later; if it persists, check the Hub's status page or HF_ENDPOINT")
+        first = scrub(str(exc).splitlines()[0][:200]) if str(exc) else ""
+        raise UserError(f"the Hub at {endpoint} answered HTTP {status} while {doing}: {first}", hint) from None
+    except UserError:
+        raise
     except Exception as exc:
-        # huggingface_hub 2.x raises its http client's (httpx2) transport errors as they are
-        if not (
-            isinstance(exc, OSError) or type(exc).__name__.endswith(("ConnectError", "Timeout", "TimeoutException"))
-        ):
-            raise
-        raise UserError(f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__})", "check HF_ENDPOINT") from None
+        # huggingface_hub 2.x raises its http client's transport errors as they are, and a non-Hub
+        # server's HTML as a JSON decoding error.
+        name = type(exc).__name__
+        network = name.endswith(("ConnectError", "Timeout", "TimeoutException", "TransportError", "NetworkError"))
+        if isinstance(exc, OSError) and not network and getattr(exc, "errno", None) is not None:
+            raise  # a local file problem: the CLI reports it with its path
+        if network or isinstance(exc, OSError):
+            raise UserError(
+                f"cannot reach the Hub at {endpoint} while {doing} ({name})", "check HF_ENDPOINT and the network"
+            ) from None
+        if isinstance(exc, ValueError | KeyError | TypeError):
+            raise UserError(
+                f"{endpoint} does not answer like a Hugging Face Hub while {doing} ({name}: {str(exc)[:120]})",
+                "check HF_ENDPOINT (unset it for huggingface.co)",
+            ) from None
+        raise
+
+
+def authenticated_api() -> Any:
+    """An HfApi whose token the Hub accepted (checked with whoami before any upload)."""
+    hub = import_hub()
+    api = hub.HfApi()
+    with hub_errors(api.endpoint, "checking the token"):
+        api.whoami()
     return api
 
 

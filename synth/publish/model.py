@@ -17,7 +17,7 @@ from synth.errors import UserError
 from synth.models import resolve_model
 from synth.publish import cards
 from synth.publish.dataset import PublishSummary
-from synth.publish.hub import authenticated_api, check_repo_id, import_hub, model_id
+from synth.publish.hub import authenticated_api, check_repo_id, hub_errors, import_hub, model_id
 from synth.recipe import Recipe
 
 LEFT_OUT = {"training_args.bin", "README.md"}
@@ -72,13 +72,14 @@ def run_publish_model(
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
     summary = PublishSummary(repo_id, None, folder, files, private, dry_run)
     if not dry_run:
-        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            repo_type="model",
-            commit_message=f"Distillery: {objective} {'adapter' if adapter else 'model'} of {base}",
-        )
+        with hub_errors(api.endpoint, f"publishing {repo_id}"):
+            url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                repo_type="model",
+                commit_message=f"Distillery: {objective} {'adapter' if adapter else 'model'} of {base}",
+            )
         summary.url = str(url)
     summary.seconds = time.perf_counter() - start
     return summary

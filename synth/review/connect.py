@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from synth.errors import UserError
+from synth.redact import register_secret
 from synth.review.config import ReviewSpec
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def connect(spec: ReviewSpec) -> rg.Argilla:
 
     url = api_url(spec)
     key = os.environ.get("ARGILLA_API_KEY")
+    register_secret(key)
     if not key:
         raise UserError("ARGILLA_API_KEY is not set", f"export the API key of your Argilla user ({url}, My settings)")
     try:
@@ -56,7 +58,14 @@ def connect(spec: ReviewSpec) -> rg.Argilla:
             "copy the key from Argilla's 'My settings' page into ARGILLA_API_KEY",
         ) from None
     except rg._exceptions.ArgillaAPIError as exc:
-        raise UserError(f"the Argilla server at {url} answered with an error: {exc}", START_HINT) from None
+        raise UserError(f"{url} answered with an error where Argilla's API should be: {exc}", START_HINT) from None
+    except Exception as exc:  # a web server that is not Argilla: HTML, 404s, bodies of another shape
+        if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
+            raise
+        raise UserError(
+            f"{url} does not answer like an Argilla server ({type(exc).__name__}: {str(exc)[:120]})",
+            "set review.api_url or ARGILLA_API_URL to the Argilla server's address (e.g. http://localhost:6900)",
+        ) from None
     return client
 
 

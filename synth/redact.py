@@ -1,0 +1,80 @@
+"""The one redaction layer: what Distillery writes, prints or pushes never holds a secret.
+
+Two rules, applied wherever text or settings leave the process (recipe.resolved.yaml, TRL's
+training args, Hub cards, row errors, reports, console messages):
+
+- in any nested mapping, a value whose key looks like a credential (token, key, secret, password,
+  authorization) is written as `***`;
+- in any free text (a server's error body, an exception message), every secret this process knows
+  (the API keys read from the environment) and any `Bearer ...` credential is replaced by `***`.
+
+Secrets become known by `register_secret` at the point where they are read from the environment, so
+the scrubber needs no configuration and cannot miss a key that was actually used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+MASK = "***"
+_SECRET_WORDS = {
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "authorization",
+    "authorisation",
+    "apikey",
+    "key",
+    "credential",
+}
+_NOT_SECRET_BEFORE_TOKEN = {"pad", "eos", "bos", "unk", "sep", "cls", "mask", "special", "max", "min", "stop"}
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{4,}")
+_KNOWN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ARGILLA_API_KEY", "OPENAI_API_KEY")
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a credential's value so that `scrub` removes it from any text from now on."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def _known_secrets() -> set[str]:
+    env = {os.environ.get(name) for name in _KNOWN_ENV}
+    return _secrets | {v for v in env if v and len(v) >= 4}
+
+
+def is_secret_key(key: object) -> bool:
+    """Whether a mapping key names a credential (hub_token, api_key, Authorization, password, ...)."""
+    if not isinstance(key, str):
+        return False
+    words = [w.lower() for w in re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", key)]
+    if not words or words[-1] in ("env", "var", "file", "path"):  # api_key_env names a variable, not a secret
+        return False
+    for i, w in enumerate(words):
+        if w in _SECRET_WORDS and not (w == "token" and i > 0 and words[i - 1] in _NOT_SECRET_BEFORE_TOKEN):
+            return True
+    return False
+
+
+def scrub(text: str | None) -> str | None:
+    """`text` with every known secret and every `Bearer ...` credential replaced by `***`."""
+    if not text:
+        return text
+    for secret in sorted(_known_secrets(), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+
+
+def redact(obj: Any) -> Any:
+    """A copy of `obj` with credential-named values masked and every string scrubbed, at any depth."""
+    if isinstance(obj, dict):
+        return {k: (MASK if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(redact(v) for v in obj)
+    if isinstance(obj, str):
+        return scrub(obj)
+    return obj

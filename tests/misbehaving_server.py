@@ -1,0 +1,119 @@
+"""A real HTTP server process that answers like an OpenAI-compatible server, and misbehaves on demand.
+
+The first path segment picks the behaviour, so one process serves every case:
+`http://127.0.0.1:PORT/<mode>/v1` is the base_url of a server that behaves as `<mode>` says for
+prompts containing the word BAD, and answers normally for the others (so a shard mixes good and bad
+rows). `/<mode>/v1/models` lists one model, `served-model`. Run: `python misbehaving_server.py PORT`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MODEL = "served-model"
+
+
+def good(text: str, n: int) -> dict[str, Any]:
+    """A well-formed chat completion with `n` choices answering `text`."""
+    return {
+        "object": "chat.completion",
+        "model": MODEL,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": f"Answer {i}: {text[:40]}"},
+                "finish_reason": "stop",
+            }
+            for i in range(n)
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 5 * n, "total_tokens": 7 + 5 * n},
+    }
+
+
+def bad(mode: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes, str]:
+    """(status, body, content type) of the misbehaving answer for `mode`."""
+    text = " ".join(m["content"] for m in body.get("messages", []))
+    n = int(body.get("n") or 1)
+    as_json = "application/json"
+    if mode == "not-object":
+        return 200, b"[1, 2, 3]", as_json
+    if mode == "choices-not-objects":
+        return 200, json.dumps({"choices": ["hello"] * n}).encode(), as_json
+    if mode == "no-choices":
+        return 200, json.dumps({"id": "x"}).encode(), as_json
+    if mode == "content-not-string":
+        ans = good(text, n)
+        for c in ans["choices"]:
+            c["message"]["content"] = {"text": 42}
+        return 200, json.dumps(ans).encode(), as_json
+    if mode == "usage-garbage":
+        ans = good(text, n)
+        ans["usage"] = {"prompt_tokens": "many", "completion_tokens": [1], "total_tokens": None}
+        return 200, json.dumps(ans).encode(), as_json
+    if mode == "html":
+        return 200, b"<!doctype html><html><body>Welcome to nginx!</body></html>", "text/html"
+    if mode == "bad-logprobs":
+        ans = good(text, n)
+        for c in ans["choices"]:
+            c["logprobs"] = {"content": [{"token": 5, "logprob": "high"}]}
+        return 200, json.dumps(ans).encode(), as_json
+    if mode == "content-filter":
+        ans = good(text, n)
+        for c in ans["choices"]:
+            c["finish_reason"] = "content_filter"
+        return 200, json.dumps(ans).encode(), as_json
+    if mode == "echo-auth":  # a proxy that echoes the request's headers in its error body
+        echoed = {"error": {"message": "bad request", "request_headers": headers}}
+        return 400, json.dumps(echoed).encode(), as_json
+    if mode == "fail":
+        return 400, json.dumps({"error": {"message": "nope"}}).encode(), as_json
+    raise ValueError(mode)
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _mode(self) -> tuple[str, str]:
+        parts = self.path.split("/", 3)  # "", mode, "v1", rest
+        if len(parts) < 4 or parts[2] != "v1":
+            return "", ""
+        return parts[1], parts[3]
+
+    def do_GET(self) -> None:
+        _, rest = self._mode()
+        if rest == "models":
+            self._send(200, json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode())
+        else:
+            self._send(404, b'{"error": "not found"}')
+
+    def do_POST(self) -> None:
+        mode, rest = self._mode()
+        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if rest != "chat/completions":
+            self._send(404, b'{"error": "not found"}')
+            return
+        body = json.loads(raw)
+        if body.get("model") != MODEL:
+            self._send(404, json.dumps({"error": {"message": f"model {body.get('model')} not found"}}).encode())
+            return
+        text = " ".join(m["content"] for m in body.get("messages", []))
+        if mode == "ok" or ("BAD" not in text and mode != "fail-all"):
+            self._send(200, json.dumps(good(text, int(body.get("n") or 1))).encode())
+            return
+        self._send(*bad("fail" if mode == "fail-all" else mode, body, dict(self.headers)))
+
+
+if __name__ == "__main__":
+    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    server.serve_forever()

@@ -1,0 +1,336 @@
+"""Hostile input and misbehaving servers: exit 2 with one line naming the culprit, no traceback,
+no lost row, no secret on disk.
+
+The teacher here is tests/misbehaving_server.py, a real HTTP server process that answers like an
+OpenAI-compatible server and misbehaves in one way per base_url, for the prompts that contain BAD.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run_cli, shard_rows, write_jsonl
+
+SECRET = "sk-TOPSECRET-4f9a1c"
+ENV = {"OPENAI_API_KEY": SECRET}
+PROMPTS = [
+    {"id": "1", "prompt": "Name a colour."},
+    {"id": "2", "prompt": "BAD: say hello."},
+    {"id": "3", "prompt": "What is two plus two?"},
+    {"id": "4", "prompt": "BAD: count to three."},
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.servers import MisbehavingServer
+
+    s = MisbehavingServer(tmp_path_factory.mktemp("misbehaving"))
+    yield s
+    s.stop()
+
+
+def recipe(tmp_path: Path, base_url: str, **sections: Any) -> Path:
+    """A recipe on the openai engine at `base_url`, 2 samples of the 4 PROMPTS, plain checks."""
+    write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    body: dict[str, Any] = {
+        "name": "hostile",
+        "teacher": {
+            "engine": "openai",
+            "openai": {"base_url": base_url, "model": "served-model", "max_retries": 1, "backoff_s": 0.01},
+        },
+        "prompts": {"path": "prompts.jsonl", "id_column": "id"},
+        "generate": {"n": 2, "max_new_tokens": 16, "prompts_per_shard": 2},
+        "curate": {"checks": [{"type": "empty"}, {"type": "exact_dedup"}], "select": {"strategy": "all"}},
+    }
+    for key, value in sections.items():
+        body[key] = {**body.get(key, {}), **value}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(body), encoding="utf-8")
+    return path
+
+
+def cli(prog: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli(prog, *args, env={**ENV, **(env or {})}, timeout=300)
+
+
+def fails_with(res: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit 2, no traceback, exactly one line on stderr, naming every needle; returns that line."""
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, (res.returncode, out[-3000:])
+    assert "Traceback" not in out, out[-3000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1, res.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+def no_secret_under(*places: Path, text: str = "") -> None:
+    """The API key appears in no file (binary too) under `places` and not in `text`."""
+    assert SECRET not in text
+    for place in places:
+        for f in place.rglob("*"):
+            if f.is_file():
+                assert SECRET.encode() not in f.read_bytes(), f
+
+
+# --- 2. malformed answers: the row keeps what was wrong, the shard's good rows are kept ----------
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [
+        ("not-object", "not an object"),
+        ("choices-not-objects", "not an object"),
+        ("no-choices", "no `choices`"),
+        ("content-not-string", "not a string"),
+        ("html", "not JSON"),
+        ("bad-logprobs", "logprobs"),
+        ("content-filter", "content_filter"),
+    ],
+)
+def test_malformed_answers_become_row_errors(tmp_path: Path, server: Any, mode: str, says: str) -> None:
+    r = recipe(tmp_path, server.url(mode), generate={"logprobs": 2} if mode == "bad-logprobs" else {})
+    res = cli("synth", "generate", str(r), "--run-dir", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    rows = shard_rows(tmp_path / "run")
+    assert len(rows) == len(PROMPTS) * 2  # every row present
+    for row in rows:
+        bad = "BAD" in row["prompt"][-1]["content"]
+        assert (row["error"] is not None) == bad, row
+        if bad:
+            assert says in row["error"], row["error"]
+        else:
+            assert row["completion"].startswith("Answer")
+
+
+def test_usage_garbage_alone_keeps_the_answer(tmp_path: Path, server: Any) -> None:
+    r = recipe(tmp_path, server.url("usage-garbage"), generate={"n": 1})
+    res = cli("synth", "generate", str(r), "--run-dir", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = shard_rows(tmp_path / "run")
+    assert all(row["error"] is None and row["completion"].startswith("Answer") for row in rows)
+    bad = [row for row in rows if "BAD" in row["prompt"][-1]["content"]]
+    assert bad and all(row["prompt_tokens"] is None and row["completion_tokens"] is None for row in bad)
+
+
+# --- 3. a run in which every row failed ----------------------------------------------------------
+
+
+def test_all_failed_run_exits_non_zero_and_keeps_rows_for_retry(tmp_path: Path, server: Any) -> None:
+    run = tmp_path / "run"
+    res = cli("synth", "generate", str(recipe(tmp_path, server.url("fail-all"))), "--run-dir", str(run))
+    fails_with(res, "every one of the 8 rows", "HTTP 400", "--retry-failed")
+    assert "failed rows" in res.stdout  # the summary table is still printed
+    assert len(shard_rows(run)) == 8
+    again = cli("synth", "generate", str(recipe(tmp_path, server.url("ok"))), "--run-dir", str(run), "--retry-failed")
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = shard_rows(run)
+    assert len(rows) == 8 and all(r["error"] is None for r in rows)
+
+
+def test_preflight_catches_a_base_url_without_v1_and_an_unknown_model(tmp_path: Path, server: Any) -> None:
+    no_v1 = server.url("ok").removesuffix("/v1")
+    fails_with(cli("synth", "generate", str(recipe(tmp_path, no_v1)), "--run-dir", str(tmp_path / "a")), no_v1, "/v1")
+    r = recipe(tmp_path, server.url("ok"), teacher={"openai": {"base_url": server.url("ok"), "model": "gpt-typo"}})
+    fails_with(cli("synth", "generate", str(r), "--run-dir", str(tmp_path / "b")), "'gpt-typo'", "served-model")
+    assert not list(tmp_path.glob("*/generations/shard-*"))
+
+
+# --- 1. secrets -------------------------------------------------------------------------------------
+
+
+def test_no_secret_reaches_disk_output_or_cards(tmp_path: Path, server: Any) -> None:
+    r = recipe(
+        tmp_path,
+        server.url("echo-auth"),
+        train={"args": {"hub_token": SECRET}},
+        publish={"repo_id": "tester/hostile"},
+    )
+    data = yaml.safe_load(r.read_text())
+    data["teacher"]["vllm"] = {"engine_args": {"hf_token": SECRET, "nested": {"password": SECRET}}}
+    r.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    gen = cli("synth", "generate", str(r), "--run-dir", str(run))
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    failed = [row for row in shard_rows(run) if row["error"]]
+    assert failed and all("Bearer ***" in row["error"] for row in failed)  # the echo was there, scrubbed
+    cur = cli("synth", "curate", str(r), "--run-dir", str(run))
+    assert cur.returncode == 0, cur.stderr[-2000:]
+    pub = cli("synth", "publish", str(r), "--run-dir", str(run), "--dry-run", "--what", "all")
+    assert pub.returncode == 0, pub.stderr[-2000:]
+    resolved = yaml.safe_load((run / "recipe.resolved.yaml").read_text())
+    assert resolved["train"]["args"]["hub_token"] == "***"
+    assert resolved["teacher"]["vllm"]["engine_args"] == {"hf_token": "***", "nested": {"password": "***"}}
+    no_secret_under(run, text=gen.stdout + gen.stderr + cur.stdout + cur.stderr + pub.stdout + pub.stderr)
+
+
+def test_redaction_rules() -> None:
+    from synth.redact import redact, register_secret, scrub
+
+    register_secret("zz-key-123456")
+    assert (
+        scrub("echo: zz-key-123456 and Authorization: Bearer abc.def-ghi") == "echo: *** and Authorization: Bearer ***"
+    )
+    masked = redact({"api_key_env": "MY_KEY", "max_new_tokens": 5, "args": {"hub_token": "x1", "pad_token": "<p>"}})
+    assert masked == {"api_key_env": "MY_KEY", "max_new_tokens": 5, "args": {"hub_token": "***", "pad_token": "<p>"}}
+
+
+# --- 5. the same rows in two shards ---------------------------------------------------------------
+
+
+def test_copied_shard_is_used_once_by_every_stage(tmp_path: Path, server: Any) -> None:
+    r = recipe(tmp_path, server.url("ok"))
+    run = tmp_path / "run"
+    assert cli("synth", "generate", str(r), "--run-dir", str(run)).returncode == 0
+    first = sorted((run / "generations").glob("shard-*.parquet"))[0]
+    shutil.copy(first, run / "generations" / "shard-00000 (copy).parquet")
+    again = cli("synth", "generate", str(r), "--run-dir", str(run))
+    assert again.returncode == 0 and "repeats 4 row(s) of shard-00000.parquet" in again.stderr, again.stderr
+    manifest = json.loads((run / "generations" / "_manifest.json").read_text())
+    assert manifest["rows"] == 8 and manifest["prompts"] == 4
+    cur = cli("synth", "curate", str(r), "--run-dir", str(run))
+    assert cur.returncode == 0 and "shard-00000 (copy).parquet" in cur.stderr, cur.stderr
+    kept = pq.read_table(run / "curated" / "kept.parquet").column("id").to_pylist()
+    rejected = pq.read_table(run / "curated" / "rejected.parquet").column("id").to_pylist()
+    assert len(kept) == len(set(kept)) and not set(kept) & set(rejected)
+    assert sorted(kept + rejected) == sorted({row["id"] for row in shard_rows(run)})  # none lost, none twice
+
+
+# --- 6. every field that shapes what the teacher saw ----------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["teacher.system_prompt", "prompts.system_prompt"])
+def test_changed_context_in_an_existing_run_is_refused(tmp_path: Path, server: Any, field: str) -> None:
+    r = recipe(tmp_path, server.url("ok"))
+    run = tmp_path / "run"
+    assert cli("synth", "generate", str(r), "--run-dir", str(run), "--limit", "2").returncode == 0
+    res = cli("synth", "generate", str(r), f"{field}=Be terse.", "--run-dir", str(run))
+    fails_with(res, str(run / "generations"))
+    assert len(shard_rows(run)) == 4  # nothing mixed in
+    (run / "generations" / "_manifest.json").unlink()  # killed before any manifest: the rows still tell
+    if field == "teacher.system_prompt":
+        fails_with(cli("synth", "generate", str(r), f"{field}=Be terse.", "--run-dir", str(run)), "context")
+
+
+# --- 8. corrupt or foreign files, run folders, disks -----------------------------------------------
+
+
+def test_corrupt_and_foreign_parquet_name_the_file(tmp_path: Path, server: Any) -> None:
+    r = recipe(tmp_path, server.url("ok"))
+    run = tmp_path / "run"
+    assert cli("synth", "generate", str(r), "--run-dir", str(run)).returncode == 0
+    shard = sorted((run / "generations").glob("shard-*.parquet"))[-1]
+    good = shard.read_bytes()
+    shard.write_bytes(good[: len(good) // 2])
+    for prog, cmd in [("synth", "generate"), ("synth", "curate")]:
+        fails_with(cli(prog, cmd, str(r), "--run-dir", str(run)), shard.name)
+    pq.write_table(pa.table({"x": [1, 2]}), shard)
+    fails_with(cli("synth", "curate", str(r), "--run-dir", str(run)), shard.name, "not a generation shard")
+    shard.write_bytes(good)
+    assert cli("synth", "curate", str(r), "--run-dir", str(run)).returncode == 0
+    kept = run / "curated" / "kept.parquet"
+    kept.write_bytes(b"PAR1 garbage")
+    fails_with(cli("synth", "publish", str(r), "--run-dir", str(run), "--dry-run", "--repo-id", "a/b"), "kept.parquet")
+
+
+def test_run_dir_that_is_a_file(tmp_path: Path, server: Any) -> None:
+    (tmp_path / "afile").write_text("x")
+    r = recipe(tmp_path, server.url("ok"))
+    fails_with(cli("synth", "generate", str(r), "--run-dir", str(tmp_path / "afile")), "afile", "is a file")
+    fails_with(cli("synth", "curate", str(r), "--run-dir", str(tmp_path / "afile" / "sub")), "is a file")
+
+
+def _limit_file_size(limit: int) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_disk_full_during_a_write_keeps_complete_shards(tmp_path: Path, server: Any) -> None:
+    r = recipe(tmp_path, server.url("ok"))
+    run = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, "-m", "synth.cli", "generate", str(r), "--run-dir", str(run)],
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: _limit_file_size(2000),  # the recipe fits; a shard does not
+    )
+    fails_with(res, str(run / "generations"), "ulimit")
+    assert not list((run / "generations").glob("shard-*")) and not list((run / "generations").glob(".*.tmp"))
+    assert cli("synth", "generate", str(r), "--run-dir", str(run)).returncode == 0
+    assert len(shard_rows(run)) == 8
+
+
+# --- curate checks given bad settings or bad user code -------------------------------------------
+
+
+def _generated(tmp_path: Path, server: Any, **sections: Any) -> tuple[Path, Path]:
+    r = recipe(tmp_path, server.url("ok"), **sections)
+    run = tmp_path / "run"
+    assert cli("synth", "generate", str(r), "--run-dir", str(run)).returncode == 0
+    return r, run
+
+
+def test_curate_settings_errors_name_the_check(tmp_path: Path, server: Any) -> None:
+    r, run = _generated(tmp_path, server)
+    schema = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
+    check = f"curate.checks=[{{type: json_schema, schema: {json.dumps(schema)}}}]"
+    fails_with(
+        cli("synth", "curate", str(r), "--run-dir", str(run), check), "curate.checks.0.schema", "#/$defs/missing"
+    )
+    res = cli("synth", "curate", str(r), "--run-dir", str(run), "curate.checks=[{type: language, languages: [french]}]")
+    fails_with(res, "curate.checks.0.languages", "'french'")
+    res = cli(
+        "synth", "curate", str(r), "--run-dir", str(run),
+        "curate.checks=[{type: decontaminate, eval_sets: [{path: nowhere.jsonl}]}]",
+    )  # fmt: skip
+    fails_with(res, "curate.checks.0.eval_sets.0.path", "nowhere.jsonl")
+    unreachable = "http://127.0.0.1:9/v1"
+    judge = {"type": "llm_judge", "model": {"engine": "openai", "openai": {"base_url": unreachable}}}
+    res = cli("synth", "curate", str(r), "--run-dir", str(run), f"curate.checks=[{json.dumps(judge)}]")
+    line = fails_with(res, unreachable, "curate.checks.0.model.openai.base_url")
+    assert "teacher.openai" not in line
+    assert not (run / "curated").exists()
+
+
+def test_python_check_values_are_read_strictly(tmp_path: Path, server: Any) -> None:
+    (tmp_path / "user_checks.py").write_text(
+        "def nan(row):\n    return float('nan')\n\ndef says_no(row):\n    return {'passed': 'no', 'score': 1}\n",
+        encoding="utf-8",
+    )
+    r, run = _generated(tmp_path, server)
+    for fn, says in [("nan", "finite number"), ("says_no", "passed='no'")]:
+        check = f"curate.checks=[{{type: python, function: 'user_checks:{fn}'}}]"
+        res = run_cli("synth", "curate", str(r), "--run-dir", str(run), check, cwd=tmp_path, env=ENV)
+        assert res.returncode == 0, res.stderr[-2000:]
+        rejected = pq.read_table(run / "curated" / "rejected.parquet").to_pylist()
+        assert len(rejected) == 8 and all(says in row["reason"] for row in rejected), rejected[0]["reason"]
+
+
+# --- 9. silent or misleading -------------------------------------------------------------------------
+
+
+def test_override_errors_blame_the_override_not_a_recipe_line(tmp_path: Path, server: Any) -> None:
+    r = recipe(tmp_path, server.url("ok"))
+    line = fails_with(cli("synth", "generate", str(r), "generate.n=lots"), "override generate.n=lots", "generate.n")
+    assert f"{r}:" not in line
