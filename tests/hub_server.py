@@ -120,6 +120,10 @@ def make_app(token: str, user: str) -> FastAPI:
         if not authed(request):
             return error(401, "Unauthorized", "Invalid credentials in Authorization header")
         body = await request.json()
+        if body["name"].startswith("forbidden"):  # as the Hub answers a token without write access there
+            return error(403, "Forbidden", "You don't have the rights to create a repo under this namespace")
+        if body["name"].startswith("broken"):
+            return error(500, "Internal Error", "Something went wrong on our side")
         repo_type = body.get("type") or "model"
         repo_id = f"{body.get('organization') or user}/{body['name']}"
         url = f"{request.base_url}{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}"

@@ -334,3 +334,40 @@ def test_override_errors_blame_the_override_not_a_recipe_line(tmp_path: Path, se
     r = recipe(tmp_path, server.url("ok"))
     line = fails_with(cli("synth", "generate", str(r), "generate.n=lots"), "override generate.n=lots", "generate.n")
     assert f"{r}:" not in line
+
+
+# --- servers that refuse, fail, or are not what the URL says ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.servers import HubServer
+
+    s = HubServer(tmp_path_factory.mktemp("hub"), "hf_test_token_123456")
+    yield s
+    s.stop()
+
+
+def _hub_env(url: str, tmp: Path) -> dict[str, str]:
+    return {"HF_ENDPOINT": url, "HF_TOKEN": "hf_test_token_123456", "HF_HOME": str(tmp / "hf"), "HF_HUB_DISABLE_XET": "1"}
+
+
+def test_hub_refusals_and_non_hub_urls_are_one_line(tmp_path: Path, server: Any, hub: Any) -> None:
+    r, run = _generated(tmp_path, server)
+    assert cli("synth", "curate", str(r), "--run-dir", str(run)).returncode == 0
+    publish = ("synth", "publish", str(r), "--run-dir", str(run), "--repo-id")
+    env = _hub_env(hub.url, tmp_path)
+    fails_with(cli(*publish, "tester/forbidden-data", env=env), hub.url, "403", "write")
+    fails_with(cli(*publish, "tester/broken-data", env=env), hub.url, "500")
+    not_hub = f"http://127.0.0.1:{server.port}"
+    fails_with(cli(*publish, "tester/data", env=_hub_env(not_hub, tmp_path)), not_hub, "HF_ENDPOINT")
+    assert cli(*publish, "tester/data", env=env).returncode == 0  # the same run publishes to a real Hub
+
+
+def test_review_url_that_is_not_argilla(tmp_path: Path, server: Any) -> None:
+    r, run = _generated(tmp_path, server)
+    assert cli("synth", "curate", str(r), "--run-dir", str(run)).returncode == 0
+    for url in (server.url("ok"), f"http://127.0.0.1:{server.port}"):
+        env = {"ARGILLA_API_URL": url, "ARGILLA_API_KEY": "argilla.key-123456"}
+        fails_with(cli("synth", "review", "push", str(r), "--run-dir", str(run), env=env), url, "Argilla")
+    assert not (run / "review").exists()

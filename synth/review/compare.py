@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from synth.errors import UserError
-from synth.io import atomic_write_parquet, atomic_write_text
+from synth.io import atomic_write_parquet, atomic_write_text, read_parquet
 from synth.recipe import Recipe
 from synth.review.connect import api_errors, api_url, connect, import_argilla
 from synth.stats import bootstrap_ci, mean, with_interval
@@ -55,10 +54,8 @@ def _answers(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
     path = run_dir / "eval" / "answers.parquet"
     if not path.is_file():
         raise UserError(f"no eval answers at {path}", "run `sft eval` with the same recipe first")
-    try:
-        rows = pq.read_table(path, columns=["model", "prompt_id", "prompt", "sample_index", "answer"]).to_pylist()
-    except (pa.ArrowInvalid, KeyError, OSError) as exc:
-        raise UserError(f"{path}: not an eval answers file ({exc})", "run `sft eval` again") from None
+    columns = ["model", "prompt_id", "prompt", "sample_index", "answer"]
+    rows = read_parquet(path, "an eval answers file", columns, "run `sft eval` again").to_pylist()
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
         if r["sample_index"] == 0:
@@ -179,7 +176,8 @@ def _mapping(run_dir: Path) -> dict[str, dict[int, str]]:
     if not path.is_file():
         raise UserError(f"no record of an eval push at {path}", "run `synth review push --eval` first")
     out: dict[str, dict[int, str]] = {}
-    for r in pq.read_table(path).to_pylist():
+    hint = "run `synth review push --eval` again"
+    for r in read_parquet(path, "a record of an eval push", ["record_id", "slot", "model"], hint).to_pylist():
         out.setdefault(r["record_id"], {})[r["slot"]] = r["model"]
     return out
 

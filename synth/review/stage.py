@@ -26,7 +26,7 @@ from rich.console import Console
 from synth import __version__
 from synth.curate.stage import _ranking_score, _swap_in
 from synth.errors import UserError
-from synth.io import atomic_write_parquet, atomic_write_text
+from synth.io import atomic_write_parquet, atomic_write_text, read_parquet
 from synth.recipe import Recipe
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA
 from synth.review import layout
@@ -64,8 +64,9 @@ def _curated(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
     cur = run_dir / "curated"
     if not (cur / "kept.parquet").exists():
         raise UserError(f"no curated set in {cur}", "run `synth curate` with the same recipe first")
-    kept = pq.read_table(cur / "kept.parquet").to_pylist()
-    rejected = pq.read_table(cur / "rejected.parquet").to_pylist()
+    hint = "run `synth curate` again to rewrite it"
+    kept = read_parquet(cur / "kept.parquet", "the curated set", hint=hint, require=KEPT_SCHEMA.names).to_pylist()
+    rejected = read_parquet(cur / "rejected.parquet", "the rejected set", hint=hint, require=["id"]).to_pylist()
     for row in kept:
         row["completion"] = layout.completion_text(row)
     return kept, rejected
