@@ -181,15 +181,18 @@ def format_validation_error(
     out = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
+        # A tagged union adds its tag to the path (curate.checks.0.near_dedup.x); the YAML has no such key.
+        spellings = [loc, *(loc[:i] + loc[i + 1 :] for i in range(len(loc)))]
         override = next(
-            (text for path, text in (overridden or {}).items() if loc[: len(path)] == path or path[: len(loc)] == loc),
+            (
+                text
+                for path, text in (overridden or {}).items()
+                if any(c[: len(path)] == path for c in spellings) or path[: len(loc)] == loc
+            ),
             None,
         )
         path = ".".join(loc) or "(top level)"
-        # A tagged union adds its tag to the path (curate.checks.0.near_dedup.x); the YAML has no such key.
-        key = (
-            loc if loc in lines else next((k for i in range(len(loc)) if (k := loc[:i] + loc[i + 1 :]) in lines), None)
-        )
+        key = next((k for k in spellings if k in lines), None)
         where = f"override {override}" if override else f"{source}:{lines[key]}" if key else source
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
