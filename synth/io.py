@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -91,3 +92,15 @@ def read_parquet(
             f"{path}: cannot read {what}: {str(exc).splitlines()[0][:200]}",
             hint or "the file is damaged or not parquet; remove it (or restore it) and run the command again",
         ) from None
+
+
+def read_json(path: Path, what: str, hint: str) -> Any:
+    """Read a JSON file the pipeline wrote; a damaged one is a UserError naming it and what to do."""
+    import json
+
+    from synth.errors import UserError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, too-long ints
+        raise UserError(f"{path}: {what} is damaged ({str(exc).splitlines()[0][:120]})", hint) from None

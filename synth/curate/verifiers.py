@@ -74,6 +74,9 @@ class JsonSchemaVerifier(RowCheck):
             except json.JSONDecodeError as exc:
                 out.append(Verdict(False, 0.0, f"not JSON: {exc.msg} at line {exc.lineno}"))
                 continue
+            except (ValueError, RecursionError) as exc:  # an integer too long, nesting too deep
+                out.append(Verdict(False, 0.0, f"not JSON that can be read: {type(exc).__name__}"))
+                continue
             error = next(iter(self.validator.iter_errors(value)), None)
             if error is None:
                 out.append(Verdict(True, 1.0))

@@ -7,27 +7,35 @@ survive a publish, and a later `push_to_hub` (which keeps the card it finds) kee
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from synth import __version__
+from synth.errors import UserError
+from synth.io import read_json
 from synth.publish.hub import model_id, size_category
 from synth.recipe import Recipe
+from synth.redact import redact
 
 FOOTER = "Made with [Distillery](https://github.com/distillery) {version}."
 
 
 def _json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    hint = "run the stage that writes it again, or remove it to publish without it"
+    return read_json(path, f"{path.name}", hint) if path.is_file() else None
 
 
 def _resolved_recipe(run_dir: Path) -> str:
+    """The run's resolved recipe, redacted again: a run folder written by an older version may hold a token."""
     for p in (run_dir / "curated" / "recipe.resolved.yaml", run_dir / "recipe.resolved.yaml"):
         if p.is_file():
-            return p.read_text(encoding="utf-8")
+            try:
+                data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                raise UserError(f"{p}: damaged ({exc})", "run `synth generate` again to rewrite it") from None
+            return yaml.safe_dump(redact(data), sort_keys=False, allow_unicode=True)
     return ""
 
 

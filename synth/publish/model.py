@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from synth.errors import UserError
+from synth.io import read_json
 from synth.models import resolve_model
 from synth.publish import cards
 from synth.publish.dataset import PublishSummary
@@ -58,7 +59,7 @@ def run_publish_model(
     shutil.copytree(final, folder, ignore=lambda _d, names: [n for n in names if n in LEFT_OUT])
     if adapter:
         cfg_path = folder / "adapter_config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg = read_json(cfg_path, "the adapter config", f"run `sft run` again to rewrite {final}")
         cfg["base_model_name_or_path"] = base
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     dataset = dataset or spec.repo_id

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from synth.errors import UserError
-from synth.io import atomic_write_parquet, atomic_write_text, read_parquet
+from synth.io import atomic_write_parquet, atomic_write_text, read_json, read_parquet
 from synth.recipe import Recipe
 from synth.review.connect import api_errors, api_url, connect, import_argilla
 from synth.stats import bootstrap_ci, mean, with_interval
@@ -221,7 +221,7 @@ def run_pull_eval(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
         if r["status"] == "submitted" and (r["values"].get(BEST) or {}).get("value")
     ]
     rates = win_rates(choices, mapping)
-    report = json.loads(report_path.read_text(encoding="utf-8"))
+    report = read_json(report_path, "the eval report", "run `sft eval` again")
     report["win_rates"] = rates
     atomic_write_text(report_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     md = run_dir / "eval" / "report.md"
