@@ -78,6 +78,7 @@ class LlamaServer(ServerProcess):
         log_dir.mkdir(parents=True, exist_ok=True)
         cmd = [llama_server_binary(), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["-c", str(2048 * slots), "-np", str(slots), "-t", "2", "--no-webui"]
+        cmd += ["--alias", "smollm2"]  # the model name recipes send (model.path), listed by /v1/models
         self._launch(
             cmd,
             log_dir / f"llama-server-{self.port}.log",
