@@ -57,6 +57,8 @@ def hub_errors(endpoint: str, doing: str) -> Iterator[None]:
             403: "the token has no write access to that namespace: use a write token, or another --repo-id",
             404: f"{endpoint} does not answer like a Hugging Face Hub: check HF_ENDPOINT",
         }.get(status or 0, "try again later; if it persists, check the Hub's status page or HF_ENDPOINT")
+        if status == 401:
+            raise UserError(f"the Hub at {endpoint} refused the token (HTTP 401) while {doing}", hint) from None
         first = scrub(str(exc).splitlines()[0][:200]) if str(exc) else ""
         raise UserError(f"the Hub at {endpoint} answered HTTP {status} while {doing}: {first}", hint) from None
     except UserError:
