@@ -66,7 +66,8 @@ def bad(mode: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, 
             c["finish_reason"] = "content_filter"
         return 200, json.dumps(ans).encode(), as_json
     if mode == "echo-auth":  # a proxy that echoes the request's headers in its error body
-        echoed = {"error": {"message": "bad request", "request_headers": headers}}
+        key = headers.get("Authorization", "").split()[-1:]  # and the bare key, as some proxies log it
+        echoed = {"error": {"message": f"bad request for key {''.join(key)}", "request_headers": headers}}
         return 400, json.dumps(echoed).encode(), as_json
     if mode == "fail":
         return 400, json.dumps({"error": {"message": "nope"}}).encode(), as_json
