@@ -52,16 +52,22 @@ def run(
         t = Table(title=f"sft run: {s.out_dir}")
         t.add_column("what")
         t.add_column("value", justify="right")
-        for k, v in [
+        rows = [
             ("objective", s.objective),
             ("curated rows", str(s.rows)),
+            ("rows trained", str(s.rows_trained)),
+            ("max_length", s.lengths.sentence() if s.lengths else "no row truncated or dropped"),
+            ("resumed_from", s.resumed_from or "-"),
             ("steps (total)", str(s.steps)),
             ("steps this run", str(s.steps_run)),
             ("time", f"{s.seconds:.1f} s"),
             ("seconds per step", f"{s.seconds_per_step:.1f}"),
             ("first / last logged loss", f"{s.first_loss or 0:.4f} / {s.last_loss or 0:.4f}"),
             ("saved", str(s.out_dir / "final")),
-        ]:
+        ]
+        if s.skipped_checkpoints:
+            rows.insert(5, ("skipped (incomplete)", ", ".join(s.skipped_checkpoints)))
+        for k, v in rows:
             t.add_row(k, v)
         Console().print(t)
 

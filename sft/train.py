@@ -2,22 +2,35 @@
 
 Defaults follow the hardware: bf16 only on a GPU that supports it, and gradient checkpointing off
 (TRL turns it on by default; on a CPU it makes GKD steps ~3x slower by disabling the KV cache during
-generation). Anything in `train.args` goes to TRL's config unchanged, so nothing TRL offers is hidden.
+generation). Anything in `train.args` goes to TRL's config, checked against the types of TRL's fields,
+so nothing TRL offers is hidden.
 Output: runs/<name>/train/<objective>/ with checkpoints, `final/` (the model or LoRA adapter plus
 tokenizer, loadable with plain transformers/PEFT), `log.json` and the resolved recipe.
+
+What can go wrong is said before any long work: a device this machine lacks, a model that does not
+load, a wrongly typed `train.args` value, rows that `train.max_length` cuts or drops, and, with
+`--resume`, checkpoints that a killed save left incomplete (skipped, by name). Credentials in
+`train.args` never reach TRL: it would pickle them into every checkpoint's training_args.bin.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synth.errors import UserError
-from synth.io import atomic_write_text
+from sft.checkpoints import resume_from
+from sft.lengths import LengthReport, length_report
+from sft.train_args import config as trl_config
+from sft.train_args import user_args as checked_user_args
+from synth.errors import UserError, first_line
+from synth.io import atomic_write_text, read_parquet
 from synth.models import resolve_model
 from synth.recipe import Recipe, dump_resolved
 
@@ -33,29 +46,45 @@ class TrainSummary:
     rows: int
     first_loss: float | None
     last_loss: float | None
+    resumed_from: str | None = None  # the checkpoint folder training continued from
+    skipped_checkpoints: list[str] = field(default_factory=list)  # newer ones a killed save left incomplete
+    lengths: LengthReport | None = None  # rows that train.max_length truncated or dropped
 
     @property
     def seconds_per_step(self) -> float:
         return self.seconds / self.steps_run if self.steps_run else 0.0
 
+    @property
+    def rows_trained(self) -> int:
+        return self.rows - (self.lengths.dropped if self.lengths else 0)
+
+
+def _main_process() -> bool:
+    """Whether this is the process that speaks (rank 0 under `accelerate launch`)."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def _say(text: str) -> None:
+    """One line on stderr, from the main process only."""
+    if _main_process():
+        print(text, file=sys.stderr, flush=True)
+
 
 def _kept(run_dir: Path) -> Any:
+    """The curated set as a `datasets.Dataset`; a damaged, foreign or empty file is a UserError naming it."""
     import datasets
-    import pyarrow.parquet as pq
 
     path = run_dir / "curated" / "kept.parquet"
     if not path.is_file():
         raise UserError(f"no curated set at {path}", "run `synth curate` with the same recipe first")
-    if pq.ParquetFile(path).metadata.num_rows == 0:  # `datasets` cannot load an empty parquet file
+    hint = "run `synth curate` again to rewrite it"
+    table = read_parquet(path, "the curated set", ["prompt", "completion", "teacher_prompt"], hint)
+    if table.num_rows == 0:
         raise UserError(
             f"{path} holds no rows: curate rejected everything",
             "see curated/report.md for why, and loosen the curate checks",
         )
-    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    for col in ("prompt", "completion", "teacher_prompt"):
-        if col not in ds.column_names:
-            raise UserError(f"{path} has no column {col!r}; it was not written by `synth curate`")
-    return ds
+    return datasets.Dataset(table)
 
 
 def _lora_config(recipe: Recipe, model: Any) -> Any:
@@ -81,11 +110,11 @@ def _lora_config(recipe: Recipe, model: Any) -> Any:
     )
 
 
-def _common_args(recipe: Recipe, out: Path) -> dict[str, Any]:
+def _common_args(recipe: Recipe, out: Path, device: str, user_args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     t = recipe.train
-    gpu = torch.cuda.is_available()
+    gpu = device == "cuda"
     return {
         "output_dir": str(out),
         "per_device_train_batch_size": t.batch_size,
@@ -101,45 +130,69 @@ def _common_args(recipe: Recipe, out: Path) -> dict[str, Any]:
         "report_to": [],
         "seed": t.seed,
         "bf16": bool(gpu and torch.cuda.is_bf16_supported()),
-        "use_cpu": not gpu,
+        "use_cpu": device == "cpu",
         # transformers 5 renamed gradient_checkpointing; TRL's configs still default the old name to True,
         # so setting the new one is what turns it off without a FutureWarning.
         "activation_checkpointing": False,
         "disable_tqdm": False,
-        **t.args,
+        **user_args,
     }
 
 
-def _config(cls: Any, args: dict[str, Any]) -> Any:
-    """TRL's config from our defaults plus `train.args`; an unknown key is a user error, not a traceback."""
-    import dataclasses
+# -- models -----------------------------------------------------------------------------------------
 
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise UserError(
-            f"train.args: {', '.join(unknown)} not a field of TRL's {cls.__name__}",
-            f"see `help(trl.{cls.__name__})` for the fields it takes",
-        )
+
+@contextmanager
+def _loading(field_name: str, value: str) -> Iterator[None]:
+    """Turn any failure to find or load `value` into a UserError naming the recipe field."""
+    hint = (
+        f"point {field_name} at a transformers model folder (config.json, weights, tokenizer), a Hub id "
+        "that exists (online, or already in the Hub cache when offline)"
+        + (", or 'smollm2'" if field_name == "model.path" else ", or 'self'")
+    )
     try:
-        return cls(**args)
-    except ValueError as exc:
-        raise UserError(f"train.args: TRL's {cls.__name__} refused the settings: {exc}") from None
+        yield
+    except UserError as exc:
+        raise UserError(f"{field_name}={value!r}: {exc.message}", exc.hint or hint) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # OSError, ValueError, SafetensorError, ...: all "not a model"
+        raise UserError(f"{field_name}={value!r} is not a loadable model: {first_line(exc)}", hint) from None
+
+
+def _student(recipe: Recipe) -> tuple[str, Any]:
+    """The student's path and tokenizer (the weights load later, after the cheap checks)."""
+    from transformers import AutoTokenizer
+
+    with _loading("model.path", recipe.model.path):
+        path, _ = resolve_model(recipe.model.path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None and not recipe.train.args.get("chat_template_path"):
+        raise UserError(
+            f"model.path={recipe.model.path!r}: its tokenizer has no chat template, and the curated rows are chats",
+            "use a chat (instruct) model, or give TRL one with train.args.chat_template_path",
+        )
+    return path, tokenizer
 
 
 def _teacher_model(recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = recipe.train.teacher
-    path = student_path if spec == "self" else resolve_model(spec)[0]
-    if spec != "self":
+    if spec == "self":
+        return AutoModelForCausalLM.from_pretrained(student_path)
+    with _loading("train.teacher", spec):
+        path = resolve_model(spec)[0]
         theirs = AutoTokenizer.from_pretrained(path)
-        if len(theirs) != len(tokenizer):
-            raise UserError(
-                f"teacher {spec!r} has a vocabulary of {len(theirs)} tokens, the student "
-                f"{recipe.model.path!r} {len(tokenizer)}: logit distillation needs the same tokenizer"
-            )
-    return AutoModelForCausalLM.from_pretrained(path)
+    if len(theirs) != len(tokenizer):
+        raise UserError(
+            f"teacher {spec!r} has a vocabulary of {len(theirs)} tokens, the student "
+            f"{recipe.model.path!r} {len(tokenizer)}: logit distillation needs the same tokenizer"
+        )
+    with _loading("train.teacher", spec):
+        return AutoModelForCausalLM.from_pretrained(path)
 
 
 def _model_card(trainer: Any, recipe: Recipe, final: Path) -> None:
@@ -163,41 +216,22 @@ def _model_card(trainer: Any, recipe: Recipe, final: Path) -> None:
 
 def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSummary:
     """Train `recipe.train.objective` on run_dir/curated/kept.parquet; see the module docstring."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from synth.runtime import check_device
 
     t = recipe.train
-    ds = _kept(run_dir)
+    # the cheap checks first: device, train.args, checkpoints, data; then the tokenizer, then the weights
+    device = check_device(recipe.runtime.device)
     out = run_dir / "train" / t.objective
-    out.mkdir(parents=True, exist_ok=True)
-    dump_resolved(recipe, out / "recipe.resolved.yaml")
-    student_path, _ = resolve_model(recipe.model.path)
-    tokenizer = AutoTokenizer.from_pretrained(student_path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(student_path)
-    peft_config = _lora_config(recipe, model)
-    args = _common_args(recipe, out)
+    user_args, secrets = checked_user_args(recipe)
+    args = _common_args(recipe, out, device, user_args)
     if t.objective == "sft":
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTConfig
 
-        train = ds.select_columns(["prompt", "completion"])
-        trainer: Any = SFTTrainer(
-            model=model,
-            args=_config(SFTConfig, args),
-            train_dataset=train,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
+        config = trl_config(SFTConfig, args, user_args)
     else:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.gkd import GKDConfig
 
-        from sft.gkd import SelfDistillGKDTrainer, TeacherViewCollator
-
-        train = ds.map(
-            lambda r: {"messages": r["prompt"] + r["completion"]},
-            remove_columns=[c for c in ds.column_names if c != "teacher_prompt"],
-        )
         gkd_args = {
             "lmbda": t.lmbda,
             "beta": t.beta,
@@ -206,21 +240,69 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
             "seq_kd": t.seq_kd,
             **args,
         }
-        trainer = SelfDistillGKDTrainer(
-            model=model,
-            teacher_model=_teacher_model(recipe, student_path, tokenizer),
-            args=_config(GKDConfig, gkd_args),
-            train_dataset=train,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            data_collator=TeacherViewCollator(tokenizer, t.max_length),
-        )
-    from transformers.trainer_utils import get_last_checkpoint
+        config = trl_config(GKDConfig, gkd_args, user_args)
+    last, skipped = resume_from(out, args) if resume else (None, [])
+    ds = _kept(run_dir)
+    student_path, tokenizer = _student(recipe)
+    lengths, unusable = length_report(ds, tokenizer, t.objective, args, user_args)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_resolved(recipe, out / "recipe.resolved.yaml")
+    from transformers import AutoModelForCausalLM
 
-    last = get_last_checkpoint(str(out)) if resume else None
+    with _loading("model.path", recipe.model.path):
+        model = AutoModelForCausalLM.from_pretrained(student_path)
+    peft_config = _lora_config(recipe, model)
+    try:
+        if t.objective == "sft":
+            from trl import SFTTrainer
+
+            trainer: Any = SFTTrainer(
+                model=model,
+                args=config,
+                train_dataset=ds.select_columns(["prompt", "completion"]),  # TRL drops the unusable rows itself
+                processing_class=tokenizer,
+                peft_config=peft_config,
+            )
+        else:
+            from sft.gkd import SelfDistillGKDTrainer, TeacherViewCollator
+
+            keep = sorted(set(range(len(ds))) - set(unusable))  # TRL's collator would fail on them mid-run
+            train = ds.select(keep).map(
+                lambda r: {"messages": r["prompt"] + r["completion"]},
+                remove_columns=[c for c in ds.column_names if c != "teacher_prompt"],
+            )
+            trainer = SelfDistillGKDTrainer(
+                model=model,
+                teacher_model=_teacher_model(recipe, student_path, tokenizer),
+                args=config,
+                train_dataset=train,
+                processing_class=tokenizer,
+                peft_config=peft_config,
+                data_collator=TeacherViewCollator(tokenizer, args["max_length"]),
+            )
+    except (TypeError, ValueError) as exc:
+        if not user_args:
+            raise
+        raise UserError(
+            f"train.args: TRL's trainer refused the settings: {first_line(exc)}",
+            f"check train.args ({', '.join(sorted(user_args))})",
+        ) from None
+    if secrets:
+        _say(
+            f"note: {', '.join(secrets)} ignored: Distillery never pushes from inside the trainer (`sft publish` "
+            "does, with $HF_TOKEN), and TRL would save it in every checkpoint's training_args.bin"
+        )
+    if lengths:
+        _say(f"warning: {lengths.sentence()}")
+    if last:
+        for folder, why in skipped:
+            _say(f"skipping incomplete {folder.name} ({why}): a save that was cut short")
+        _say(f"resuming from {last} (step {last.name.split('-')[-1]})")
+    started = _start_watch()
+    trainer.add_callback(started)
     start = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=last)
+        result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and "out of memory" not in str(exc).lower():
             raise
@@ -229,6 +311,13 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
             "lower train.batch_size (raise gradient_accumulation_steps to keep the effective "
             "batch), or set train.lora.enabled=true",
         ) from None
+    except (TypeError, ValueError) as exc:
+        # before the first step: the optimizer, scheduler or checkpoint could not be set up
+        if started.began or not (user_args or last):
+            raise
+        where = [f"train.args ({', '.join(sorted(user_args))})"] if user_args else []
+        where += [f"the checkpoint {last}"] if last else []
+        raise UserError(f"training could not start: {first_line(exc)}", f"check {' and '.join(where)}") from None
     seconds = time.perf_counter() - start
     final = out / "final"
     trainer.save_model(str(final))  # every process calls it (sharded states gather); only the main one writes
@@ -236,8 +325,18 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     _model_card(trainer, recipe, final)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(str(final))
-        atomic_write_text(out / "log.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
-    steps_run = result.global_step - (int(Path(last).name.split("-")[-1]) if last else 0)
+        # first entry: what this run trained on, and from where, beside TRL's per-step log
+        run_info = {
+            "step": 0,
+            "rows": len(ds),
+            "rows_trained": len(ds) - (lengths.dropped if lengths else 0),
+            "max_length": lengths.sentence() if lengths else None,
+            "resumed_from": str(last) if last else None,
+            "skipped_checkpoints": [f"{p.name}: {why}" for p, why in skipped],
+        }
+        log = [run_info, *trainer.state.log_history]
+        atomic_write_text(out / "log.json", json.dumps(log, indent=1) + "\n")
+    steps_run = result.global_step - (int(last.name.split("-")[-1]) if last else 0)
     return TrainSummary(
         t.objective,
         out,
@@ -248,4 +347,20 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
         len(ds),
         losses[0] if losses else None,
         losses[-1] if losses else None,
+        str(last) if last else None,
+        [p.name for p, _ in skipped],
+        lengths,
     )
+
+
+def _start_watch() -> Any:
+    """A trainer callback noting whether training got past its setup (optimizer, scheduler, checkpoint)."""
+    from transformers import TrainerCallback
+
+    class StartWatch(TrainerCallback):
+        began = False
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.began = True
+
+    return StartWatch()

@@ -12,7 +12,7 @@ from typing import NoReturn, TypeVar
 from rich.console import Console
 from rich.markup import escape
 
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 from synth.recipe import Recipe, load_recipe
 from synth.redact import scrub
 
@@ -103,7 +103,7 @@ def _internal_error(exc: BaseException) -> NoReturn:
         where = f"details in {log}"
     except OSError:
         where = "no details could be written"
-    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+    first = first_line(exc)
     _print_error(
         f"internal error {type(exc).__name__}: {first} ({where})",
         "this is a bug in Distillery, not in your input; please report it with that file",

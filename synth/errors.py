@@ -18,3 +18,9 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message cut to its first non-blank line: the CLI prints every error on one line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

@@ -73,7 +73,7 @@ def read_parquet(
     columns this reader needs: a parquet file written by something else fails here, with the file
     name and the missing columns, instead of deep inside a stage.
     """
-    from synth.errors import UserError
+    from synth.errors import UserError, first_line
 
     path = Path(path)
     try:
@@ -89,7 +89,7 @@ def read_parquet(
         raise
     except (OSError, pa.ArrowException) as exc:
         raise UserError(
-            f"{path}: cannot read {what}: {str(exc).splitlines()[0][:200]}",
+            f"{path}: cannot read {what}: {first_line(exc, 200)}",
             hint or "the file is damaged or not parquet; remove it (or restore it) and run the command again",
         ) from None
 
@@ -98,9 +98,9 @@ def read_json(path: Path, what: str, hint: str) -> Any:
     """Read a JSON file the pipeline wrote; a damaged one is a UserError naming it and what to do."""
     import json
 
-    from synth.errors import UserError
+    from synth.errors import UserError, first_line
 
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, too-long ints
-        raise UserError(f"{path}: {what} is damaged ({str(exc).splitlines()[0][:120]})", hint) from None
+        raise UserError(f"{path}: {what} is damaged ({first_line(exc, 120)})", hint) from None

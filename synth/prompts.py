@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 from synth.recipe import PromptsSpec, TeacherSpec
 from synth.records import Messages, PromptItem, prompt_id_for
 
@@ -104,7 +104,7 @@ def _parse_json(text: str, path: Path, line: int | None, hint: str) -> Any:
     except RecursionError:
         raise UserError(f"{where}: JSON nested too deeply to read", hint) from None
     except ValueError as exc:
-        raise UserError(f"{where}: not valid JSON ({_first_line(exc)})", hint) from None
+        raise UserError(f"{where}: not valid JSON ({first_line(exc, 200)})", hint) from None
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -249,7 +249,7 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         except (pa.ArrowException, ValueError, OverflowError) as exc:  # a date out of range, text not UTF-8
             rows_at = f"row {first}" if batch.num_rows == 1 else f"rows {first}-{first + batch.num_rows - 1}"
             raise UserError(
-                f"{path} {rows_at}: values that cannot be read: {_first_line(exc)}",
+                f"{path} {rows_at}: values that cannot be read: {first_line(exc, 200)}",
                 "re-export the file with plain text, number and date columns",
             ) from None
         for i, row in enumerate(rows, first):
@@ -272,12 +272,6 @@ def _iter_dataset(spec: PromptsSpec) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 # --- the source -------------------------------------------------------------------------------------
-
-
-def _first_line(exc: BaseException) -> str:
-    """An exception's message cut to one short line: the CLI prints every error on one line."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _not_utf8(path: Path) -> UserError:
@@ -327,7 +321,7 @@ def iter_source(spec: PromptsSpec, recipe_dir: Path | None) -> Iterator[tuple[st
         raise _not_utf8(path) from None
     except OSError as exc:
         raise UserError(
-            f"{path}: cannot read the prompts file: {exc.strerror or _first_line(exc)}",
+            f"{path}: cannot read the prompts file: {exc.strerror or first_line(exc, 200)}",
             "check that the file exists and that you may read it",
         ) from None
     except RecursionError:

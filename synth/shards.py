@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 from synth.io import read_parquet
 from synth.records import SCHEMA
 
@@ -64,7 +64,7 @@ class ShardSet:
             )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
             raise UserError(
-                f"{path}: not a generation shard: its columns have other types ({str(exc).splitlines()[0][:160]})",
+                f"{path}: not a generation shard: its columns have other types ({first_line(exc, 160)})",
                 "it was not written by `synth generate`; move it out of the generations folder",
             ) from None
 

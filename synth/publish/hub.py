@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 from synth.redact import scrub
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -59,7 +59,7 @@ def hub_errors(endpoint: str, doing: str) -> Iterator[None]:
         }.get(status or 0, "try again later; if it persists, check the Hub's status page or HF_ENDPOINT")
         if status == 401:
             raise UserError(f"the Hub at {endpoint} refused the token (HTTP 401) while {doing}", hint) from None
-        first = scrub(str(exc).splitlines()[0][:200]) if str(exc) else ""
+        first = scrub(first_line(exc, 200))
         raise UserError(f"the Hub at {endpoint} answered HTTP {status} while {doing}: {first}", hint) from None
     except UserError:
         raise
