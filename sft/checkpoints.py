@@ -67,7 +67,8 @@ def _json_problem(path: Path) -> str | None:
     return None
 
 
-def _weights_problem(folder: Path) -> str | None:
+def weights_problem(folder: Path) -> str | None:
+    """Why `folder` holds no complete model or adapter (weights, config, every shard whole), or None."""
     adapter = [n for n in _ADAPTER_WEIGHTS if (folder / n).is_file()]
     model = [n for n in _MODEL_WEIGHTS if (folder / n).is_file()]
     if not adapter and not model:
@@ -110,7 +111,7 @@ def checkpoint_problem(folder: Path, with_optimizer: bool = True) -> str | None:
     step = state.get("global_step") if isinstance(state, dict) else None
     if step != int(m[1]):
         return f"trainer_state.json says step {step}, not {m[1]}"
-    if problem := _weights_problem(folder):
+    if problem := weights_problem(folder):
         return problem
     if with_optimizer:
         for name in ("optimizer.pt", "scheduler.pt"):

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from sft.checkpoints import weights_problem
 from sft.eval_report import build_report, write_outputs
 from sft.quality import distinct_n, repeated_ngram_share
 from synth import embeddings
@@ -36,7 +37,7 @@ from synth.engines.base import Engine, ProgressFn
 from synth.engines.hf import TransformersEngine
 from synth.errors import UserError
 from synth.generate import progress_bar
-from synth.models import resolve_model
+from synth.models import loading_model, resolve_model
 from synth.prompts import load_prompts
 from synth.recipe import PromptsSpec, Recipe
 from synth.records import Messages, PromptItem
@@ -83,13 +84,14 @@ def _student_engine(final: Path, base: str, batch_size: int) -> TransformersEngi
     """A trained student: a full model folder, or a LoRA adapter merged into its base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(final)
-    if (final / "adapter_config.json").is_file():
-        from peft import PeftModel
+    with loading_model("trained student", str(final), f"run `sft run` again to rewrite {final}"):
+        tokenizer = AutoTokenizer.from_pretrained(final)
+        if (final / "adapter_config.json").is_file():
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(final)
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(final)
     return TransformersEngine.from_loaded(model, tokenizer, str(final), batch_size=batch_size)
 
 
@@ -115,16 +117,23 @@ def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
     ev = recipe.eval
     objectives = ev.objectives or sorted(p.parent.name for p in (run_dir / "train").glob("*/final"))
     for obj in objectives:
-        if not (run_dir / "train" / obj / "final").is_dir():
-            raise UserError(
-                f"no trained model at {run_dir / 'train' / obj / 'final'}", f"run `sft run` with objective {obj}"
-            )
+        final = run_dir / "train" / obj / "final"
+        if not final.is_dir():
+            raise UserError(f"no trained model at {final}", f"run `sft run` with objective {obj}")
+        if problem := weights_problem(final):  # before minutes of answering with the other models
+            raise UserError(f"{final}: not a complete model or adapter: {problem}", f"run `sft run` again for {obj}")
     m = recipe.model
 
     def base() -> Engine:
         load_path, model_id = resolve_model(m.path)
         return TransformersEngine(
-            load_path, model_id, m.revision, dtype=m.dtype, device=recipe.runtime.device, batch_size=ev.batch_size
+            load_path,
+            model_id,
+            m.revision,
+            dtype=m.dtype,
+            device=recipe.runtime.device,
+            batch_size=ev.batch_size,
+            field="model.path",
         )
 
     models = [

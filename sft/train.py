@@ -19,8 +19,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from sft.train_args import config as trl_config
 from sft.train_args import user_args as checked_user_args
 from synth.errors import UserError, first_line
 from synth.io import atomic_write_text, read_parquet
-from synth.models import resolve_model
+from synth.models import loading_model, resolve_model
 from synth.recipe import Recipe, dump_resolved
 
 
@@ -142,29 +140,11 @@ def _common_args(recipe: Recipe, out: Path, device: str, user_args: dict[str, An
 # -- models -----------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _loading(field_name: str, value: str) -> Iterator[None]:
-    """Turn any failure to find or load `value` into a UserError naming the recipe field."""
-    hint = (
-        f"point {field_name} at a transformers model folder (config.json, weights, tokenizer), a Hub id "
-        "that exists (online, or already in the Hub cache when offline)"
-        + (", or 'smollm2'" if field_name == "model.path" else ", or 'self'")
-    )
-    try:
-        yield
-    except UserError as exc:
-        raise UserError(f"{field_name}={value!r}: {exc.message}", exc.hint or hint) from None
-    except MemoryError:
-        raise
-    except Exception as exc:  # OSError, ValueError, SafetensorError, ...: all "not a model"
-        raise UserError(f"{field_name}={value!r} is not a loadable model: {first_line(exc)}", hint) from None
-
-
 def _student(recipe: Recipe) -> tuple[str, Any]:
     """The student's path and tokenizer (the weights load later, after the cheap checks)."""
     from transformers import AutoTokenizer
 
-    with _loading("model.path", recipe.model.path):
+    with loading_model("model.path", recipe.model.path):
         path, _ = resolve_model(recipe.model.path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
@@ -183,7 +163,7 @@ def _teacher_model(recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
     spec = recipe.train.teacher
     if spec == "self":
         return AutoModelForCausalLM.from_pretrained(student_path)
-    with _loading("train.teacher", spec):
+    with loading_model("train.teacher", spec):
         path = resolve_model(spec)[0]
         theirs = AutoTokenizer.from_pretrained(path)
     if len(theirs) != len(tokenizer):
@@ -191,7 +171,7 @@ def _teacher_model(recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
             f"teacher {spec!r} has a vocabulary of {len(theirs)} tokens, the student "
             f"{recipe.model.path!r} {len(tokenizer)}: logit distillation needs the same tokenizer"
         )
-    with _loading("train.teacher", spec):
+    with loading_model("train.teacher", spec):
         return AutoModelForCausalLM.from_pretrained(path)
 
 
@@ -249,7 +229,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     dump_resolved(recipe, out / "recipe.resolved.yaml")
     from transformers import AutoModelForCausalLM
 
-    with _loading("model.path", recipe.model.path):
+    with loading_model("model.path", recipe.model.path):
         model = AutoModelForCausalLM.from_pretrained(student_path)
     peft_config = _lora_config(recipe, model)
     try:

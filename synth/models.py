@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 
 EMBEDDED_ALIASES = {"smollm2", "smollm2-135m-instruct", "embedded"}
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -100,3 +100,25 @@ def resolve_model(path: str) -> tuple[str, str]:
     raise UserError(
         f"model {path!r} is neither an existing folder, a hub id (org/name), nor 'smollm2' (the embedded model)"
     )
+
+
+@contextmanager
+def loading_model(field_name: str, value: str, hint: str | None = None) -> Iterator[None]:
+    """Turn any failure to find or load the model `value` into a UserError naming where it was set.
+
+    transformers, PEFT and safetensors raise OSError, ValueError, SafetensorError, KeyError... for a
+    folder that is not a model, a missing Hub id or a damaged weights file: all "not a model" to a user.
+    """
+    hint = hint or (
+        f"point {field_name} at a transformers model folder (config.json, weights, tokenizer), a Hub id "
+        "that exists (online, or already in the Hub cache when offline)"
+        + (", or 'smollm2'" if field_name == "model.path" else ", or 'self'")
+    )
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"{field_name}={value!r}: {exc.message}", exc.hint or hint) from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{field_name}={value!r} is not a loadable model: {first_line(exc)}", hint) from None

@@ -349,7 +349,12 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def _hub_env(url: str, tmp: Path) -> dict[str, str]:
-    return {"HF_ENDPOINT": url, "HF_TOKEN": "hf_test_token_123456", "HF_HOME": str(tmp / "hf"), "HF_HUB_DISABLE_XET": "1"}
+    return {
+        "HF_ENDPOINT": url,
+        "HF_TOKEN": "hf_test_token_123456",
+        "HF_HOME": str(tmp / "hf"),
+        "HF_HUB_DISABLE_XET": "1",
+    }
 
 
 def test_hub_refusals_and_non_hub_urls_are_one_line(tmp_path: Path, server: Any, hub: Any) -> None:
@@ -371,3 +376,14 @@ def test_review_url_that_is_not_argilla(tmp_path: Path, server: Any) -> None:
         env = {"ARGILLA_API_URL": url, "ARGILLA_API_KEY": "argilla.key-123456"}
         fails_with(cli("synth", "review", "push", str(r), "--run-dir", str(run), env=env), url, "Argilla")
     assert not (run / "review").exists()
+
+
+def test_eval_names_a_damaged_trained_student_before_any_work(tmp_path: Path, server: Any) -> None:
+    r = recipe(tmp_path, server.url("ok"))
+    final = tmp_path / "run" / "train" / "sft" / "final"
+    final.mkdir(parents=True)
+    (final / "adapter_config.json").write_text("{}")
+    (final / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")  # a save cut short
+    res = cli("sft", "eval", str(r), "--run-dir", str(tmp_path / "run"), "eval.behaviour_check=empty")
+    fails_with(res, str(final), "adapter_model.safetensors", "sft run")
+    assert not (tmp_path / "run" / "eval").exists()

@@ -80,4 +80,5 @@ def build_engine_for(t: TeacherSpec, recipe: Recipe, batch_size: int, seed: int 
         dtype=t.dtype,
         device=recipe.runtime.device,
         batch_size=batch_size,
+        field=f"{field}.path" if t.path != "self" else "model.path",
     )

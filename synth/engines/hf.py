@@ -15,6 +15,7 @@ import torch
 
 from synth.engines.base import Engine, ProgressFn, SamplingParams
 from synth.errors import UserError
+from synth.models import loading_model
 from synth.records import Completion, Messages, TokenLogprob
 
 
@@ -49,18 +50,17 @@ class TransformersEngine(Engine):
         dtype: str = "auto",
         device: str = "auto",
         batch_size: int = 32,
+        field: str = "teacher.path",
     ) -> None:
         super().__init__(model_id, revision)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = pick_device(device)
-        try:
+        with loading_model(field, model_id):
             self.tokenizer = AutoTokenizer.from_pretrained(load_path, revision=revision)
             self.model = AutoModelForCausalLM.from_pretrained(
                 load_path, revision=revision, dtype=pick_dtype(dtype, self.device)
             ).to(self.device)
-        except OSError as exc:
-            raise UserError(f"model {model_id!r} could not be loaded: {exc}") from None
         self._attach(batch_size)
 
     @classmethod
