@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from synth.cli_common import OVERRIDES_HELP, guarded, load, run_dir_for
+from synth.cli_common import OVERRIDES_HELP, guarded, load, run_app, run_dir_for
 
 app = typer.Typer(
     name="sft",
@@ -157,7 +157,7 @@ def publish(
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    run_app(app, "sft")
 
 
 if __name__ == "__main__":

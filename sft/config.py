@@ -36,7 +36,7 @@ class TrainSpec(Strict):
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(256, ge=16)
     save_steps: int = Field(10, ge=1, description="a checkpoint every N steps (--resume continues from the last)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     # gkd (TRL GKDTrainer) parameters
     lmbda: float = Field(0.5, ge=0, le=1, description="share of steps trained on the student's own samples")
     beta: float = Field(0.5, ge=0, le=1, description="generalized JSD: 0 = forward KL, 1 = reverse KL")

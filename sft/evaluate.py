@@ -233,7 +233,7 @@ def run_eval(
     """Answer, judge and report; writes run_dir/eval/{answers.parquet, report.json, report.md, report.png}."""
     ev = recipe.eval
     spec = PromptsSpec(path=ev.prompts, prompt_column=ev.prompt_column, system_prompt=recipe.prompts.system_prompt)
-    items, _ = load_prompts(spec, recipe.teacher, recipe_dir, ev.limit)
+    items, _ = load_prompts(spec, recipe.teacher, recipe_dir, ev.limit, field="eval.prompts")
     items = [it for it in items if it.error is None]
     behaviour, checks = _checks(recipe, recipe_dir)
     models = _models(recipe, run_dir)

@@ -31,6 +31,7 @@ from synth.errors import UserError, first_line
 from synth.io import atomic_write_text, read_parquet
 from synth.models import loading_model, resolve_model
 from synth.recipe import Recipe, dump_resolved
+from synth.records import KEPT_SCHEMA
 
 
 @dataclass
@@ -76,7 +77,7 @@ def _kept(run_dir: Path) -> Any:
     if not path.is_file():
         raise UserError(f"no curated set at {path}", "run `synth curate` with the same recipe first")
     hint = "run `synth curate` again to rewrite it"
-    table = read_parquet(path, "the curated set", ["prompt", "completion", "teacher_prompt"], hint)
+    table = read_parquet(path, "the curated set", ["prompt", "completion", "teacher_prompt"], hint, schema=KEPT_SCHEMA)
     if table.num_rows == 0:
         raise UserError(
             f"{path} holds no rows: curate rejected everything",
@@ -260,7 +261,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
                 peft_config=peft_config,
                 data_collator=TeacherViewCollator(tokenizer, args["max_length"]),
             )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError, ImportError) as exc:
         if not user_args:
             raise
         raise UserError(
@@ -291,7 +292,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
             "lower train.batch_size (raise gradient_accumulation_steps to keep the effective "
             "batch), or set train.lora.enabled=true",
         ) from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError, ImportError) as exc:
         # before the first step: the optimizer, scheduler or checkpoint could not be set up
         if started.began or not (user_args or last):
             raise

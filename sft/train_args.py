@@ -108,7 +108,7 @@ def config(cls: Any, args: dict[str, Any], user: dict[str, Any] | None = None) -
             args[key] = _checked_value(cls, hints[key], key, args[key])
     try:
         return cls(**args)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError, ImportError) as exc:
         culprit = _culprit(cls, args, user)
         if culprit is None:
             raise UserError(
@@ -127,6 +127,6 @@ def _culprit(cls: Any, args: dict[str, Any], user: dict[str, Any]) -> str | None
     for key in user:
         try:
             cls(**base, **{key: args[key]})
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError, ImportError):
             return key
     return None

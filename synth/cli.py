@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from synth import __version__
-from synth.cli_common import OVERRIDES_HELP, guarded, load, run_dir_for
+from synth.cli_common import OVERRIDES_HELP, guarded, load, run_app, run_dir_for
 from synth.errors import UserError
 
 app = typer.Typer(
@@ -242,7 +242,7 @@ def review_pull(
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    run_app(app, "synth")
 
 
 if __name__ == "__main__":

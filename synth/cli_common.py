@@ -7,14 +7,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
 
 from synth.errors import UserError, first_line
 from synth.recipe import Recipe, load_recipe
-from synth.redact import scrub
+from synth.redact import excerpt, scrub
 
 T = TypeVar("T")
 err_console = Console(stderr=True)
@@ -27,6 +27,8 @@ OVERRIDES_HELP = (
 
 def run_dir_for(recipe: Recipe, run_dir: Path | None) -> Path:
     """`runs/RECIPE_NAME` under the working folder unless --run-dir says otherwise."""
+    if run_dir is not None and str(run_dir).strip() in ("", "."):
+        raise UserError("--run-dir is empty", "give a folder for the run, e.g. --run-dir runs/my-run")
     path = run_dir if run_dir is not None else Path("runs") / recipe.name
     for p in (path, *path.parents):
         if p.exists() and not p.is_dir():
@@ -52,14 +54,17 @@ _USER_OS_ERRORS = {
     errno.EISDIR: "that path is a folder where a file is expected; rename or remove it",
     errno.ENOTDIR: "a part of that path is a file where a folder is expected",
     errno.ENAMETOOLONG: "use a shorter path",
+    errno.ENOENT: "check the path: a folder in it does not exist or cannot be created there",
+    errno.EEXIST: "a file is in the way where a folder is needed; move it or choose another --run-dir",
 }
 
 
 def _print_error(message: str, hint: str | None) -> None:
-    """One line on stderr: what is wrong, where, and what to do; secrets scrubbed."""
-    text = scrub(message) or ""
+    """One line on stderr: what is wrong, where, and what to do; secrets scrubbed, control characters
+    (a server's newlines, ANSI escapes) flattened, whatever the message carries."""
+    text = excerpt(message, 4000)
     if hint:
-        text = f"{text} (fix: {scrub(hint)})"
+        text = f"{text} (fix: {excerpt(hint, 1000)})"
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
@@ -109,3 +114,28 @@ def _internal_error(exc: BaseException) -> NoReturn:
         "this is a bug in Distillery, not in your input; please report it with that file",
     )
     sys.exit(1)
+
+
+def run_app(app: Any, program: str) -> None:
+    """Run a Typer app so that command-line mistakes, too, end in one `error:` line and exit 2.
+
+    Click (vendored by Typer as a private module) prints usage errors as a multi-line box; here they
+    get the same one line as every other mistake, with the --help to read. Its exceptions are
+    recognised by their interface (`format_message`, `exit_code`), not by importing private classes.
+    """
+    import typer
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            _internal_error(exc)
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `synth` alone: Typer has shown the help already
+            sys.exit(2)
+        where = ctx.command_path if ctx is not None else program
+        _print_error(f"{where}: {exc.format_message()}", f"see `{where} --help`")
+        sys.exit(exc.exit_code or 2)
+    sys.exit(code if isinstance(code, int) else 0)

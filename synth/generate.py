@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +232,40 @@ def run_generate(
     console = console or Console(stderr=True)
     gen_dir = run_dir / "generations"
     gen_dir.mkdir(parents=True, exist_ok=True)
+    with _only_writer(gen_dir):
+        return _run_generate(recipe, run_dir, gen_dir, recipe_dir, limit, console, engine, retry_failed)
+
+
+@contextmanager
+def _only_writer(gen_dir: Path) -> Iterator[None]:
+    """One `synth generate` per run folder at a time: two would write the same prompts twice."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(gen_dir / ".generate.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(
+            f"another `synth generate` is writing {gen_dir} right now",
+            "wait for it to finish (or stop it), or use another --run-dir",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_generate(
+    recipe: Recipe,
+    run_dir: Path,
+    gen_dir: Path,
+    recipe_dir: Path | None,
+    limit: int | None,
+    console: Console,
+    engine: Engine | None,
+    retry_failed: bool,
+) -> GenerateSummary:
+    """`run_generate` holding the run folder's lock."""
     sweep_temp_files(gen_dir)
     recipe_hash = dump_resolved(recipe, run_dir / "recipe.resolved.yaml")
     items, repeats = load_prompts(recipe.prompts, recipe.teacher, recipe_dir, limit)

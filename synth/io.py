@@ -36,7 +36,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as exc:
-        if exc.errno is not None and exc.filename is None:  # pyarrow's write errors carry no file name
+        # pyarrow's write errors carry no file name, and ours would name the temp file: name the target
+        if exc.errno is not None and (exc.filename is None or str(exc.filename) == str(tmp)):
             raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from exc
         raise
     finally:
@@ -65,32 +66,48 @@ def sweep_temp_files(folder: Path) -> int:
 
 
 def read_parquet(
-    path: Path, what: str, columns: list[str] | None = None, hint: str | None = None, require: list[str] | None = None
+    path: Path,
+    what: str,
+    columns: list[str] | None = None,
+    hint: str | None = None,
+    require: list[str] | None = None,
+    schema: pa.Schema | None = None,
 ) -> pa.Table:
     """Read a parquet file the pipeline expects; a corrupt or foreign file is a UserError naming it.
 
     `what` says what the file should be ("a generation shard", "the curated set"), `columns` the
-    columns this reader needs: a parquet file written by something else fails here, with the file
-    name and the missing columns, instead of deep inside a stage.
+    columns to read (default: all), `require` columns that must exist besides them, and `schema`
+    the types the columns it names must have (cast): a parquet file written by something else fails
+    here, with the file name and what is wrong, instead of deep inside a stage.
     """
     from synth.errors import UserError, first_line
 
     path = Path(path)
     try:
-        schema = pq.read_schema(path)
-        missing = [c for c in [*(columns or []), *(require or [])] if c not in schema.names]
+        found = pq.read_schema(path)
+        missing = [c for c in [*(columns or []), *(require or [])] if c not in found.names]
         if missing:
             raise UserError(
                 f"{path}: not {what}: no column {', '.join(map(repr, missing))}",
                 hint or "it was not written by Distillery; move it out of the run folder",
             )
-        return pq.read_table(path, columns=columns)
+        table = pq.read_table(path, columns=columns)
     except UserError:
         raise
     except (OSError, pa.ArrowException) as exc:
         raise UserError(
             f"{path}: cannot read {what}: {first_line(exc, 200)}",
             hint or "the file is damaged or not parquet; remove it (or restore it) and run the command again",
+        ) from None
+    if schema is None:
+        return table
+    wanted = pa.schema([schema.field(n) if n in schema.names else table.schema.field(n) for n in table.column_names])
+    try:
+        return table.cast(wanted)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise UserError(
+            f"{path}: not {what}: its columns have other types ({first_line(exc, 160)})",
+            hint or "it was not written by Distillery; move it out of the run folder",
         ) from None
 
 

@@ -45,22 +45,26 @@ _peek = reprlib.Repr()
 _peek.maxstring = _peek.maxother = 60
 
 
-def resolve_path(path: str, recipe_dir: Path | None) -> Path:
+def resolve_path(path: str, recipe_dir: Path | None, field: str = "prompts.path") -> Path:
     """Relative paths resolve against the recipe's folder (so a recipe and its data move together),
-    then, for recipes written before that rule, against the working folder."""
+    then, for recipes written before that rule, against the working folder. `field` is the recipe
+    setting that named the file, for the message."""
     p = Path(path).expanduser()
     candidates = [p] if p.is_absolute() else ([recipe_dir / p] if recipe_dir else []) + [Path.cwd() / p]
+    fix = f"set {field}=FILE"
     for c in candidates:
         try:
             if c.is_file():
                 return c
-            is_dir = c.is_dir()
+            is_dir, exists = c.is_dir(), c.exists()
         except OSError as exc:  # a parent folder we may not enter, a name too long
-            raise UserError(f"prompts file {c}: {exc.strerror or exc}", "check the path and its permissions") from None
+            raise UserError(f"{field} {c}: {exc.strerror or exc}", "check the path and its permissions") from None
         if is_dir:
-            raise UserError(f"prompts file {c} is a folder, not a file", "set prompts.path=FILE")
+            raise UserError(f"{field} {c} is a folder, not a file", fix)
+        if exists:  # a FIFO, a device: reading it could block forever or never end
+            raise UserError(f"{field} {c} is not a regular file (a pipe or a device)", fix)
     tried = ", ".join(str(c) for c in candidates)
-    raise UserError(f"prompts file {path} not found (tried {tried})", "set prompts.path=FILE")
+    raise UserError(f"{field} {path} not found (tried {tried})", fix)
 
 
 # --- JSON -------------------------------------------------------------------------------------------
@@ -293,7 +297,9 @@ def _not_utf8(path: Path) -> UserError:
     return UserError(f"{path}: not UTF-8 text", UTF8_HINT)
 
 
-def iter_source(spec: PromptsSpec, recipe_dir: Path | None) -> Iterator[tuple[str, dict[str, Any]]]:
+def iter_source(
+    spec: PromptsSpec, recipe_dir: Path | None, field: str = "prompts.path"
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (location, raw row) from the configured source; location is used in error messages.
 
     Every failure while reading a file is a UserError naming it: undecodable bytes (with the line),
@@ -307,7 +313,7 @@ def iter_source(spec: PromptsSpec, recipe_dir: Path | None) -> Iterator[tuple[st
     if spec.dataset:
         yield from _iter_dataset(spec)
         return
-    path = resolve_path(spec.path or "", recipe_dir)
+    path = resolve_path(spec.path or "", recipe_dir, field)
     readers = {".jsonl": _iter_jsonl, ".json": _iter_json, ".csv": _iter_csv, ".parquet": _iter_parquet}
     reader = readers.get(path.suffix.lower())
     if reader is None:
@@ -456,7 +462,11 @@ def teacher_view(prompt: Messages, teacher: TeacherSpec) -> Messages:
 
 
 def load_prompts(
-    spec: PromptsSpec, teacher: TeacherSpec, recipe_dir: Path | None = None, limit: int | None = None
+    spec: PromptsSpec,
+    teacher: TeacherSpec,
+    recipe_dir: Path | None = None,
+    limit: int | None = None,
+    field: str = "prompts.path",
 ) -> tuple[list[PromptItem], int]:
     """Read prompts, build both views, drop exact repeats; return (items, repeats dropped).
 
@@ -467,7 +477,7 @@ def load_prompts(
     seen: set[str] = set()
     repeats = 0
     limit = limit or spec.limit
-    for where, row in iter_source(spec, recipe_dir):
+    for where, row in iter_source(spec, recipe_dir, field):
         prompt = _student_view(row, where, spec)
         tprompt = teacher_view(prompt, teacher)
         pid = prompt_id_for(prompt, tprompt)

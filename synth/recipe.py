@@ -207,9 +207,62 @@ def format_validation_error(
         elif "input" in e and not isinstance(e["input"], dict | list):
             msg = f"{msg} (got {e['input']!r})"
         out.append(f"{where}: {path}: {msg}")
-    if len(out) == 1:
-        return f"recipe is not valid: {out[0]}"
-    return "recipe is not valid:\n  " + "\n  ".join(out)
+    return "recipe is not valid: " + "; ".join(out)  # one line, however many problems
+
+
+MAX_NODES = 100_000  # values after alias expansion: a recipe has hundreds, a "billion laughs" bomb billions
+
+
+def _expanded_size(node: yaml.Node | None, memo: dict[int, int] | None = None) -> int:
+    """How many values `node` holds once every alias is expanded (shared nodes counted each time)."""
+    if node is None:
+        return 0
+    memo = {} if memo is None else memo
+    if id(node) not in memo:
+        memo[id(node)] = 1  # a self-referencing alias counts once
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        memo[id(node)] = 1 + sum(_expanded_size(c, memo) for c in children)
+    return memo[id(node)]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, p: Path) -> Any:
+    """The recipe's YAML as data; every way it can be unreadable is a UserError naming file:line."""
+    hint = "fix the YAML at that line (indent with spaces, quote values with ':' or '#')"
+    try:
+        size = _expanded_size(yaml.compose(text, Loader=yaml.SafeLoader))
+        if size > MAX_NODES:
+            raise UserError(
+                f"{p}: its YAML aliases (*name) expand to {size:,} values; a recipe may hold at most {MAX_NODES:,}",
+                "write the values out instead of nesting aliases of aliases",
+            )
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise UserError(f"{where}: not valid YAML: {problem}", hint) from None
+    except RecursionError:
+        raise UserError(f"{p}: nested too deeply to read", "a recipe is a few levels of sections; flatten it") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -220,15 +273,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"recipe {p} cannot be read: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise UserError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+        raise UserError(f"recipe {p} cannot be read: {exc}", "save the recipe as UTF-8 text") from None
+    data = _parse_yaml(text, p)
     if not isinstance(data, dict):
-        raise UserError(f"{p}: a recipe is a YAML mapping (name:, model:, teacher:, ...), got {type(data).__name__}")
+        raise UserError(
+            f"{p}: a recipe is a YAML mapping (name:, model:, teacher:, ...), got {type(data).__name__}",
+            "start from recipes/concise-answers.yaml",
+        )
     data = apply_overrides(data, overrides or [])
     data.pop("recipe_hash", None)
     overridden = {tuple(parse_override(o)[0]): o for o in overrides or []}
@@ -236,6 +287,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, str(p), _line_index(text), overridden)) from None
+    except RecursionError:
+        raise UserError(f"{p}: nested too deeply to read", "a recipe is a few levels of sections; flatten it") from None
 
 
 def dump_resolved(recipe: Recipe, path: Path) -> str:

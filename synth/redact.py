@@ -20,6 +20,10 @@ from typing import Any
 
 MASK = "***"
 _SECRET_WORDS = {
+    "credentials",
+    "auth",
+    "cookie",
+    "dsn",
     "token",
     "secret",
     "password",
@@ -31,6 +35,8 @@ _SECRET_WORDS = {
     "credential",
 }
 _NOT_SECRET_BEFORE_TOKEN = {"pad", "eos", "bos", "unk", "sep", "cls", "mask", "special", "max", "min", "stop"}
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x1f\x7f]")  # ANSI escapes and control characters
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+):[^/\s@]+@")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{4,}")
 _KNOWN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ARGILLA_API_KEY", "OPENAI_API_KEY")
 _secrets: set[str] = set()
@@ -66,7 +72,17 @@ def scrub(text: str | None) -> str | None:
         return text
     for secret in sorted(_known_secrets(), key=len, reverse=True):
         text = text.replace(secret, MASK)
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
     return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+
+
+def excerpt(text: str, limit: int) -> str:
+    """A server's text as one safe line: scrubbed BEFORE it is cut (a cut key no longer matches the
+    scrubber), control characters and newlines collapsed, then at most `limit` characters."""
+    clean = scrub(text) or ""
+    clean = _CONTROL.sub(" ", clean)
+    clean = " ".join(clean.split())
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
 def redact(obj: Any) -> Any:

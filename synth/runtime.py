@@ -34,6 +34,18 @@ def check_device(device: str) -> str:
     return device
 
 
+def _env_threads() -> int:
+    """$DISTILLERY_THREADS (0 when unset): a whole number from 1 to 1024, else a UserError."""
+    raw = os.environ.get("DISTILLERY_THREADS", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or not 1 <= int(raw) <= 1024:
+        raise UserError(
+            f"DISTILLERY_THREADS={raw!r} is not a thread count", "set it to a whole number from 1 to 1024, or unset it"
+        )
+    return int(raw)
+
+
 def configure(runtime: RuntimeSpec) -> None:
     """Check `runtime.device`; thread count and quieter library logs, so the terminal shows our progress and errors."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -41,7 +53,7 @@ def configure(runtime: RuntimeSpec) -> None:
     import torch
 
     check_device(runtime.device)
-    threads = runtime.threads or int(os.environ.get("DISTILLERY_THREADS", "0") or 0)
+    threads = runtime.threads or _env_threads()
     if threads:
         torch.set_num_threads(threads)
     from transformers.utils import logging as hf_logging

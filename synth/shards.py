@@ -10,13 +10,14 @@ is counted twice.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 
-from synth.errors import UserError, first_line
+from synth.errors import UserError
 from synth.io import read_parquet
 from synth.records import SCHEMA
 
@@ -41,8 +42,24 @@ class ShardSet:
         self._keep: dict[Path, list[bool] | None] = {}  # None: every row is kept
         self.repeats: dict[str, tuple[int, list[str]]] = {}  # file -> (rows repeated, files holding the originals)
         first_file: dict[str, str] = {}
+        self.teacher: dict[str, object] | None = None  # the one teacher every shard's rows share
+        teacher_file = ""
+        hint = "it was not written by `synth generate` (or was edited); move it out of the generations folder"
         for path in self.paths:
-            ids = self._read(path, ["id"]).column("id").to_pylist()
+            head = self._read(path, ["id", "prompt_id", "teacher"])
+            ids = head.column("id").to_pylist()
+            if head.column("id").null_count or head.column("prompt_id").null_count:
+                raise UserError(f"{path}: not a generation shard: rows without an id or prompt_id", hint)
+            teachers = {json.dumps(t, sort_keys=True) for t in head.column("teacher").to_pylist()}
+            if "null" in teachers:
+                raise UserError(f"{path}: not a generation shard: rows without a teacher", hint)
+            if self.teacher is None and teachers:
+                self.teacher, teacher_file = json.loads(min(teachers)), path.name
+            if teachers - {json.dumps(self.teacher, sort_keys=True)}:
+                raise UserError(
+                    f"{path} holds rows of another teacher or other sampling settings than {teacher_file}",
+                    "one run folder holds one teacher's rows: move that shard to its own run folder",
+                )
             keep, seen = [], set()
             for i in ids:
                 keep.append(i not in first_file and i not in seen)
@@ -57,16 +74,9 @@ class ShardSet:
                 first_file.setdefault(i, path.name)
 
     def _read(self, path: Path, columns: list[str] | None) -> pa.Table:
-        table = read_parquet(path, "a generation shard", columns or SCHEMA.names)
-        try:
-            return table.select(columns or SCHEMA.names).cast(
-                pa.schema([SCHEMA.field(c) for c in columns or SCHEMA.names])
-            )
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            raise UserError(
-                f"{path}: not a generation shard: its columns have other types ({first_line(exc, 160)})",
-                "it was not written by `synth generate`; move it out of the generations folder",
-            ) from None
+        hint = "it was not written by `synth generate`; move it out of the generations folder"
+        table = read_parquet(path, "a generation shard", columns or SCHEMA.names, hint, schema=SCHEMA)
+        return table.select(columns or SCHEMA.names)
 
     def tables(self, columns: list[str] | None = None) -> Iterator[tuple[Path, pa.Table]]:
         """Each shard's rows that no earlier shard holds, with `columns` (default: all, in SCHEMA order)."""

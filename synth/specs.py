@@ -20,7 +20,7 @@ class Strict(BaseModel):
 class RuntimeSpec(Strict):
     """Where and how models run on this machine."""
 
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; on a busy 2-core box 1 can beat 2")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads; on a busy 2-core box 1 can beat 2")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 
@@ -41,7 +41,7 @@ class OpenAISettings(Strict):
     concurrency: int = Field(8, ge=1, le=1024)
     max_retries: int = Field(5, ge=0, le=100)
     timeout_s: float = Field(120.0, gt=0)
-    backoff_s: float = Field(1.0, ge=0)
+    backoff_s: float = Field(1.0, ge=0, le=600)
 
 
 class VLLMSettings(Strict):
@@ -89,7 +89,7 @@ class GenerateSpec(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(64, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     logprobs: int | None = Field(None, ge=1, le=20, description="keep the teacher's top-k logprobs")
     batch_size: int = Field(32, ge=1, description="sequences per forward pass (transformers engine)")
     prompts_per_shard: int = Field(32, ge=1, description="prompts per parquet shard (the unit of resume)")

@@ -69,6 +69,13 @@ def bad(mode: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, 
         key = headers.get("Authorization", "").split()[-1:]  # and the bare key, as some proxies log it
         echoed = {"error": {"message": f"bad request for key {''.join(key)}", "request_headers": headers}}
         return 400, json.dumps(echoed).encode(), as_json
+    if mode == "long-echo":  # the key past the point where an excerpt of the body is cut
+        key = headers.get("Authorization", "").split()[-1:]
+        return 400, ("x" * 280 + f" key {''.join(key)} end").encode(), "text/plain"
+    if mode == "deep-json":
+        return 200, b"[" * 100_000 + b"]" * 100_000, as_json
+    if mode == "multiline":
+        return 400, b"line one\nline two\n\x1b[31mred\x1b[0m", "text/plain"
     if mode == "fail":
         return 400, json.dumps({"error": {"message": "nope"}}).encode(), as_json
     raise ValueError(mode)

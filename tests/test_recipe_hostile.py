@@ -104,3 +104,25 @@ def test_cli_refuses_a_sample_of_them_in_one_line(tmp_path: Path) -> None:
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         assert str(path) in res.stderr.splitlines()[0 if res.stderr.count("\n") == 1 else 1], res.stderr
     assert not (tmp_path / "run" / "generations").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("name: a\nname: b\n", "appears twice"),
+        ("name: a\nx: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+        (
+            'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+            + "".join(f"{c}: &{c} [{','.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True))
+            + "name: bomb\n",
+            "aliases",
+        ),
+    ],
+    ids=["duplicate-key", "deep", "alias-bomb"],
+)
+def test_hostile_yaml_is_refused_quickly(tmp_path: Path, text: str, says: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        load_recipe(path)
+    assert says in info.value.message and str(path) in info.value.message

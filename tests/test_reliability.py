@@ -103,6 +103,8 @@ def no_secret_under(*places: Path, text: str = "") -> None:
         ("html", "not JSON"),
         ("bad-logprobs", "logprobs"),
         ("content-filter", "content_filter"),
+        ("deep-json", "not JSON"),
+        ("multiline", "line one line two red"),  # flattened to one line, escape codes dropped
     ],
 )
 def test_malformed_answers_become_row_errors(tmp_path: Path, server: Any, mode: str, says: str) -> None:
@@ -387,3 +389,48 @@ def test_eval_names_a_damaged_trained_student_before_any_work(tmp_path: Path, se
     res = cli("sft", "eval", str(r), "--run-dir", str(tmp_path / "run"), "eval.behaviour_check=empty")
     fails_with(res, str(final), "adapter_model.safetensors", "sft run")
     assert not (tmp_path / "run" / "eval").exists()
+
+
+def test_a_key_cut_in_half_by_an_excerpt_is_still_scrubbed(tmp_path: Path, server: Any) -> None:
+    run = tmp_path / "run"
+    res = cli("synth", "generate", str(recipe(tmp_path, server.url("long-echo"))), "--run-dir", str(run))
+    assert res.returncode == 0, res.stderr[-2000:]
+    failed = [row["error"] for row in shard_rows(run) if row["error"]]
+    assert failed and all("key ***" in e for e in failed), failed[0]
+    no_secret_under(run, text=res.stdout + res.stderr)
+    assert not any(SECRET[:8] in e for e in failed)  # not even its first characters
+
+
+def test_command_line_mistakes_are_one_line() -> None:
+    for args, says in [
+        (["generate", "--bogus"], "No such option: --bogus"),
+        (["generate", "r.yaml", "--limit", "abc"], "--limit"),
+        (["nosuch"], "No such command"),
+    ]:
+        fails_with(run_cli("synth", *args), says, "--help")
+    fails_with(run_cli("sft", "run"), "Missing argument")
+
+
+def test_a_second_generate_on_the_same_run_is_refused(tmp_path: Path, server: Any) -> None:
+    from filelock import FileLock
+
+    r = recipe(tmp_path, server.url("ok"))
+    run = tmp_path / "run"
+    (run / "generations").mkdir(parents=True)
+    with FileLock(run / "generations" / ".generate.lock"):  # as a running `synth generate` holds it
+        fails_with(cli("synth", "generate", str(r), "--run-dir", str(run)), "another `synth generate`")
+    assert cli("synth", "generate", str(r), "--run-dir", str(run)).returncode == 0
+
+
+def test_kept_parquet_of_foreign_types_is_named_by_sft_run(tmp_path: Path, server: Any) -> None:
+    r = recipe(tmp_path, server.url("ok"))
+    kept = tmp_path / "run" / "curated" / "kept.parquet"
+    kept.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"prompt": [1], "completion": [2], "teacher_prompt": [3]}), kept)
+    fails_with(cli("sft", "run", str(r), "--run-dir", str(tmp_path / "run")), str(kept), "other types")
+
+
+def test_bad_thread_count_in_the_environment(tmp_path: Path, server: Any) -> None:
+    r = recipe(tmp_path, server.url("ok"))
+    res = cli("synth", "generate", str(r), "--run-dir", str(tmp_path / "run"), env={"DISTILLERY_THREADS": "abc"})
+    fails_with(res, "DISTILLERY_THREADS")

@@ -23,7 +23,7 @@ from synth.engines.base import Engine, ProgressFn, SamplingParams
 from synth.errors import UserError
 from synth.recipe import OpenAISettings
 from synth.records import Completion, Messages, TokenLogprob
-from synth.redact import register_secret, scrub
+from synth.redact import excerpt, register_secret, scrub
 
 RETRY_STATUS = {408, 409, 425, 429}
 # Finish reasons that mean the answer ended normally (or at max_tokens); any other one
@@ -62,6 +62,11 @@ class OpenAIEngine(Engine):
         self.base_url = settings.base_url.rstrip("/")
         key = os.environ.get(settings.api_key_env)
         register_secret(key)
+        if key and not key.isascii():  # an HTTP header carries ASCII only
+            raise UserError(
+                f"the API key in ${settings.api_key_env} holds characters that are not ASCII",
+                f"copy the key again into {settings.api_key_env}; keys are plain ASCII",
+            )
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._max_n: int | None = None  # set to 1 once the server refuses n > 1
         self._preflight()
@@ -86,13 +91,14 @@ class OpenAIEngine(Engine):
                 f"{self.field}.base_url usually ends in /v1, e.g. http://127.0.0.1:8000/v1",
             )
         try:
-            listed = [m.get("id") for m in r.json().get("data") or [] if isinstance(m, dict)]
-        except (ValueError, AttributeError):
+            data = r.json().get("data")
+            listed = [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else None
+        except (ValueError, AttributeError, RecursionError):
             listed = None
         if r.status_code != 200 or listed is None:
             raise UserError(
                 f"{self.base_url}/models answered HTTP {r.status_code} with "
-                f"{'a body that is not a model list' if r.status_code == 200 else scrub(r.text[:120])!r}: "
+                f"{'a body that is not a model list' if r.status_code == 200 else excerpt(r.text, 120)!r}: "
                 "this is not an OpenAI-compatible server",
                 f"set {self.field}.base_url to the server's API root (vLLM, llama.cpp: http://HOST:PORT/v1)",
             )
@@ -198,13 +204,13 @@ class OpenAIEngine(Engine):
                     if r.status_code == 200:
                         try:
                             return r.json()
-                        except ValueError:
+                        except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
                             last = "the server answered 200 with a body that is not JSON"
                     elif r.status_code in RETRY_STATUS or r.status_code >= 500:
-                        last = f"HTTP {r.status_code}: {r.text[:200]}"
+                        last = f"HTTP {r.status_code}: {excerpt(r.text, 200)}"
                         delay = _retry_after(r)
                     else:
-                        raise RequestFailed(f"HTTP {r.status_code}: {r.text[:300]}", r.status_code)
+                        raise RequestFailed(f"HTTP {r.status_code}: {excerpt(r.text, 300)}", r.status_code)
             if attempt < s.max_retries:
                 backoff = s.backoff_s * (2**attempt) * (0.5 + random.random())
                 await asyncio.sleep(delay if delay is not None else backoff)

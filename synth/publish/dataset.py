@@ -29,6 +29,7 @@ from synth.publish import cards
 from synth.publish.config import What
 from synth.publish.hub import authenticated_api, check_repo_id, hub_errors, import_hub
 from synth.recipe import Recipe
+from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA
 from synth.shards import ShardSet
 
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # datasets' default max_shard_size
@@ -69,9 +70,9 @@ def _dataset(name: str, paths: list[Path]) -> Any:
     if name == "generations":
         table = ShardSet(paths[0].parent).table()
     else:
-        table = pa.concat_tables(
-            [read_parquet(p, f"the {name} set", require=["id", "prompt", "completion"]) for p in paths]
-        )
+        schema = KEPT_SCHEMA if name == "curated" else REJECTED_SCHEMA
+        need = ["id", "prompt", "completion"]
+        table = pa.concat_tables([read_parquet(p, f"the {name} set", require=need, schema=schema) for p in paths])
     return datasets.Dataset(table)
 
 

@@ -35,6 +35,13 @@ def check_repo_id(repo_id: str | None, what: str) -> str:
     return repo_id
 
 
+# huggingface_hub's http client raises these by name; the last three mean HF_ENDPOINT is not a URL
+NETWORK_ERRORS = (
+    *("ConnectError", "Timeout", "TimeoutException", "TransportError", "NetworkError"),
+    *("UnsupportedProtocol", "InvalidURL", "LocalProtocolError"),
+)
+
+
 @contextmanager
 def hub_errors(endpoint: str, doing: str) -> Iterator[None]:
     """Turn every way a Hub call can fail into one line naming the Hub URL, the step and what to do.
@@ -67,7 +74,7 @@ def hub_errors(endpoint: str, doing: str) -> Iterator[None]:
         # huggingface_hub 2.x raises its http client's transport errors as they are, and a non-Hub
         # server's HTML as a JSON decoding error.
         name = type(exc).__name__
-        network = name.endswith(("ConnectError", "Timeout", "TimeoutException", "TransportError", "NetworkError"))
+        network = name.endswith(NETWORK_ERRORS)
         if isinstance(exc, OSError) and not network and getattr(exc, "errno", None) is not None:
             raise  # a local file problem: the CLI reports it with its path
         if network or isinstance(exc, OSError):

@@ -65,8 +65,12 @@ def _curated(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
     if not (cur / "kept.parquet").exists():
         raise UserError(f"no curated set in {cur}", "run `synth curate` with the same recipe first")
     hint = "run `synth curate` again to rewrite it"
-    kept = read_parquet(cur / "kept.parquet", "the curated set", hint=hint, require=KEPT_SCHEMA.names).to_pylist()
-    rejected = read_parquet(cur / "rejected.parquet", "the rejected set", hint=hint, require=["id"]).to_pylist()
+    kept = read_parquet(
+        cur / "kept.parquet", "the curated set", hint=hint, require=KEPT_SCHEMA.names, schema=KEPT_SCHEMA
+    ).to_pylist()
+    rejected = read_parquet(
+        cur / "rejected.parquet", "the rejected set", hint=hint, require=["id"], schema=REJECTED_SCHEMA
+    ).to_pylist()
     for row in kept:
         row["completion"] = layout.completion_text(row)
     return kept, rejected
