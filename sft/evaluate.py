@@ -39,8 +39,9 @@ from synth.errors import UserError
 from synth.generate import progress_bar
 from synth.models import loading_model, resolve_model
 from synth.prompts import load_prompts
-from synth.recipe import PromptsSpec, Recipe
+from synth.recipe import Recipe
 from synth.records import Messages, PromptItem
+from synth.specs import PromptsSpec
 
 
 @dataclass

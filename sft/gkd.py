@@ -7,6 +7,12 @@ each row's `teacher_prompt`, and a `compute_loss` that builds the teacher's sequ
 *teacher prompt + the student sequence's completion tokens* and compares the two models' logits at
 the positions that predict those same tokens. Everything else (on-policy sampling with `lmbda`,
 `seq_kd`, the generalized JSD with `beta`) is TRL's.
+
+Why not TRL 1.16's `SDFTTrainer`, which also trains a model against its own weights seeing a
+privileged context: it is on-policy only (every completion is sampled from the student), and it
+builds the teacher's prompt by formatting a `privileged_context` column into the user's prompt with
+a template. Distillery's teacher view is a system message, and GKD's `lmbda < 1` also trains on the
+curated teacher completions; neither fits SDFT without changing what the teacher reads.
 """
 
 from __future__ import annotations
@@ -72,5 +78,9 @@ class SelfDistillGKDTrainer(GKDTrainer):
         s = student.logits[rows_s, pos_s].unsqueeze(0)
         t = teacher_logits[rows_t, pos_t].unsqueeze(0)
         labels = torch.zeros(s.shape[:2], dtype=torch.long, device=s.device)  # every pair counts: mean per token
-        loss = self.generalized_jsd_loss(student_logits=s, teacher_logits=t, labels=labels, beta=self.beta)
+        # num_items_in_batch: the completion tokens of the whole accumulated batch, so that gradient
+        # accumulation gives the same loss as one large batch (TRL's own compute_loss passes it too)
+        loss = self.generalized_jsd_loss(
+            student_logits=s, teacher_logits=t, labels=labels, beta=self.beta, num_items_in_batch=num_items_in_batch
+        )
         return (loss, student) if return_outputs else loss

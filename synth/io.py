@@ -55,6 +55,17 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
+def swap_in_folder(tmp: Path, final: Path) -> None:
+    """Replace the folder `final` by `tmp` with renames only, so `final` is never half-written."""
+    import shutil
+
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def sweep_temp_files(folder: Path) -> int:
     """Remove temp files left by a killed writer; return how many were removed."""
     removed = 0

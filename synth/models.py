@@ -9,13 +9,14 @@ a file lock makes concurrent first runs (tests, several workers) convert it only
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock
 
 from synth.errors import UserError, first_line
 
@@ -44,17 +45,6 @@ def embedded_gguf() -> Path:
     return path
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantise a GGUF into a safetensors folder (model + tokenizer), atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -80,7 +70,9 @@ def embedded_model_dir() -> Path:
     if (out / "config.json").is_file():
         return out
     gguf = embedded_gguf()
-    with _file_lock(cache_dir() / "models" / ".convert.lock"):
+    lock = cache_dir() / "models" / ".convert.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock):  # one process converts; the others wait and find it done
         if not (out / "config.json").is_file():
             convert_gguf(gguf, out)
     return out

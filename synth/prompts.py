@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from synth.errors import UserError, first_line
-from synth.recipe import PromptsSpec, TeacherSpec
 from synth.records import Messages, PromptItem, prompt_id_for
+from synth.specs import PromptsSpec, TeacherSpec
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 ROLES = ("system", "user", "assistant")

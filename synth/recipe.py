@@ -19,12 +19,12 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from sft.config import EvalSpec, TrainSpec
 from synth.curate.config import CurateSpec
 from synth.errors import UserError
 from synth.publish.config import PublishSpec
 from synth.review.config import ReviewSpec
 from synth.specs import (
+    EvalSpec,
     GenerateSpec,
     ModelSpec,
     OpenAISettings,
@@ -32,6 +32,7 @@ from synth.specs import (
     RuntimeSpec,
     Strict,
     TeacherSpec,
+    TrainSpec,
     VLLMSettings,
 )
 
@@ -55,7 +56,6 @@ class Recipe(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
-    recipe_hash: str | None = Field(None, description="written into recipe.resolved.yaml; ignored on load")
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
@@ -69,7 +69,7 @@ class Recipe(Strict):
 
     def content_hash(self) -> str:
         """Hash of everything the recipe says (not where it was read from)."""
-        data = self.model_dump(mode="json", exclude={"recipe_hash"})
+        data = self.model_dump(mode="json")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -281,7 +281,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             "start from recipes/concise-answers.yaml",
         )
     data = apply_overrides(data, overrides or [])
-    data.pop("recipe_hash", None)
+    data.pop("recipe_hash", None)  # a recipe.resolved.yaml loads as a recipe; its hash is recomputed
     overridden = {tuple(parse_override(o)[0]): o for o in overrides or []}
     try:
         return Recipe.model_validate(data)
@@ -294,7 +294,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def dump_resolved(recipe: Recipe, path: Path) -> str:
     """Write the recipe after overrides, with its hash, next to a run's outputs; return the hash."""
     digest = recipe.content_hash()
-    data = {"recipe_hash": digest, **recipe.model_dump(mode="json", exclude={"recipe_hash"})}
+    data = {"recipe_hash": digest, **recipe.model_dump(mode="json")}
     from synth.io import atomic_write_text
     from synth.redact import redact
 

@@ -7,7 +7,7 @@ import os
 import warnings
 
 from synth.errors import UserError
-from synth.recipe import RuntimeSpec
+from synth.specs import RuntimeSpec
 
 
 def check_device(device: str) -> str:

@@ -211,6 +211,10 @@ class SelectSpec(Strict):
     min_score: float | None = Field(None, description="threshold: keep rows whose score is at least this")
 
 
+# Check types whose verdicts carry a score that can rank rows (dedup keeper, best-of-n, review)
+SCORED = {"language", "relevance", "regex", "json_schema", "exact_match", "python", "llm_judge", "reward_model"}
+
+
 class CurateSpec(Strict):
     """The `curate:` section."""
 
@@ -219,6 +223,13 @@ class CurateSpec(Strict):
         None, description="name of the check whose score ranks rows (dedup keeper, best-of-n); default: the last scored"
     )
     select: SelectSpec = Field(default_factory=SelectSpec)
+
+    def ranking_check(self) -> str | None:
+        """The check whose score ranks rows: `score` when set, else the last scored check."""
+        if self.score:
+            return self.score
+        scored = [c.label for c in self.checks if c.type in SCORED]
+        return scored[-1] if scored else None
 
     @model_validator(mode="after")
     def _names(self) -> CurateSpec:

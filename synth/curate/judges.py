@@ -86,7 +86,6 @@ class LLMJudge(RowCheck):
                     f"curate check {self.name!r}: template field {{{key}}} is unknown; "
                     "use {instruction}, {response}, {scale}, {rubric}"
                 )
-        self.raw: dict[str, str] = {}
 
     def _ask(self, rows: list[Row], temperature: float, seed: int) -> list[str]:
         params = SamplingParams(n=1, temperature=temperature, max_new_tokens=self.spec.max_new_tokens, seed=seed)

@@ -47,6 +47,7 @@ from synth.curate.report import CheckStats, write_reports
 from synth.curate.verifiers import ExactMatchVerifier, JsonSchemaVerifier, PythonVerifier, RegexVerifier
 from synth.curate.word_count import WordCountFilter
 from synth.errors import UserError
+from synth.io import swap_in_folder
 from synth.recipe import Recipe, dump_resolved
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA
 from synth.shards import ShardSet
@@ -70,7 +71,6 @@ ROW_CHECKS: dict[str, type[RowCheck]] = {
     "reward_model": RewardModelJudge,
 }
 GROUP_CHECKS: dict[str, type[GroupCheck]] = {"exact_dedup": ExactDedup, "near_dedup": NearDedup}
-SCORED = {"language", "relevance", "regex", "json_schema", "exact_match", "python", "llm_judge", "reward_model"}
 
 
 @dataclass
@@ -91,13 +91,6 @@ class CurateSummary:
         return self.rows_in / self.seconds if self.seconds > 0 else 0.0
 
 
-def _ranking_score(spec_checks: list[Any], chosen: str | None) -> str | None:
-    if chosen:
-        return chosen
-    scored = [c.label for c in spec_checks if c.type in SCORED]
-    return scored[-1] if scored else None
-
-
 def _verdict_dict(name: str, v: Verdict) -> dict[str, Any]:
     return {"name": name, "passed": v.passed, "score": v.score, "reason": v.reason}
 
@@ -110,7 +103,7 @@ class Curator:
         self.spec = spec
         self.row_checks = [ROW_CHECKS[c.type](c) for c in spec.checks if c.type in ROW_CHECKS]
         self.group_checks = [GROUP_CHECKS[c.type](c) for c in spec.checks if c.type in GROUP_CHECKS]
-        self.score_name = _ranking_score(spec.checks, spec.score)
+        self.score_name = spec.ranking_check()
         self.stats: dict[str, CheckStats] = {"generate": CheckStats("generate", "generate")}
         for c in spec.checks:
             self.stats[c.label] = CheckStats(c.label, c.type)
@@ -218,15 +211,6 @@ class Curator:
             c.close()
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace `final` by `tmp` with renames only, so `final` is never half-written."""
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run_curate(
     recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None, console: Console | None = None
 ) -> CurateSummary:
@@ -271,7 +255,7 @@ def run_curate(
         shutil.rmtree(work)
         dump_resolved(recipe, tmp / "recipe.resolved.yaml")
         write_reports(tmp, summary, curator)
-        _swap_in(tmp, run_dir / "curated")
+        swap_in_folder(tmp, run_dir / "curated")
     finally:
         curator.close()
         shutil.rmtree(tmp, ignore_errors=True)

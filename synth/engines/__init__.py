@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from synth.engines.base import Engine, SamplingParams
-from synth.recipe import Recipe, TeacherSpec
+from synth.recipe import Recipe
+from synth.specs import TeacherSpec
 
 __all__ = ["Engine", "SamplingParams", "build_engine", "build_engine_for", "sampling_params", "teacher_provenance"]
 

@@ -21,9 +21,9 @@ import httpx
 
 from synth.engines.base import Engine, ProgressFn, SamplingParams
 from synth.errors import UserError
-from synth.recipe import OpenAISettings
 from synth.records import Completion, Messages, TokenLogprob
 from synth.redact import excerpt, register_secret, scrub
+from synth.specs import OpenAISettings
 
 RETRY_STATUS = {408, 409, 425, 429}
 # Finish reasons that mean the answer ended normally (or at max_tokens); any other one

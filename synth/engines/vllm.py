@@ -11,8 +11,8 @@ from typing import Any
 
 from synth.engines.base import Engine, ProgressFn, SamplingParams
 from synth.errors import UserError
-from synth.recipe import VLLMSettings
 from synth.records import Completion, Messages, TokenLogprob
+from synth.specs import VLLMSettings
 
 
 class VLLMEngine(Engine):

@@ -39,7 +39,7 @@ def metadata_name(check: str) -> str:
 
 def scored_checks(curate: CurateSpec) -> list[tuple[str, str, Any]]:
     """(name, type, spec) of every check that gives rows a score."""
-    from synth.curate.stage import SCORED
+    from synth.curate.config import SCORED
 
     return [(c.label, c.type, c) for c in curate.checks if c.type in SCORED]
 

@@ -24,9 +24,8 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from synth import __version__
-from synth.curate.stage import _ranking_score, _swap_in
 from synth.errors import UserError
-from synth.io import atomic_write_parquet, atomic_write_text, read_parquet
+from synth.io import atomic_write_parquet, atomic_write_text, read_parquet, swap_in_folder
 from synth.recipe import Recipe
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA
 from synth.review import layout
@@ -140,7 +139,7 @@ def run_push(
     if not rows:
         raise UserError(f"nothing to push: {run_dir / 'curated'} has no kept rows", "check the curate report")
     with_teacher_prompt = any(r["teacher_prompt"] != r["prompt"] for r in kept + rejected)
-    ranking = _ranking_score(recipe.curate.checks, recipe.curate.score)
+    ranking = recipe.curate.ranking_check()
     rg = import_argilla()
     try:
         ws = workspace_for(client, workspace or spec.workspace)
@@ -221,7 +220,7 @@ def _write_curated(run_dir: Path, kept: list[dict[str, Any]], rejected: list[dic
     for row in rejected:
         row.pop("score", None)
     pq.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), tmp / "rejected.parquet")
-    _swap_in(tmp, cur)
+    swap_in_folder(tmp, cur)
 
 
 def run_pull(recipe: Recipe, run_dir: Path, console: Console | None = None) -> ReviewSummary:
@@ -239,7 +238,7 @@ def run_pull(recipe: Recipe, run_dir: Path, console: Console | None = None) -> R
     decisions = combine(responses)
     known = {r["id"] for r in kept + rejected}
     unknown = sorted(set(decisions) - known)
-    applied = apply(kept, rejected, decisions, _ranking_score(recipe.curate.checks, recipe.curate.score))
+    applied = apply(kept, rejected, decisions, recipe.curate.ranking_check())
     counts = {
         "responses": len(responses),
         "reviewed_rows": len(decisions) - len(unknown),
