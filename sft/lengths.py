@@ -43,6 +43,16 @@ def _ids(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool
     return list(out["input_ids"])
 
 
+def _upper_bound(tokenizer: Any, messages: list[dict[str, Any]], overheads: dict[tuple[str, ...], int]) -> int:
+    """At least as many tokens as the templated conversation has: the template's own tokens for these
+    roles (computed once per role sequence) plus one per UTF-8 byte of content, since a byte-level
+    tokenizer never spends more than one token on a byte."""
+    roles = tuple(m["role"] for m in messages)
+    if roles not in overheads:
+        overheads[roles] = len(_ids(tokenizer, [{"role": r, "content": ""} for r in roles]))
+    return overheads[roles] + sum(len(m["content"].encode("utf-8")) for m in messages)
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -71,8 +81,12 @@ def length_report(
     keep_end = args.get("truncation_mode") == "keep_end"
     masked_drop = args.get("completion_only_loss") is not False
     longer, dropped, prompts, completions, longest = 0, [], [], [], 0
+    overheads: dict[tuple[str, ...], int] = {}
     for i, row in enumerate(ds.select_columns(["prompt", "completion"])):
-        full = _ids(tokenizer, row["prompt"] + row["completion"])
+        messages = row["prompt"] + row["completion"]
+        if _upper_bound(tokenizer, messages, overheads) <= max_length:
+            continue  # cannot be too long: no need to tokenize it (most rows, on a big set)
+        full = _ids(tokenizer, messages)
         longest = max(longest, len(full))
         if len(full) <= max_length:
             continue

@@ -70,20 +70,22 @@ def _say(text: str) -> None:
 
 
 def _kept(run_dir: Path) -> Any:
-    """The curated set as a `datasets.Dataset`; a damaged, foreign or empty file is a UserError naming it."""
+    """The curated set as a memory-mapped `datasets.Dataset`; a damaged, foreign or empty file is a
+    UserError naming it (checked with pyarrow first: `datasets` would fail with a traceback)."""
     import datasets
 
     path = run_dir / "curated" / "kept.parquet"
     if not path.is_file():
         raise UserError(f"no curated set at {path}", "run `synth curate` with the same recipe first")
     hint = "run `synth curate` again to rewrite it"
-    table = read_parquet(path, "the curated set", ["prompt", "completion", "teacher_prompt"], hint, schema=KEPT_SCHEMA)
-    if table.num_rows == 0:
+    columns = ["prompt", "completion", "teacher_prompt"]
+    rows = read_parquet(path, "the curated set", columns, hint, schema=KEPT_SCHEMA).num_rows
+    if rows == 0:  # `datasets` cannot load an empty parquet file
         raise UserError(
             f"{path} holds no rows: curate rejected everything",
             "see curated/report.md for why, and loosen the curate checks",
         )
-    return datasets.Dataset(table)
+    return datasets.load_dataset("parquet", data_files=str(path), split="train")
 
 
 def _lora_config(recipe: Recipe, model: Any) -> Any:

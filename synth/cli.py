@@ -70,7 +70,8 @@ def generate(
         Console().print(summary_table(summary))
         if summary.all_failed:
             raise UserError(
-                f"every one of the {summary.rows_written} rows written failed; the first error: {summary.first_error}",
+                f"every one of the {summary.engine_rows} rows asked of the teacher failed; the first error: "
+                f"{summary.first_error}",
                 "fix the cause (the server's URL, the model name, the key), then run the same command "
                 "with --retry-failed; the failed rows are kept with their reasons",
             )

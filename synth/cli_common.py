@@ -27,8 +27,6 @@ OVERRIDES_HELP = (
 
 def run_dir_for(recipe: Recipe, run_dir: Path | None) -> Path:
     """`runs/RECIPE_NAME` under the working folder unless --run-dir says otherwise."""
-    if run_dir is not None and str(run_dir).strip() in ("", "."):
-        raise UserError("--run-dir is empty", "give a folder for the run, e.g. --run-dir runs/my-run")
     path = run_dir if run_dir is not None else Path("runs") / recipe.name
     for p in (path, *path.parents):
         if p.exists() and not p.is_dir():
@@ -102,10 +100,11 @@ def _internal_error(exc: BaseException) -> NoReturn:
     import traceback
 
     trace = scrub("".join(traceback.format_exception(exc))) or ""
-    log = Path(tempfile.gettempdir()) / f"distillery-error-{os.getpid()}.log"
     try:
-        log.write_text(trace, encoding="utf-8")
-        where = f"details in {log}"
+        fd, name = tempfile.mkstemp(prefix="distillery-error-", suffix=".log")  # never follows a planted link
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(trace)
+        where = f"details in {name}"
     except OSError:
         where = "no details could be written"
     first = first_line(exc)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -55,6 +56,8 @@ class GenerateSummary:
     rows_written: int = 0
     rows_total: int = 0
     failures: int = 0
+    engine_rows: int = 0  # rows of prompts sent to the engine (not rejected up front as empty or too long)
+    engine_failures: int = 0
     first_error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -63,8 +66,12 @@ class GenerateSummary:
 
     @property
     def all_failed(self) -> bool:
-        """Every row written by this run failed: a setup problem (wrong URL, model name), not bad luck."""
-        return self.rows_written > 0 and self.failures == self.rows_written
+        """Every row the engine was asked for failed: a setup problem (wrong URL, model name), not bad luck.
+
+        Prompts rejected before generation (empty, too long) do not count: they are the data's problem,
+        reported in the summary, and no server setting would fix them.
+        """
+        return self.engine_rows > 0 and self.engine_failures == self.engine_rows
 
     @property
     def tokens_per_s(self) -> float:
@@ -89,18 +96,18 @@ def scan_shards(gen_dir: Path, console: Console | None = None) -> list[dict[str,
     shard_set = ShardSet(gen_dir)
     if console is not None and (warning := shard_set.warning()):
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    columns = ["prompt_id", "error", "completion_tokens", "teacher", "prompt", "teacher_prompt"]
-    for path, t in shard_set.tables(columns):
+    for path, t in shard_set.tables(["prompt_id", "error", "completion_tokens"]):
+        first = shard_set.first_row(path, ["teacher", "prompt", "teacher_prompt"]) or {}
         shards.append(
             {
                 "file": path.name,
                 "rows": t.num_rows,
                 "prompt_ids": set(t.column("prompt_id").to_pylist()),
-                "failures": sum(e is not None for e in t.column("error").to_pylist()),
-                "completion_tokens": sum(x or 0 for x in t.column("completion_tokens").to_pylist()),
-                "teacher": t.column("teacher")[0].as_py() if t.num_rows else None,
-                "prompt": t.column("prompt")[0].as_py() if t.num_rows else None,
-                "teacher_prompt": t.column("teacher_prompt")[0].as_py() if t.num_rows else None,
+                "failures": t.num_rows - t.column("error").null_count,
+                "completion_tokens": pc.sum(t.column("completion_tokens")).as_py() or 0,
+                "teacher": first.get("teacher"),
+                "prompt": first.get("prompt"),
+                "teacher_prompt": first.get("teacher_prompt"),
             }
         )
     return shards
@@ -154,15 +161,18 @@ def teacher_context(recipe: Recipe) -> dict[str, Any]:
 def _check_same_context(shards: list[dict[str, Any]], recipe: Recipe, gen_dir: Path) -> None:
     """Refuse to mix rows generated with another teacher context (system prompts) in one run folder.
 
-    Two sources agree on it: the manifest's record of the context, and the rows themselves (the
-    stored teacher view must be what the current recipe builds from the stored student view), so a
-    run killed before its first manifest is covered too.
+    Two sources: the manifest's record of the context (written before the first new shard of every
+    run), and the rows themselves (the stored teacher view must be what the current
+    `teacher.system_prompt` builds from the stored student view). A `prompts.system_prompt` change
+    in a folder whose manifest predates this record cannot be seen in the rows.
     """
     now = teacher_context(recipe)
     hint = "use another --run-dir, or delete that generations folder to start over"
     try:
         before = json.loads((gen_dir / MANIFEST).read_text(encoding="utf-8")).get("context") or {}
     except (OSError, ValueError, AttributeError):
+        before = {}
+    if not shards or not isinstance(before, dict):  # a manifest left behind with no rows binds nothing
         before = {}
     for key, value in before.items():
         if key in now and now[key] != value:
@@ -172,9 +182,9 @@ def _check_same_context(shards: list[dict[str, Any]], recipe: Recipe, gen_dir: P
             )
     for s in shards:
         if s["prompt"] is not None and teacher_view(s["prompt"], recipe.teacher) != s["teacher_prompt"]:
+            seen = json.dumps((s["teacher_prompt"] or [{}])[0], ensure_ascii=False)[:160]
             raise UserError(
-                f"{gen_dir / s['file']} holds rows whose teacher saw another context "
-                f"({json.dumps(s['teacher_prompt'][0], ensure_ascii=False)[:160]}) "
+                f"{gen_dir / s['file']} holds rows whose teacher saw another context ({seen}) "
                 "than teacher.system_prompt gives now",
                 hint,
             )
@@ -186,8 +196,6 @@ def drop_failed_prompts(gen_dir: Path) -> int:
     Each shard is rewritten atomically without those prompts (or deleted when nothing is left). A
     crash half-way leaves some prompts missing, never a prompt twice, and a re-run fills them in.
     """
-    import pyarrow.compute as pc
-
     dropped: set[str] = set()
     for path in ShardSet(gen_dir).paths:
         table = read_parquet(path, "a generation shard", SCHEMA.names)
@@ -274,6 +282,8 @@ def _run_generate(
     teacher = engine.provenance(params) if engine else teacher_provenance(recipe)
     _check_same_teacher(shards, teacher, gen_dir)
     _check_same_context(shards, recipe, gen_dir)
+    # the context is on disk before the first new shard, so a run killed at any point still binds it
+    write_manifest(gen_dir, recipe, recipe_hash, teacher, shards, len(items))
     retried = drop_failed_prompts(gen_dir) if retry_failed else 0
     if retried:
         shards = scan_shards(gen_dir)
@@ -340,7 +350,11 @@ def _generate_shards(
             summary.shards_written.append(name)
             summary.rows_written += len(rows)
             summary.failures += sum(r["error"] is not None for r in rows)
-            summary.first_error = summary.first_error or next((r["error"] for r in rows if r["error"]), None)
+            sent = {it.prompt_id for it in gen}
+            sent_rows = [r for r in rows if r["prompt_id"] in sent]
+            summary.engine_rows += len(sent_rows)
+            summary.engine_failures += sum(r["error"] is not None for r in sent_rows)
+            summary.first_error = summary.first_error or next((r["error"] for r in sent_rows if r["error"]), None)
             summary.prompt_tokens += sum(r["prompt_tokens"] or 0 for r in rows if r["sample_index"] == 0)
             summary.completion_tokens += sum(r["completion_tokens"] or 0 for r in rows)
 

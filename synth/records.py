@@ -89,7 +89,7 @@ class Completion:
     @classmethod
     def failed(cls, error: str) -> Completion:
         """A completion that could not be produced; the row keeps why."""
-        return cls(text="", finish_reason="error", error=error)
+        return cls(text="", finish_reason="error", error=scrub(error))  # reasons reach verdicts and reports
 
 
 @dataclass

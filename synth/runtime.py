@@ -47,12 +47,15 @@ def _env_threads() -> int:
 
 
 def configure(runtime: RuntimeSpec) -> None:
-    """Check `runtime.device`; thread count and quieter library logs, so the terminal shows our progress and errors."""
+    """Thread count and quieter library logs, so the terminal shows our progress and errors.
+
+    `runtime.device` is checked (`check_device`) where a local model loads, not here: a recipe that
+    names a GPU must still generate through a remote teacher on a laptop.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch
 
-    check_device(runtime.device)
     threads = runtime.threads or _env_threads()
     if threads:
         torch.set_num_threads(threads)

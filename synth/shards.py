@@ -10,7 +10,6 @@ is counted twice.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from synth.io import read_parquet
 from synth.records import SCHEMA
 
 SHARD_GLOB = "shard-*.parquet"
+FOREIGN_HINT = "it was not written by `synth generate` (or was edited); move it out of the generations folder"
 _INDEX = re.compile(r"^shard-(\d+)")
 _CANONICAL = re.compile(r"^shard-\d{5}\.parquet$")
 
@@ -30,6 +30,19 @@ def shard_index(name: str) -> int | None:
     """The number in `shard-00012.parquet`, or None for a file named otherwise (e.g. a copy)."""
     m = _INDEX.match(name)
     return int(m.group(1)) if m else None
+
+
+def _one_teacher(table: pa.Table, path: Path) -> dict[str, object] | None:
+    """The teacher all rows of one shard share (None for an empty shard), found in Arrow, not per row."""
+    column = table.column("teacher")
+    if column.null_count:
+        raise UserError(f"{path}: not a generation shard: rows without a teacher", FOREIGN_HINT)
+    if table.num_rows == 0:
+        return None
+    flat = table.select(["teacher"]).flatten().flatten()
+    if flat.group_by(flat.column_names).aggregate([]).num_rows > 1:
+        raise UserError(f"{path} mixes rows of several teachers or sampling settings", FOREIGN_HINT)
+    return column[0].as_py()
 
 
 class ShardSet:
@@ -44,18 +57,15 @@ class ShardSet:
         first_file: dict[str, str] = {}
         self.teacher: dict[str, object] | None = None  # the one teacher every shard's rows share
         teacher_file = ""
-        hint = "it was not written by `synth generate` (or was edited); move it out of the generations folder"
         for path in self.paths:
             head = self._read(path, ["id", "prompt_id", "teacher"])
             ids = head.column("id").to_pylist()
             if head.column("id").null_count or head.column("prompt_id").null_count:
-                raise UserError(f"{path}: not a generation shard: rows without an id or prompt_id", hint)
-            teachers = {json.dumps(t, sort_keys=True) for t in head.column("teacher").to_pylist()}
-            if "null" in teachers:
-                raise UserError(f"{path}: not a generation shard: rows without a teacher", hint)
-            if self.teacher is None and teachers:
-                self.teacher, teacher_file = json.loads(min(teachers)), path.name
-            if teachers - {json.dumps(self.teacher, sort_keys=True)}:
+                raise UserError(f"{path}: not a generation shard: rows without an id or prompt_id", FOREIGN_HINT)
+            teacher = _one_teacher(head, path)
+            if self.teacher is None and teacher is not None:
+                self.teacher, teacher_file = teacher, path.name
+            if teacher is not None and teacher != self.teacher:
                 raise UserError(
                     f"{path} holds rows of another teacher or other sampling settings than {teacher_file}",
                     "one run folder holds one teacher's rows: move that shard to its own run folder",
@@ -74,9 +84,17 @@ class ShardSet:
                 first_file.setdefault(i, path.name)
 
     def _read(self, path: Path, columns: list[str] | None) -> pa.Table:
-        hint = "it was not written by `synth generate`; move it out of the generations folder"
-        table = read_parquet(path, "a generation shard", columns or SCHEMA.names, hint, schema=SCHEMA)
+        table = read_parquet(path, "a generation shard", columns or SCHEMA.names, FOREIGN_HINT, schema=SCHEMA)
         return table.select(columns or SCHEMA.names)
+
+    def first_row(self, path: Path, columns: list[str]) -> dict[str, object] | None:
+        """The first row of one shard (only `columns`), read without loading the rest of the file."""
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1, columns=columns):
+            if batch.num_rows:
+                return batch.to_pylist()[0]
+        return None
 
     def tables(self, columns: list[str] | None = None) -> Iterator[tuple[Path, pa.Table]]:
         """Each shard's rows that no earlier shard holds, with `columns` (default: all, in SCHEMA order)."""
@@ -88,7 +106,9 @@ class ShardSet:
     def table(self, columns: list[str] | None = None) -> pa.Table:
         """All rows at once (each id once), for small runs and publishing."""
         parts = [t for _, t in self.tables(columns)]
-        return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+        if parts:
+            return pa.concat_tables(parts)
+        return pa.schema([SCHEMA.field(c) for c in columns or SCHEMA.names]).empty_table()
 
     def warning(self) -> str | None:
         """One line naming the files that repeat rows of other files, or None."""

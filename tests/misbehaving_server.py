@@ -60,6 +60,11 @@ def bad(mode: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, 
         for c in ans["choices"]:
             c["logprobs"] = {"content": [{"token": 5, "logprob": "high"}]}
         return 200, json.dumps(ans).encode(), as_json
+    if mode == "eos-token":  # TGI's word for a normal stop, before it followed OpenAI
+        ans = good(text, n)
+        for c in ans["choices"]:
+            c["finish_reason"] = "eos_token"
+        return 200, json.dumps(ans).encode(), as_json
     if mode == "content-filter":
         ans = good(text, n)
         for c in ans["choices"]:
@@ -99,8 +104,8 @@ class Handler(BaseHTTPRequestHandler):
         return parts[1], parts[3]
 
     def do_GET(self) -> None:
-        _, rest = self._mode()
-        if rest == "models":
+        mode, rest = self._mode()
+        if rest == "models" and mode != "no-models":  # no-models: a gateway without a model list
             self._send(200, json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode())
         else:
             self._send(404, b'{"error": "not found"}')

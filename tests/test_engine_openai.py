@@ -123,7 +123,9 @@ def test_gives_up_records_the_reason_then_retry_failed(tmp_path: Path, server: L
         )
     finally:
         proxy.stop()
-    assert res.returncode == 2 and "every one of the 6 rows written failed" in res.stderr, res.stderr  # kept, though
+    assert res.returncode == 2 and "every one of the 6 rows asked of the teacher failed" in res.stderr, (
+        res.stderr
+    )  # kept, though
     rows = shard_rows(tmp_path / "run")
     assert len(rows) == 6 and all(r["error"].startswith("gave up after 3 tries: HTTP 503") for r in rows)
     assert proxy.posts == 3 * 3  # three prompts, three tries each

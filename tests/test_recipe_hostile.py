@@ -117,8 +117,9 @@ def test_cli_refuses_a_sample_of_them_in_one_line(tmp_path: Path) -> None:
             + "name: bomb\n",
             "aliases",
         ),
+        ("name: a\nx: {[1]: 2}\n", "plain value"),
     ],
-    ids=["duplicate-key", "deep", "alias-bomb"],
+    ids=["duplicate-key", "deep", "alias-bomb", "unhashable-key"],
 )
 def test_hostile_yaml_is_refused_quickly(tmp_path: Path, text: str, says: str) -> None:
     path = tmp_path / "r.yaml"

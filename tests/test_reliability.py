@@ -434,3 +434,23 @@ def test_bad_thread_count_in_the_environment(tmp_path: Path, server: Any) -> Non
     r = recipe(tmp_path, server.url("ok"))
     res = cli("synth", "generate", str(r), "--run-dir", str(tmp_path / "run"), env={"DISTILLERY_THREADS": "abc"})
     fails_with(res, "DISTILLERY_THREADS")
+
+
+def test_other_servers_normal_answers_are_kept(tmp_path: Path, server: Any) -> None:
+    """A finish_reason Distillery does not know (TGI's eos_token) is a finished answer, and a gateway
+    without /models still generates: strictness must not turn good answers into failures."""
+    for mode in ("eos-token", "no-models"):
+        run = tmp_path / mode
+        res = cli("synth", "generate", str(recipe(tmp_path, server.url(mode))), "--run-dir", str(run))
+        assert res.returncode == 0, res.stderr[-2000:]
+        rows = shard_rows(run)
+        assert len(rows) == 8 and all(r["error"] is None for r in rows), [r["error"] for r in rows]
+    assert {r["finish_reason"] for r in shard_rows(tmp_path / "eos-token")} == {"stop", "eos_token"}
+
+
+def test_only_blank_prompts_is_not_a_server_failure(tmp_path: Path, server: Any) -> None:
+    r = recipe(tmp_path, server.url("ok"))
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": " "}, {"prompt": ""}])
+    res = cli("synth", "generate", str(r), "--run-dir", str(tmp_path / "run"))
+    assert res.returncode == 0 and "every one" not in res.stderr, res.stderr
+    assert {row["error"] for row in shard_rows(tmp_path / "run")} == {"empty prompt"}

@@ -26,16 +26,10 @@ class Decontaminate(RowCheck):
         for j, es in enumerate(self.spec.eval_sets):
             label = es.path or es.dataset or "?"
             source = PromptsSpec(path=es.path, dataset=es.dataset, split=es.split)
-            if es.path:  # name the eval set's own field, not prompts.path, when its file is missing
-                try:
-                    resolve_path(es.path, ctx.recipe_dir)
-                except UserError:
-                    raise UserError(
-                        f"{self.field(ctx)}.eval_sets.{j}.path: decontamination set {es.path} not found "
-                        "(relative paths start at the recipe's folder, then the working folder)",
-                        f"fix {self.field(ctx)}.eval_sets.{j}.path, or remove that eval set",
-                    ) from None
-            for where, row in iter_source(source, ctx.recipe_dir):
+            field = f"{self.field(ctx)}.eval_sets.{j}.path"  # errors name this field, not prompts.path
+            if es.path:
+                resolve_path(es.path, ctx.recipe_dir, field)
+            for where, row in iter_source(source, ctx.recipe_dir, field):
                 for col in es.columns:
                     if col not in row:
                         raise UserError(f"{where}: eval set has no column {col!r}; columns: {', '.join(row)}")

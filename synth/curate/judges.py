@@ -122,11 +122,11 @@ class RewardModelJudge(RowCheck):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from synth.engines.hf import pick_device
         from synth.models import resolve_model
+        from synth.runtime import check_device
 
         path, _ = resolve_model(self.spec.path)
-        self.device = pick_device(ctx.recipe.runtime.device)
+        self.device = check_device(ctx.recipe.runtime.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()

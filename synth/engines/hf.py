@@ -17,15 +17,7 @@ from synth.engines.base import Engine, ProgressFn, SamplingParams
 from synth.errors import UserError
 from synth.models import loading_model
 from synth.records import Completion, Messages, TokenLogprob
-
-
-def pick_device(device: str) -> str:
-    """'auto' means the GPU when there is one."""
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
+from synth.runtime import check_device
 
 
 def pick_dtype(dtype: str, device: str) -> torch.dtype:
@@ -55,7 +47,7 @@ class TransformersEngine(Engine):
         super().__init__(model_id, revision)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = pick_device(device)
+        self.device = check_device(device)
         with loading_model(field, model_id):
             self.tokenizer = AutoTokenizer.from_pretrained(load_path, revision=revision)
             self.model = AutoModelForCausalLM.from_pretrained(

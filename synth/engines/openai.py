@@ -15,6 +15,7 @@ import hashlib
 import os
 import random
 import re
+import time
 from typing import Any
 
 import httpx
@@ -26,9 +27,10 @@ from synth.redact import excerpt, register_secret, scrub
 from synth.specs import OpenAISettings
 
 RETRY_STATUS = {408, 409, 425, 429}
-# Finish reasons that mean the answer ended normally (or at max_tokens); any other one
-# (content_filter, abort, error, ...) is stored as the row's error so `--retry-failed` sees it.
-FINISHED = {"stop", "length", "eos", "end_turn", "stop_sequence", "tool_calls", "function_call"}
+# Finish reasons that mean the server did not finish the answer: stored as the row's error, so that
+# `--retry-failed` sees it. Any other value (stop, length, TGI's eos_token, a provider's own word)
+# is a finished answer and kept as the row's finish_reason.
+NOT_FINISHED = {"content_filter", "error", "abort", "aborted", "cancelled", "canceled", "timeout"}
 
 
 class RequestFailed(Exception):
@@ -72,24 +74,27 @@ class OpenAIEngine(Engine):
         self._preflight()
 
     def _preflight(self) -> None:
-        """Fail before any work when the server is unreachable or refuses the key."""
-        try:
-            r = httpx.get(f"{self.base_url}/models", headers=self._headers, timeout=10)
-        except httpx.HTTPError as exc:
-            raise UserError(
-                f"cannot reach the OpenAI-compatible server at {self.base_url} ({type(exc).__name__})",
-                f"start the server, or set {self.field}.base_url=http://HOST:PORT/v1",
-            ) from None
+        """Fail before any work when the server is unreachable, refuses the key, is not an
+        OpenAI-compatible API at this URL, or does not serve the model.
+
+        A server still loading its model (5xx, e.g. llama-server's 503) is waited for with the
+        request retries and backoff. A 404 on `/models` alone is not proof: some gateways have no
+        model list, so one tiny chat request decides.
+        """
+        r = self._get_models()
         if r.status_code in (401, 403):
             raise UserError(
                 f"the server at {self.base_url} refused the API key (HTTP {r.status_code})",
                 f"put a valid key in the environment variable {self.settings.api_key_env}",
             )
         if r.status_code == 404:
-            raise UserError(
-                f"{self.base_url}/models answered 404: {self.base_url} is not the root of an OpenAI-compatible API",
-                f"{self.field}.base_url usually ends in /v1, e.g. http://127.0.0.1:8000/v1",
-            )
+            if self._chat_probe_status() == 404:
+                raise UserError(
+                    f"{self.base_url} is not the root of an OpenAI-compatible API (404 on /models and "
+                    "/chat/completions)",
+                    f"{self.field}.base_url usually ends in /v1, e.g. http://127.0.0.1:8000/v1",
+                )
+            return  # a gateway without a model list: the real requests report their own errors
         try:
             data = r.json().get("data")
             listed = [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else None
@@ -99,24 +104,46 @@ class OpenAIEngine(Engine):
             raise UserError(
                 f"{self.base_url}/models answered HTTP {r.status_code} with "
                 f"{'a body that is not a model list' if r.status_code == 200 else excerpt(r.text, 120)!r}: "
-                "this is not an OpenAI-compatible server",
+                "this is not an OpenAI-compatible server, or it is not ready",
                 f"set {self.field}.base_url to the server's API root (vLLM, llama.cpp: http://HOST:PORT/v1)",
             )
         if listed and self.model_id not in listed:
             self._probe_model(listed)
 
+    def _get_models(self) -> httpx.Response:
+        """GET /models, waiting out 5xx answers (a server loading its model) with the retry settings."""
+        s = self.settings
+        for attempt in range(s.max_retries + 1):
+            try:
+                r = httpx.get(f"{self.base_url}/models", headers=self._headers, timeout=10)
+            except httpx.HTTPError as exc:
+                raise UserError(
+                    f"cannot reach the OpenAI-compatible server at {self.base_url} ({type(exc).__name__})",
+                    f"start the server, or set {self.field}.base_url=http://HOST:PORT/v1",
+                ) from None
+            if r.status_code < 500 or attempt == s.max_retries:
+                return r
+            time.sleep(min(s.backoff_s * (2**attempt), 30.0))
+        raise AssertionError("unreachable")
+
+    def _chat_probe_status(self) -> int | None:
+        """Status of a 1-token chat request (None when it cannot be sent)."""
+        body = {"model": self.model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        try:
+            return httpx.post(
+                f"{self.base_url}/chat/completions", json=body, headers=self._headers, timeout=60
+            ).status_code
+        except httpx.HTTPError:
+            return None
+
     def _probe_model(self, listed: list[str]) -> None:
         """A model name the server does not list: one 1-token request tells a typo from a server that
         answers to any name (llama.cpp), before any real work."""
-        body = {"model": self.model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-        try:
-            r = httpx.post(f"{self.base_url}/chat/completions", json=body, headers=self._headers, timeout=60)
-        except httpx.HTTPError:
-            return  # reachability was checked; the real requests will report their own errors
-        if r.status_code in (400, 404, 422):
+        status = self._chat_probe_status()
+        if status in (400, 404, 422):
             raise UserError(
                 f"the server at {self.base_url} does not serve the model {self.model_id!r} "
-                f"(HTTP {r.status_code}); it lists: {', '.join(map(str, listed[:10]))}",
+                f"(HTTP {status}); it lists: {', '.join(map(str, listed[:10]))}",
                 f"set {self.field}.model to one of those names",
             )
 
@@ -300,7 +327,7 @@ def to_completion(choice: Any, usage: dict[str, int | None], n_choices: int) -> 
         completion_tokens = None  # usage sums all choices; one choice's share is not knowable
     finish = choice.get("finish_reason") or "stop"
     finish = finish if isinstance(finish, str) else str(finish)
-    error = None if finish in FINISHED else f"the server ended the answer with finish_reason {finish!r}"
+    error = f"the server ended the answer with finish_reason {finish!r}" if finish.lower() in NOT_FINISHED else None
     return Completion(
         text=text or "",
         finish_reason=finish,

@@ -6,6 +6,7 @@ read it ourselves, so it cannot end up in a card, a log line or a file we write.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,7 +82,7 @@ def hub_errors(endpoint: str, doing: str) -> Iterator[None]:
             raise UserError(
                 f"cannot reach the Hub at {endpoint} while {doing} ({name})", "check HF_ENDPOINT and the network"
             ) from None
-        if isinstance(exc, ValueError | KeyError | TypeError):
+        if isinstance(exc, json.JSONDecodeError):  # a web page where the Hub's JSON API should be
             raise UserError(
                 f"{endpoint} does not answer like a Hugging Face Hub while {doing} ({name}: {str(exc)[:120]})",
                 "check HF_ENDPOINT (unset it for huggingface.co)",
