@@ -121,7 +121,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, json.dumps({"error": {"message": f"model {body.get('model')} not found"}}).encode())
             return
         text = " ".join(m["content"] for m in body.get("messages", []))
-        if mode == "ok" or ("BAD" not in text and mode != "fail-all"):
+        if mode in ("ok", "no-models") or ("BAD" not in text and mode != "fail-all"):
             self._send(200, json.dumps(good(text, int(body.get("n") or 1))).encode())
             return
         self._send(*bad("fail" if mode == "fail-all" else mode, body, dict(self.headers)))
