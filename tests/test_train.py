@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sft.train import run_train
 from synth.curate.stage import run_curate
@@ -87,6 +88,11 @@ def test_resume_continues_the_step_count(tmp_path: Path) -> None:
     assert first.steps == 2 and (run / "train/sft/checkpoint-2").is_dir()
     again = run_train(recipe(tmp_path, max_steps=4, save_steps=1), run, resume=True)
     assert again.steps == 4 and again.steps_run == 2
+    assert again.resumed_from is not None and again.resumed_from.endswith("checkpoint-2")
+    log = json.loads((run / "train/sft/log.json").read_text())
+    losses = {e["step"]: e["loss"] for e in log if "loss" in e}
+    # steps 1-2 come back from checkpoint-2's trainer state, exactly as the first run logged them
+    assert sorted(losses) == [1, 2, 3, 4] and [losses[1], losses[2]] == [first.first_loss, first.last_loss]
 
 
 @pytest.mark.slow
@@ -98,9 +104,12 @@ def test_gkd_teacher_reads_the_teacher_view(tmp_path: Path, monkeypatch: pytest.
 
     def spy(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = original(self, model, inputs, return_outputs, num_items_in_batch)
+        t_ids, t_mask, _ = self.teacher_batch(inputs)  # what compute_loss fed the teacher, and its mask
+        assert torch.equal(t_ids.cpu(), self.last_teacher_input_ids)
         for i in range(inputs["input_ids"].shape[0]):
             mask = inputs["labels"][i] != -100
-            seen.append((inputs["input_ids"][i][mask].tolist(), self.last_teacher_input_ids[i].tolist()))
+            real = int(t_mask[i].sum())  # the teacher's own tokens, without the batch's padding
+            seen.append((inputs["input_ids"][i][mask].tolist(), t_ids[i][:real].tolist()))
         return loss
 
     monkeypatch.setattr(gkd.SelfDistillGKDTrainer, "compute_loss", spy)
@@ -117,7 +126,7 @@ def test_gkd_teacher_reads_the_teacher_view(tmp_path: Path, monkeypatch: pytest.
         assert "<|im_start|>system\nAlways answer in French.<|im_end|>" in text
         start = text.index("<|im_start|>assistant\n") + len("<|im_start|>assistant\n")
         assert tok.decode(completion).strip() in text[start:]
-        assert teacher_ids[len(teacher_ids) - len(completion) :] == completion or tok.pad_token_id in teacher_ids
+        assert teacher_ids[len(teacher_ids) - len(completion) :] == completion  # the same completion tokens, last
 
 
 def test_bad_training_input_is_a_clear_error(tmp_path: Path) -> None:
