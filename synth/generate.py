@@ -41,6 +41,7 @@ from synth.records import SCHEMA, Completion, PromptItem, make_rows, rows_to_tab
 from synth.shards import ShardSet, shard_index
 
 MANIFEST = "_manifest.json"
+SEPARATE_RUN = "use another --run-dir, or delete that generations folder to start over"
 SCAN_ONLY = ("prompt_ids", "teacher", "prompt", "teacher_prompt")  # scan state, not manifest entries
 
 
@@ -97,7 +98,7 @@ def scan_shards(gen_dir: Path, console: Console | None = None) -> list[dict[str,
     if console is not None and (warning := shard_set.warning()):
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     for path, t in shard_set.tables(["prompt_id", "error", "completion_tokens"]):
-        first = shard_set.first_row(path, ["teacher", "prompt", "teacher_prompt"]) or {}
+        first = shard_set.first_row(path, ["prompt", "teacher_prompt"]) or {}
         shards.append(
             {
                 "file": path.name,
@@ -105,7 +106,7 @@ def scan_shards(gen_dir: Path, console: Console | None = None) -> list[dict[str,
                 "prompt_ids": set(t.column("prompt_id").to_pylist()),
                 "failures": t.num_rows - t.column("error").null_count,
                 "completion_tokens": pc.sum(t.column("completion_tokens")).as_py() or 0,
-                "teacher": first.get("teacher"),
+                "teacher": shard_set.teacher if t.num_rows else None,  # ShardSet refuses a second teacher
                 "prompt": first.get("prompt"),
                 "teacher_prompt": first.get("teacher_prompt"),
             }
@@ -146,7 +147,7 @@ def _check_same_teacher(shards: list[dict[str, Any]], teacher: dict[str, Any], g
             raise UserError(
                 f"{gen_dir} already holds rows from another teacher or other sampling settings "
                 f"({s['file']}: {json.dumps(s['teacher'])}; now: {json.dumps(teacher)})",
-                "use another --run-dir, or delete that generations folder to start over",
+                SEPARATE_RUN,
             )
 
 
@@ -167,7 +168,6 @@ def _check_same_context(shards: list[dict[str, Any]], recipe: Recipe, gen_dir: P
     in a folder whose manifest predates this record cannot be seen in the rows.
     """
     now = teacher_context(recipe)
-    hint = "use another --run-dir, or delete that generations folder to start over"
     try:
         before = json.loads((gen_dir / MANIFEST).read_text(encoding="utf-8")).get("context") or {}
     except (OSError, ValueError, AttributeError):
@@ -178,7 +178,7 @@ def _check_same_context(shards: list[dict[str, Any]], recipe: Recipe, gen_dir: P
         if key in now and now[key] != value:
             raise UserError(
                 f"{gen_dir} holds rows generated with {key}={value!r}; the recipe now says {now[key]!r}",
-                hint,
+                SEPARATE_RUN,
             )
     for s in shards:
         if s["prompt"] is not None and teacher_view(s["prompt"], recipe.teacher) != s["teacher_prompt"]:
@@ -186,7 +186,7 @@ def _check_same_context(shards: list[dict[str, Any]], recipe: Recipe, gen_dir: P
             raise UserError(
                 f"{gen_dir / s['file']} holds rows whose teacher saw another context ({seen}) "
                 "than teacher.system_prompt gives now",
-                hint,
+                SEPARATE_RUN,
             )
 
 

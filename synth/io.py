@@ -15,6 +15,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synth.errors import UserError, first_line
+
 
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
@@ -76,6 +78,9 @@ def sweep_temp_files(folder: Path) -> int:
     return removed
 
 
+FOREIGN = "it was not written by Distillery; move it out of the run folder"
+
+
 def read_parquet(
     path: Path,
     what: str,
@@ -91,8 +96,6 @@ def read_parquet(
     the types the columns it names must have (cast): a parquet file written by something else fails
     here, with the file name and what is wrong, instead of deep inside a stage.
     """
-    from synth.errors import UserError, first_line
-
     path = Path(path)
     try:
         found = pq.read_schema(path)
@@ -100,7 +103,7 @@ def read_parquet(
         if missing:
             raise UserError(
                 f"{path}: not {what}: no column {', '.join(map(repr, missing))}",
-                hint or "it was not written by Distillery; move it out of the run folder",
+                hint or FOREIGN,
             )
         table = pq.read_table(path, columns=columns)
     except UserError:
@@ -118,15 +121,13 @@ def read_parquet(
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         raise UserError(
             f"{path}: not {what}: its columns have other types ({first_line(exc, 160)})",
-            hint or "it was not written by Distillery; move it out of the run folder",
+            hint or FOREIGN,
         ) from None
 
 
 def read_json(path: Path, what: str, hint: str) -> Any:
     """Read a JSON file the pipeline wrote; a damaged one is a UserError naming it and what to do."""
     import json
-
-    from synth.errors import UserError, first_line
 
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

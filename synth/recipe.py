@@ -251,6 +251,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _too_deep(p: Path) -> UserError:
+    """Nesting deep enough to exhaust Python's recursion (in YAML parsing or in validation)."""
+    return UserError(f"{p}: nested too deeply to read", "a recipe is a few levels of sections; flatten it")
+
+
 def _parse_yaml(text: str, p: Path) -> Any:
     """The recipe's YAML as data; every way it can be unreadable is a UserError naming file:line."""
     hint = "fix the YAML at that line (indent with spaces, quote values with ':' or '#')"
@@ -268,7 +273,7 @@ def _parse_yaml(text: str, p: Path) -> Any:
         problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
         raise UserError(f"{where}: not valid YAML: {problem}", hint) from None
     except RecursionError:
-        raise UserError(f"{p}: nested too deeply to read", "a recipe is a few levels of sections; flatten it") from None
+        raise _too_deep(p) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -294,7 +299,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, str(p), _line_index(text), overridden)) from None
     except RecursionError:
-        raise UserError(f"{p}: nested too deeply to read", "a recipe is a few levels of sections; flatten it") from None
+        raise _too_deep(p) from None
 
 
 def dump_resolved(recipe: Recipe, path: Path) -> str:
