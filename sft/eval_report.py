@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from synth.curate.config import RelevanceCheck
+from synth.curate.checks.relevance import RelevanceCheck
 from synth.io import atomic_write, atomic_write_parquet, atomic_write_text
 from synth.records import MESSAGE, VERDICT
 from synth.stats import bootstrap_ci, mean, with_interval

@@ -29,9 +29,7 @@ from sft.eval_report import build_report, write_outputs
 from sft.quality import distinct_n, repeated_ngram_share
 from synth import embeddings
 from synth.curate.base import Context, RowCheck
-from synth.curate.config import RelevanceCheck
-from synth.curate.relevance import RelevanceFilter
-from synth.curate.stage import ROW_CHECKS
+from synth.curate.checks.relevance import RelevanceCheck, RelevanceFilter
 from synth.engines import build_engine_for, sampling_params
 from synth.engines.base import Engine, ProgressFn
 from synth.engines.hf import TransformersEngine
@@ -64,7 +62,7 @@ def behaviour_names(recipe: Recipe) -> list[str]:
 def _checks(recipe: Recipe, recipe_dir: Path | None) -> tuple[list[str], list[RowCheck]]:
     """The behaviour check names and every curate row check to apply to answers (set up once)."""
     names = behaviour_names(recipe)
-    specs = [c for c in recipe.curate.checks if c.type in ROW_CHECKS and c.type != "decontaminate"]
+    specs = [c for c in recipe.curate.checks if c.per_row and c.in_eval]
     labels = {c.label for c in specs}
     missing = [n for n in names if n not in labels]
     if missing:
@@ -75,7 +73,7 @@ def _checks(recipe: Recipe, recipe_dir: Path | None) -> tuple[list[str], list[Ro
         )
     checks = []
     for spec in specs:
-        check = ROW_CHECKS[spec.type](spec)
+        check = spec.runner(spec)
         check.setup(Context(recipe, recipe_dir))
         checks.append(check)
     return names, checks
@@ -280,7 +278,7 @@ def run_eval(
         samples=ev.samples,
         relevance_threshold=threshold,
         relevance_measured=embeddings.available(),
-        judges=[c.name for c in checks if c.spec.type == "llm_judge"],
+        judges=[c.name for c in checks if c.spec.judge],
         agreement=agreement,
         seconds=seconds,
     )

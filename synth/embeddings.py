@@ -86,6 +86,6 @@ def similarity(a: list[str], b: list[str]) -> list[float]:
 
 def is_english(text: str) -> bool:
     """Whether relevance applies: the answer is English by py3langid (the embedding model's language)."""
-    from synth.curate.filters import language_identifier
+    from synth.curate.checks.filters import language_identifier
 
     return language_identifier().classify(text)[0] == "en"

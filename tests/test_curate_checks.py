@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from synth.curate.judges import fence, judge_messages, parse_score
+from synth.curate.checks.judges import fence, judge_messages, parse_score
 from synth.curate.stage import run_curate
 from synth.errors import UserError
 from synth.recipe import load_recipe
@@ -246,8 +246,7 @@ def test_vectorised_minhash_equals_datasketch_update_batch() -> None:
     import numpy as np
     from datasketch import MinHash
 
-    from synth.curate.config import NearDedupCheck
-    from synth.curate.dedup import NearDedup
+    from synth.curate.checks.dedup import NearDedup, NearDedupCheck
 
     rng = random.Random(1)
     rows = [

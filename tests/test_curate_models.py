@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synth.curate.base import Context
-from synth.curate.config import LLMJudgeCheck, RewardModelCheck
-from synth.curate.judges import LLMJudge, RewardModelJudge, judge_messages
+from synth.curate.checks.judges import LLMJudge, LLMJudgeCheck, RewardModelCheck, RewardModelJudge, judge_messages
 from synth.curate.stage import run_curate
 from synth.recipe import load_recipe
 from tests.conftest import RECIPE

@@ -1,17 +1,81 @@
-"""What every curate check shares: the verdict, the row-check interface, and text helpers."""
+"""What every curate check shares: its recipe spec and what it declares, the verdict, the row-check
+interface, and text helpers.
+
+A check is one module in `synth/curate/checks/`: a `CheckSpec` subclass (its recipe fields and what it
+is: whether it scores, the range of its score, whether `sft eval` applies it) and the class that runs
+it, tied by `@runs(Spec)`. The recipe, curate, review and eval read those declarations; none of them
+lists check types.
+"""
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from synth.recipe import Recipe
+from pydantic import Field
+
+from synth.specs import Strict
+
+if TYPE_CHECKING:  # the recipe holds the curate section, which is built from the checks
+    from synth.recipe import Recipe
 
 Row = dict[str, Any]
 WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class CheckSpec(Strict):
+    """A check's recipe entry (`{type: ..., name: ..., <its parameters>}`) and what the check is.
+
+    Subclasses set `type: Literal["..."]` and override the class-level declarations that differ.
+    """
+
+    name: str | None = Field(None, description="name in verdicts and reports (default: the type)")
+
+    scores: ClassVar[bool] = False
+    """Its verdicts carry a score that can rank rows (dedup keeper, best-of-n, review metadata)."""
+    score_bounds: ClassVar[tuple[float, float] | None] = None
+    """The range its scores fall in, when known; review maps it onto the 1-5 quality rating."""
+    in_eval: ClassVar[bool] = True
+    """`sft eval` applies it to every model's answers (off for checks about training data itself)."""
+    judge: ClassVar[bool] = False
+    """A model grades the answers; the eval report names these as judges."""
+    runner: ClassVar[type[Any]]
+    """The class that runs it: a `RowCheck` (row by row) or a `GroupCheck` (over the whole set)."""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type  # type: ignore[attr-defined]
+
+    @property
+    def per_row(self) -> bool:
+        """Decided row by row (not a group check such as dedup, which needs every row)."""
+        return issubclass(self.runner, RowCheck)
+
+    def score_range(self) -> tuple[float, float] | None:
+        """The range of this configured check's scores (a judge's depends on its scale)."""
+        return self.score_bounds
+
+
+REGISTRY: dict[str, type[CheckSpec]] = {}
+S = TypeVar("S", bound=type)
+
+
+def runs(spec: type[CheckSpec]) -> Callable[[S], S]:
+    """Class decorator tying a check's implementation to its spec and registering the check type."""
+
+    def register(cls: S) -> S:
+        check_type = spec.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+        if check_type in REGISTRY and REGISTRY[check_type] is not spec:
+            raise TypeError(f"two curate checks declare type {check_type!r}")
+        spec.runner = cls
+        REGISTRY[check_type] = spec
+        return cls
+
+    return register
 
 
 @dataclass(frozen=True)

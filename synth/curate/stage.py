@@ -30,47 +30,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from synth.curate.base import Context, Row, RowCheck, Verdict
-from synth.curate.decontam import Decontaminate
-from synth.curate.dedup import ExactDedup, GroupCheck, NearDedup
-from synth.curate.filters import (
-    EchoFilter,
-    EmptyFilter,
-    LanguageFilter,
-    LengthFilter,
-    RefusalFilter,
-    RepetitionFilter,
-    TruncatedFilter,
-)
-from synth.curate.judges import LLMJudge, RewardModelJudge
-from synth.curate.relevance import RelevanceFilter
+from synth.curate.checks.dedup import GroupCheck
 from synth.curate.report import CheckStats, write_reports
-from synth.curate.verifiers import ExactMatchVerifier, JsonSchemaVerifier, PythonVerifier, RegexVerifier
-from synth.curate.word_count import WordCountFilter
 from synth.errors import UserError
 from synth.io import swap_in_folder
 from synth.recipe import Recipe, dump_resolved
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA
 from synth.shards import ShardSet
-
-ROW_CHECKS: dict[str, type[RowCheck]] = {
-    "empty": EmptyFilter,
-    "truncated": TruncatedFilter,
-    "length": LengthFilter,
-    "word_count": WordCountFilter,
-    "repetition": RepetitionFilter,
-    "refusal": RefusalFilter,
-    "language": LanguageFilter,
-    "echo": EchoFilter,
-    "relevance": RelevanceFilter,
-    "decontaminate": Decontaminate,
-    "regex": RegexVerifier,
-    "json_schema": JsonSchemaVerifier,
-    "exact_match": ExactMatchVerifier,
-    "python": PythonVerifier,
-    "llm_judge": LLMJudge,
-    "reward_model": RewardModelJudge,
-}
-GROUP_CHECKS: dict[str, type[GroupCheck]] = {"exact_dedup": ExactDedup, "near_dedup": NearDedup}
 
 
 @dataclass
@@ -101,8 +67,8 @@ class Curator:
     def __init__(self, recipe: Recipe, recipe_dir: Path | None) -> None:
         spec = recipe.curate
         self.spec = spec
-        self.row_checks = [ROW_CHECKS[c.type](c) for c in spec.checks if c.type in ROW_CHECKS]
-        self.group_checks = [GROUP_CHECKS[c.type](c) for c in spec.checks if c.type in GROUP_CHECKS]
+        self.row_checks: list[RowCheck] = [c.runner(c) for c in spec.checks if c.per_row]
+        self.group_checks: list[GroupCheck] = [c.runner(c) for c in spec.checks if not c.per_row]
         self.score_name = spec.ranking_check()
         self.stats: dict[str, CheckStats] = {"generate": CheckStats("generate", "generate")}
         for c in spec.checks:

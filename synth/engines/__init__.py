@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synth.engines.base import Engine, SamplingParams
-from synth.recipe import Recipe
 from synth.specs import TeacherSpec
+
+if TYPE_CHECKING:  # the recipe's curate section imports the judge check, which runs an engine
+    from synth.recipe import Recipe
 
 __all__ = ["Engine", "SamplingParams", "build_engine", "build_engine_for", "sampling_params", "teacher_provenance"]
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from synth.curate.base import CheckSpec
 from synth.curate.config import CurateSpec
 
 DECISION, QUALITY, CORRECTION, NOTE = "decision", "quality", "corrected_completion", "note"
 KEEP, DISCARD = "keep", "discard"
 RATINGS = [1, 2, 3, 4, 5]
-UNIT_SCORED = {"language", "regex", "json_schema", "exact_match", "python"}  # scores in [0, 1]
 
 GUIDELINES = """\
 Each record is one answer a teacher model gave, and whether Distillery's automatic checks kept it.
@@ -37,11 +37,9 @@ def metadata_name(check: str) -> str:
     return "score_" + re.sub(r"[^a-z0-9_-]", "_", check.lower())
 
 
-def scored_checks(curate: CurateSpec) -> list[tuple[str, str, Any]]:
-    """(name, type, spec) of every check that gives rows a score."""
-    from synth.curate.config import SCORED
-
-    return [(c.label, c.type, c) for c in curate.checks if c.type in SCORED]
+def scored_checks(curate: CurateSpec) -> list[CheckSpec]:
+    """Every check that gives rows a score."""
+    return [c for c in curate.checks if c.scores]
 
 
 def build_settings(rg: Any, curate: CurateSpec, with_teacher_prompt: bool, guidelines: str | None) -> Any:
@@ -62,7 +60,8 @@ def build_settings(rg: Any, curate: CurateSpec, with_teacher_prompt: bool, guide
         rg.TermsMetadataProperty("prompt_id", title="Prompt id"),
         rg.IntegerMetadataProperty("sample_index", title="Sample index"),
     ]
-    metadata += [rg.FloatMetadataProperty(metadata_name(n), title=f"{n} score") for n, _, _ in scored_checks(curate)]
+    for c in scored_checks(curate):
+        metadata.append(rg.FloatMetadataProperty(metadata_name(c.label), title=f"{c.label} score"))
     return rg.Settings(
         fields=fields,
         questions=questions,
@@ -72,16 +71,13 @@ def build_settings(rg: Any, curate: CurateSpec, with_teacher_prompt: bool, guide
     )
 
 
-def rating_for(score: float | None, check_type: str, spec: Any) -> int | None:
-    """A check's score on the 1-5 rating scale, where its range is known (else no suggestion)."""
-    if score is None:
+def rating_for(score: float | None, spec: CheckSpec) -> int | None:
+    """A check's score on the 1-5 rating scale, where the check declares its range (else no suggestion)."""
+    bounds = spec.score_range()
+    if score is None or bounds is None:
         return None
-    if check_type == "llm_judge":
-        unit = (score - 1) / max(spec.scale - 1, 1)
-    elif check_type in UNIT_SCORED:
-        unit = score
-    else:  # reward models: unbounded scores
-        return None
+    low, high = bounds
+    unit = (score - low) / max(high - low, 1e-9)
     return int(min(max(round(1 + 4 * unit), 1), 5))
 
 
@@ -108,11 +104,12 @@ def to_record(rg: Any, row: dict[str, Any], curate: CurateSpec, ranking: str | N
     }
     agent = (ranking or "curate") if kept else row["rejected_by"]
     suggestions = [rg.Suggestion(DECISION, KEEP if kept else DISCARD, agent=agent)]
-    for name, check_type, spec in scored_checks(curate):
+    for spec in scored_checks(curate):
+        name = spec.label
         if name in scores:
             metadata[metadata_name(name)] = float(scores[name])
         if name == ranking:
-            rating = rating_for(scores.get(name), check_type, spec)
+            rating = rating_for(scores.get(name), spec)
             if rating is not None:
                 suggestions.append(rg.Suggestion(QUALITY, rating, agent=name))
     return rg.Record(id=row["id"], fields=fields, metadata=metadata, suggestions=suggestions)

@@ -8,13 +8,40 @@ completion contains such a window; the verdict and the report name the eval item
 from __future__ import annotations
 
 from collections import Counter
+from typing import Literal
 
-from synth.curate.base import Context, Row, RowCheck, Verdict, snippet, user_text, words
+from pydantic import Field, model_validator
+
+from synth.curate.base import CheckSpec, Context, Row, RowCheck, Verdict, runs, snippet, user_text, words
 from synth.errors import UserError
 from synth.prompts import iter_source, resolve_path
-from synth.specs import PromptsSpec
+from synth.specs import PromptsSpec, Strict
 
 
+class EvalSet(Strict):
+    """An evaluation set whose items must not leak into training data."""
+
+    path: str | None = None
+    dataset: str | None = None
+    split: str = "test"
+    columns: list[str] = Field(default_factory=lambda: ["prompt"], min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvalSet:
+        if bool(self.path) == bool(self.dataset):
+            raise ValueError("give exactly one of path or dataset")
+        return self
+
+
+class DecontaminateCheck(CheckSpec):
+    type: Literal["decontaminate"]
+    in_eval = False  # eval prompts are the eval set itself
+    eval_sets: list[EvalSet] = Field(min_length=1)
+    ngram: int = Field(13, ge=3, le=50, description="word n-gram size (eval items shorter than this match whole)")
+    fields: list[Literal["prompt", "completion"]] = Field(default_factory=lambda: ["prompt", "completion"])
+
+
+@runs(DecontaminateCheck)
 class Decontaminate(RowCheck):
     """Rejects rows that share an n-gram with any evaluation item."""
 

@@ -14,14 +14,26 @@ import string
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from synth.curate.base import Context, Row, RowCheck, Verdict, snippet
+from pydantic import Field
+
+from synth.curate.base import CheckSpec, Context, Row, RowCheck, Verdict, runs, snippet
 from synth.errors import UserError
 
 FENCE = re.compile(r"^\s*```[\w-]*\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
 
 
+class RegexCheck(CheckSpec):
+    type: Literal["regex"]
+    scores = True  # 1 or 0
+    score_bounds = (0.0, 1.0)
+    pattern: str
+    must_match: bool = True
+    ignore_case: bool = False
+
+
+@runs(RegexCheck)
 class RegexVerifier(RowCheck):
     """Passes when the completion matches (or, with must_match false, does not match) a pattern."""
 
@@ -42,6 +54,14 @@ class RegexVerifier(RowCheck):
         return out
 
 
+class JsonSchemaCheck(CheckSpec):
+    type: Literal["json_schema"]
+    scores = True  # 1 or 0
+    score_bounds = (0.0, 1.0)
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
+@runs(JsonSchemaCheck)
 class JsonSchemaVerifier(RowCheck):
     """Passes when the completion (optionally inside a ``` fence) is JSON valid under a schema."""
 
@@ -101,6 +121,16 @@ def _normalize(text: str) -> str:
     return " ".join(text.lower().translate(table).split())
 
 
+class ExactMatchCheck(CheckSpec):
+    type: Literal["exact_match"]
+    scores = True  # 1 or 0
+    score_bounds = (0.0, 1.0)
+    reference: str = Field(description="name of the meta field holding the reference (see prompts.meta_columns)")
+    mode: Literal["exact", "contains"] = "exact"
+    normalize: bool = True
+
+
+@runs(ExactMatchCheck)
 class ExactMatchVerifier(RowCheck):
     """Compares the completion with a reference carried in the row's meta (prompts.meta_columns)."""
 
@@ -135,6 +165,15 @@ def load_function(ref: str, where: str) -> Callable[[Row], Any]:
     return func
 
 
+class PythonCheck(CheckSpec):
+    type: Literal["python"]
+    scores = True  # the function's number; True/False count as 1/0
+    score_bounds = (0.0, 1.0)
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:function")
+    min_score: float | None = None
+
+
+@runs(PythonCheck)
 class PythonVerifier(RowCheck):
     """Calls a user function on each row.
 

@@ -6,9 +6,28 @@ each). The score is the word count, so reports show the distribution.
 
 from __future__ import annotations
 
-from synth.curate.base import Row, RowCheck, Verdict
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from synth.curate.base import CheckSpec, Row, RowCheck, Verdict, runs
 
 
+class WordCountCheck(CheckSpec):
+    type: Literal["word_count"]
+    min_words: int | None = Field(None, ge=0, description="fewest whitespace-separated words")
+    max_words: int | None = Field(None, ge=1, description="most whitespace-separated words")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> WordCountCheck:
+        if self.min_words is None and self.max_words is None:
+            raise ValueError("give min_words, max_words or both")
+        if self.min_words is not None and self.max_words is not None and self.min_words > self.max_words:
+            raise ValueError(f"min_words {self.min_words} > max_words {self.max_words}")
+        return self
+
+
+@runs(WordCountCheck)
 class WordCountFilter(RowCheck):
     """Keeps completions with min_words ≤ words ≤ max_words (either bound optional)."""
 

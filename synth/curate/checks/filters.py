@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from synth.curate.base import (
+    CheckSpec,
     Context,
     Row,
     RowCheck,
@@ -14,12 +17,36 @@ from synth.curate.base import (
     completion_ngrams,
     completion_words,
     ngrams,
+    runs,
     user_text,
     words,
 )
 from synth.errors import UserError
 
+DEFAULT_REFUSALS = [
+    "i'm sorry, but",
+    "i am sorry, but",
+    "i cannot help",
+    "i can't help",
+    "i can't assist",
+    "i cannot assist",
+    "as an ai language model",
+    "as an ai assistant",
+    "i'm not able to",
+    "i am not able to",
+    "i'm unable to",
+    "i am unable to",
+    "je suis désolé, mais",
+    "je ne peux pas vous aider",
+    "en tant qu'ia",
+]
 
+
+class EmptyCheck(CheckSpec):
+    type: Literal["empty"]
+
+
+@runs(EmptyCheck)
 class EmptyFilter(RowCheck):
     """Rejects empty or whitespace-only completions."""
 
@@ -27,6 +54,11 @@ class EmptyFilter(RowCheck):
         return [Verdict(True) if r["completion"].strip() else Verdict(False, reason="empty completion") for r in rows]
 
 
+class TruncatedCheck(CheckSpec):
+    type: Literal["truncated"]
+
+
+@runs(TruncatedCheck)
 class TruncatedFilter(RowCheck):
     """Rejects completions cut off by max_new_tokens (finish_reason == "length")."""
 
@@ -35,6 +67,15 @@ class TruncatedFilter(RowCheck):
         return [bad if r["finish_reason"] == "length" else Verdict(True) for r in rows]
 
 
+class LengthCheck(CheckSpec):
+    type: Literal["length"]
+    min_chars: int | None = Field(None, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    min_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+@runs(LengthCheck)
 class LengthFilter(RowCheck):
     """Bounds on characters and/or tokens."""
 
@@ -59,6 +100,14 @@ class LengthFilter(RowCheck):
         return out
 
 
+class RepetitionCheck(CheckSpec):
+    type: Literal["repetition"]
+    ngram: int = Field(3, ge=1, le=20, description="word n-gram size")
+    max_ngram_repeat: float = Field(0.3, ge=0, le=1, description="max share of n-grams that are repeats")
+    max_line_repeat: float = Field(0.3, ge=0, le=1, description="max share of non-empty lines that are repeats")
+
+
+@runs(RepetitionCheck)
 class RepetitionFilter(RowCheck):
     """Rejects degenerate loops: many repeated word n-grams or repeated lines."""
 
@@ -80,6 +129,12 @@ class RepetitionFilter(RowCheck):
         return out
 
 
+class RefusalCheck(CheckSpec):
+    type: Literal["refusal"]
+    phrases: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS))
+
+
+@runs(RefusalCheck)
 class RefusalFilter(RowCheck):
     """Rejects refusals and boilerplate, matched case-insensitively against a phrase list."""
 
@@ -103,6 +158,15 @@ def language_identifier() -> Any:
     return LanguageIdentifier.from_modelpath(Path(MODEL_DIR) / MODEL_FILE, norm_probs=True)
 
 
+class LanguageCheck(CheckSpec):
+    type: Literal["language"]
+    scores = True  # the detector's probability of a wanted language
+    score_bounds = (0.0, 1.0)
+    languages: list[str] = Field(min_length=1, description="ISO 639-1 codes, e.g. [fr]")
+    min_confidence: float = Field(0.5, ge=0, le=1)
+
+
+@runs(LanguageCheck)
 class LanguageFilter(RowCheck):
     """Keeps completions in the wanted languages, by py3langid (offline, ~30k texts/s here).
 
@@ -133,6 +197,12 @@ class LanguageFilter(RowCheck):
         return out
 
 
+class EchoCheck(CheckSpec):
+    type: Literal["echo"]
+    max_overlap: float = Field(0.8, ge=0, le=1, description="max share of completion words copied from the prompt")
+
+
+@runs(EchoCheck)
 class EchoFilter(RowCheck):
     """Rejects completions that mostly repeat the prompt."""
 

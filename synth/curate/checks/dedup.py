@@ -12,12 +12,12 @@ import hashlib
 import re
 import zlib
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
-from datasketch.minhash import _fmix
+from pydantic import Field
 
-from synth.curate.base import Row, Verdict, completion_words
+from synth.curate.base import CheckSpec, Row, Verdict, completion_words, runs
 
 NONWORD = re.compile(r"\W+", re.UNICODE)
 RankKey = Callable[[str], tuple[float, int, int]]
@@ -75,6 +75,12 @@ class GroupCheck:
         return verdicts
 
 
+class ExactDedupCheck(CheckSpec):
+    type: Literal["exact_dedup"]
+    in_eval = False  # about the training set as a whole, not one answer
+
+
+@runs(ExactDedupCheck)
 class ExactDedup(GroupCheck):
     """Same text after lower-casing and dropping punctuation and spacing."""
 
@@ -102,6 +108,15 @@ class _WordHash(dict):
         return value
 
 
+class NearDedupCheck(CheckSpec):
+    type: Literal["near_dedup"]
+    in_eval = False  # about the training set as a whole, not one answer
+    threshold: float = Field(0.8, gt=0, lt=1, description="estimated Jaccard similarity that makes a duplicate")
+    ngram: int = Field(3, ge=1, le=20, description="word shingle size")
+    num_perm: int = Field(128, ge=16, le=1024)
+
+
+@runs(NearDedupCheck)
 class NearDedup(GroupCheck):
     """MinHash LSH over word n-gram shingles, with datasketch's MinHash scheme and LSH index.
 
@@ -117,6 +132,8 @@ class NearDedup(GroupCheck):
     def __init__(self, spec: object) -> None:
         super().__init__(spec)
         num_perm = spec.num_perm  # type: ignore[attr-defined]
+        from datasketch import MinHash, MinHashLSH  # here: it imports scipy (0.4 s), every recipe load would pay
+
         self.lsh = MinHashLSH(threshold=spec.threshold, num_perm=num_perm)  # type: ignore[attr-defined]
         self.template = MinHash(num_perm=num_perm, seed=1)
         self.a, self.b = (p.reshape(1, -1) for p in self.template.permutations)
@@ -146,6 +163,8 @@ class NearDedup(GroupCheck):
 
     def _signatures(self, rows: list[Row]) -> np.ndarray:
         hashes, counts = self._shingle_hashes(rows)
+        from datasketch.minhash import _fmix
+
         mixed = _fmix(hashes.reshape(1, -1), 32)
         a, b = self.a.reshape(-1, 1), self.b.reshape(-1, 1)
         offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -163,6 +182,8 @@ class NearDedup(GroupCheck):
     def add(self, rows: list[Row]) -> None:
         if not rows:
             return
+        from datasketch import MinHash
+
         perms = self.template.permutations
         for r, hv in zip(rows, self._signatures(rows), strict=True):
             m = MinHash(seed=1, hashvalues=hv, permutations=perms, scheme="affine32")

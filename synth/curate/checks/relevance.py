@@ -8,10 +8,23 @@ nothing for it.
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from synth import embeddings
-from synth.curate.base import Context, Row, RowCheck, Verdict, user_text
+from synth.curate.base import CheckSpec, Context, Row, RowCheck, Verdict, runs, user_text
 
 
+class RelevanceCheck(CheckSpec):
+    type: Literal["relevance"]
+    scores = True  # cosine similarity; no quality rating: 0.3 is a fine answer, not a poor one
+    min_similarity: float = Field(
+        0.3, ge=-1, le=1, description="min cosine similarity prompt↔answer (all-MiniLM-L6-v2; English answers only)"
+    )
+
+
+@runs(RelevanceCheck)
 class RelevanceFilter(RowCheck):
     """Keeps answers whose prompt↔answer similarity is at least `min_similarity`; scores it."""
 
