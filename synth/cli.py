@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from synth import __version__
-from synth.cli_common import OVERRIDES_HELP, guarded, load, run_app, run_dir_for
+from synth import __version__, tables
+from synth.cli_common import recipe_command, run_app
 from synth.errors import UserError
+from synth.recipe import Recipe
 
 app = typer.Typer(
     name="synth",
@@ -38,14 +39,12 @@ def _root(
     """Distillery's data tools."""
 
 
-@app.command()
+@recipe_command(app, recipe_help="The YAML recipe, e.g. recipes/answer-in-french.yaml.")
 def generate(
-    recipe: Path = typer.Argument(..., help="The YAML recipe, e.g. recipes/answer-in-french.yaml."),
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    recipe: Recipe,
+    run_dir: Path,
+    recipe_dir: Path,
     limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N prompts (after dropping repeats)."),
-    run_dir: Path = typer.Option(
-        None, "--run-dir", help="Where to write the run. Default: runs/RECIPE_NAME in this folder."
-    ),
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Generate again the prompts whose rows failed (e.g. the server gave up)."
     ),
@@ -57,34 +56,21 @@ def generate(
     RUN_DIR/recipe.resolved.yaml with the recipe's hash. Stopped runs (Ctrl-C, a crash, kill -9)
     resume: run the same command again and only the missing prompts are generated.
     """
+    from synth.generate import run_generate, summary_table
 
-    def body() -> None:
-        from synth import runtime
-        from synth.generate import run_generate, summary_table
-
-        r = load(recipe, overrides)
-        runtime.configure(r.runtime)
-        summary = run_generate(
-            r, run_dir_for(r, run_dir), recipe_dir=recipe.parent, limit=limit, retry_failed=retry_failed
+    summary = run_generate(recipe, run_dir, recipe_dir=recipe_dir, limit=limit, retry_failed=retry_failed)
+    Console().print(summary_table(summary))
+    if summary.all_failed:
+        raise UserError(
+            f"every one of the {summary.engine_rows} rows asked of the teacher failed; the first error: "
+            f"{summary.first_error}",
+            "fix the cause (the server's URL, the model name, the key), then run the same command "
+            "with --retry-failed; the failed rows are kept with their reasons",
         )
-        Console().print(summary_table(summary))
-        if summary.all_failed:
-            raise UserError(
-                f"every one of the {summary.engine_rows} rows asked of the teacher failed; the first error: "
-                f"{summary.first_error}",
-                "fix the cause (the server's URL, the model name, the key), then run the same command "
-                "with --retry-failed; the failed rows are kept with their reasons",
-            )
-
-    guarded(body)
 
 
-@app.command()
-def curate(
-    recipe: Path = typer.Argument(..., help="The YAML recipe whose generations to curate."),
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
-    run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
-) -> None:
+@recipe_command(app, recipe_help="The YAML recipe whose generations to curate.")
+def curate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     """Filter, deduplicate, decontaminate, judge and select the generations.
 
     Runs the checks listed in the recipe's `curate.checks`, in order, on RUN_DIR/generations/ and
@@ -92,30 +78,21 @@ def curate(
     provenance), `rejected.parquet` (every other row, with `rejected_by` and `reason`), and
     `report.json` / `report.md` (counts per check, kept per prompt, score histograms, examples).
     """
+    from synth.curate.stage import run_curate, summary_table
 
-    def body() -> None:
-        from synth import runtime
-        from synth.curate.stage import run_curate, summary_table
-
-        r = load(recipe, overrides)
-        runtime.configure(r.runtime)
-        summary = run_curate(r, run_dir_for(r, run_dir), recipe_dir=recipe.parent)
-        Console().print(summary_table(summary))
-
-    guarded(body)
+    Console().print(summary_table(run_curate(recipe, run_dir, recipe_dir=recipe_dir)))
 
 
-@app.command()
+@recipe_command(app, recipe_help="The YAML recipe whose data to publish.", runtime=False)
 def publish(
-    recipe: Path = typer.Argument(..., help="The YAML recipe whose data to publish."),
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    recipe: Recipe,
+    run_dir: Path,
     repo_id: str = typer.Option(None, "--repo-id", help="Dataset repo ORG/NAME (default: publish.repo_id)."),
     private: bool = typer.Option(None, "--private/--public", help="Repo visibility (default: publish.private)."),
     what: str = typer.Option(
         None, "--what", help="curated | generations | rejected | all (default: publish.what, i.e. curated)."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only write RUN_DIR/publish/dataset/, the exact upload."),
-    run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
 ) -> None:
     """Push the run's data to the Hugging Face Hub as a dataset with a provenance card.
 
@@ -124,17 +101,12 @@ def publish(
     and counts, review counts and the resolved recipe. The token comes from $HF_TOKEN or
     `hf auth login`, never from the recipe; $HF_ENDPOINT points at another Hub.
     """
+    from synth.publish.dataset import run_publish_dataset, summary_table
 
-    def body() -> None:
-        from synth.publish.dataset import run_publish_dataset, summary_table
-
-        r = load(recipe, overrides)
-        if what is not None and what not in ("curated", "generations", "rejected", "all"):
-            raise UserError(f"--what {what!r} is not one of curated, generations, rejected, all")
-        s = run_publish_dataset(r, run_dir_for(r, run_dir), repo_id, private, what, dry_run)  # type: ignore[arg-type]
-        Console().print(summary_table(s))
-
-    guarded(body)
+    if what is not None and what not in ("curated", "generations", "rejected", "all"):
+        raise UserError(f"--what {what!r} is not one of curated, generations, rejected, all")
+    s = run_publish_dataset(recipe, run_dir, repo_id, private, what, dry_run)  # type: ignore[arg-type]
+    Console().print(summary_table(s))
 
 
 review_app = typer.Typer(
@@ -149,10 +121,10 @@ review_app = typer.Typer(
 app.add_typer(review_app, name="review")
 
 
-@review_app.command("push")
+@recipe_command(review_app, "push", recipe_help="The YAML recipe whose curated set to review.", runtime=False)
 def review_push(
-    recipe: Path = typer.Argument(..., help="The YAML recipe whose curated set to review."),
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    recipe: Recipe,
+    run_dir: Path,
     sample: int = typer.Option(
         None, "--sample", min=1, help="Push only N kept rows (a seeded sample); with --eval, N prompts."
     ),
@@ -163,7 +135,6 @@ def review_push(
     eval_answers: bool = typer.Option(
         False, "--eval", help="Push `sft eval`'s answers for blind side-by-side preference instead."
     ),
-    run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
 ) -> None:
     """Log curated rows to the run's Argilla dataset (created on first push).
 
@@ -176,35 +147,29 @@ def review_push(
     model names, and the question "which answer is best?" (or tie), in the dataset
     `<review.dataset or recipe name>-eval`. `--sample N` pushes N prompts.
     """
+    from synth.review.stage import run_push, summary_table
 
-    def body() -> None:
-        from synth.review.stage import run_push, summary_table
+    if eval_answers:
+        from synth.review.compare import run_push_eval
 
-        r = load(recipe, overrides)
-        if eval_answers:
-            from synth.review.compare import run_push_eval
-
-            c = run_push_eval(r, run_dir_for(r, run_dir), workspace=workspace, sample=sample)
-            Console().print(
-                f"pushed {c['records']} blind comparisons of {c['models']} models to Argilla dataset "
-                f"{c['dataset']} at {c['api_url']} in {c['seconds']} s",
-                highlight=False,
-            )
-            return
-        s = run_push(r, run_dir_for(r, run_dir), workspace=workspace, sample=sample, rejected_sample=rejected)
-        Console().print(summary_table(s))
-
-    guarded(body)
+        c = run_push_eval(recipe, run_dir, workspace=workspace, sample=sample)
+        Console().print(
+            f"pushed {c['records']} blind comparisons of {c['models']} models to Argilla dataset "
+            f"{c['dataset']} at {c['api_url']} in {c['seconds']} s",
+            highlight=False,
+        )
+        return
+    s = run_push(recipe, run_dir, workspace=workspace, sample=sample, rejected_sample=rejected)
+    Console().print(summary_table(s))
 
 
-@review_app.command("pull")
+@recipe_command(review_app, "pull", recipe_help="The YAML recipe whose review to pull.", runtime=False)
 def review_pull(
-    recipe: Path = typer.Argument(..., help="The YAML recipe whose review to pull."),
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    recipe: Recipe,
+    run_dir: Path,
     eval_answers: bool = typer.Option(
         False, "--eval", help="Pull the blind side-by-side choices on `sft eval`'s answers as win rates."
     ),
-    run_dir: Path = typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
 ) -> None:
     """Apply reviewers' submitted responses to the curated set.
 
@@ -217,28 +182,18 @@ def review_pull(
     of a model's comparisons it won, with 95% intervals) go into RUN_DIR/eval/report.json and
     report.md.
     """
+    from synth.review.stage import run_pull, summary_table
 
-    def body() -> None:
-        from synth.review.stage import run_pull, summary_table
+    if not eval_answers:
+        Console().print(summary_table(run_pull(recipe, run_dir)))
+        return
+    from synth.review.compare import run_pull_eval
+    from synth.stats import with_interval
 
-        r = load(recipe, overrides)
-        if eval_answers:
-            from rich.table import Table
-
-            from synth.review.compare import run_pull_eval
-            from synth.stats import with_interval
-
-            c = run_pull_eval(r, run_dir_for(r, run_dir))
-            t = Table(title=f"synth review pull --eval: {c['choices']} choices from {c['dataset']}")
-            for col in ("model", "win rate [95% CI]", "comparisons"):
-                t.add_column(col, justify="left" if col == "model" else "right")
-            for m, w in c["win_rates"].items():
-                t.add_row(m, with_interval(w["rate"], w["ci"]), str(w["n"]))
-            Console().print(t)
-            return
-        Console().print(summary_table(run_pull(r, run_dir_for(r, run_dir))))
-
-    guarded(body)
+    c = run_pull_eval(recipe, run_dir)
+    rates = [(m, with_interval(w["rate"], w["ci"]), w["n"]) for m, w in c["win_rates"].items()]
+    title = f"synth review pull --eval: {c['choices']} choices from {c['dataset']}"
+    Console().print(tables.summary_table(title, ("model", "win rate [95% CI]", "comparisons"), rates))
 
 
 def main() -> None:

@@ -41,6 +41,70 @@ def load(recipe_path: Path, overrides: list[str] | None) -> Recipe:
     return load_recipe(recipe_path, overrides or [])
 
 
+def recipe_command(
+    app: Any, name: str | None = None, *, recipe_help: str = "The YAML recipe.", runtime: bool = True
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register `fn(recipe: Recipe, run_dir: Path, [recipe_dir: Path,] **options)` as a command of `app`.
+
+    Every command takes the same RECIPE argument, `a.b=x` overrides and `--run-dir`, loads and
+    validates the recipe, applies its `runtime:` section (threads, seed) when the command computes
+    (`runtime=False` for commands that only move files), and turns errors into one line
+    (`guarded`). The command's own options are `fn`'s keyword parameters, declared as Typer options;
+    its docstring is the command's help.
+    """
+    import functools
+    import inspect
+
+    import typer
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        own = list(inspect.signature(fn, eval_str=True).parameters.values())
+        wants_dir = any(p.name == "recipe_dir" for p in own)
+        options = [p for p in own if p.name not in ("recipe", "run_dir", "recipe_dir")]
+        shared = [
+            inspect.Parameter(
+                "recipe",
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=Path,
+                default=typer.Argument(..., help=recipe_help),
+            ),
+            inspect.Parameter(
+                "overrides",
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=list[str],
+                default=typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+            ),
+        ]
+        run_dir_option = inspect.Parameter(
+            "run_dir",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Path,
+            default=typer.Option(None, "--run-dir", help="The run folder. Default: runs/RECIPE_NAME in this folder."),
+        )
+
+        @functools.wraps(fn)
+        def command(recipe: Path, overrides: list[str] | None, run_dir: Path | None, **kwargs: Any) -> None:
+            def body() -> None:
+                r = load(recipe, overrides)
+                if runtime:
+                    from synth import runtime as machine
+
+                    machine.configure(r.runtime)
+                extra = {"recipe_dir": recipe.parent} if wants_dir else {}
+                fn(r, run_dir_for(r, run_dir), **extra, **kwargs)
+
+            guarded(body)
+
+        params = [*shared, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in options), run_dir_option]
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # Typer must read the signature above, not fn's
+        app.command(name)(command)
+        return command
+
+    return register
+
+
 # OSErrors that the user's machine causes and the user can fix: exit 2 with the path, not a traceback.
 _USER_OS_ERRORS = {
     errno.ENOSPC: "free some disk space and run the same command again; complete files were kept",

@@ -39,6 +39,7 @@ from synth.prompts import load_prompts, teacher_view
 from synth.recipe import Recipe, dump_resolved
 from synth.records import SCHEMA, Completion, PromptItem, make_rows, rows_to_table
 from synth.shards import ShardSet, shard_index
+from synth.tables import key_values
 
 MANIFEST = "_manifest.json"
 SEPARATE_RUN = "use another --run-dir, or delete that generations folder to start over"
@@ -376,19 +377,20 @@ def progress_bar(console: Console) -> Progress:
 
 def summary_table(s: GenerateSummary) -> Table:
     """The table printed at the end of `synth generate`."""
-    t = Table(title=f"synth generate: {s.run_dir / 'generations'}", show_header=True)
-    t.add_column("what")
-    t.add_column("value", justify="right")
-    t.add_row("prompts in source", str(s.prompts_total))
-    t.add_row("prompts already done (resumed)", str(s.prompts_skipped))
-    t.add_row("repeated prompts dropped", str(s.repeats_dropped))
-    if s.prompts_retried:
-        t.add_row("failed prompts retried", str(s.prompts_retried))
-    t.add_row("rows written now", str(s.rows_written))
-    t.add_row("rows in run", str(s.rows_total))
-    t.add_row("failed rows (with reason)", str(s.failures))
-    t.add_row("prompt tokens", f"{s.prompt_tokens:,}")
-    t.add_row("completion tokens", f"{s.completion_tokens:,}")
-    t.add_row("time", f"{s.seconds:,.1f} s")
-    t.add_row("completion tokens/s", f"{s.tokens_per_s:,.1f}")
-    return t
+    retried = [("failed prompts retried", s.prompts_retried)] if s.prompts_retried else []
+    return key_values(
+        f"synth generate: {s.run_dir / 'generations'}",
+        [
+            ("prompts in source", s.prompts_total),
+            ("prompts already done (resumed)", s.prompts_skipped),
+            ("repeated prompts dropped", s.repeats_dropped),
+            *retried,
+            ("rows written now", s.rows_written),
+            ("rows in run", s.rows_total),
+            ("failed rows (with reason)", s.failures),
+            ("prompt tokens", f"{s.prompt_tokens:,}"),
+            ("completion tokens", f"{s.completion_tokens:,}"),
+            ("time", f"{s.seconds:,.1f} s"),
+            ("completion tokens/s", f"{s.tokens_per_s:,.1f}"),
+        ],
+    )

@@ -28,7 +28,9 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+from synth import tables
 from synth.curate.base import Context, Row, RowCheck, Verdict
 from synth.curate.checks.dedup import GroupCheck
 from synth.curate.report import CheckStats, write_reports
@@ -318,24 +320,17 @@ def _write_outputs(
     return kept_n, rejected_n
 
 
-def summary_table(s: CurateSummary):
+def summary_table(s: CurateSummary) -> Table:
     """The table printed at the end of `synth curate`."""
-    from rich.table import Table
-
-    t = Table(title=f"synth curate: {s.run_dir / 'curated'}")
-    for col, just in (
-        ("check", "left"),
-        ("type", "left"),
-        ("evaluated", "right"),
-        ("rejected", "right"),
-        ("rows/s", "right"),
-    ):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
-    for st in s.stats.values():
-        rate = f"{st.evaluated / st.seconds:,.0f}" if st.seconds > 0 else "-"
-        t.add_row(st.name, st.type, str(st.evaluated), str(st.failed), rate)
-    t.add_section()
-    t.add_row("kept", "", str(s.kept), "", "")
-    t.add_row("rejected", "", str(s.rejected), "", "")
-    t.add_row("total", f"{s.seconds:.1f} s", str(s.rows_in), "", f"{s.rows_per_s:,.0f}")
-    return t
+    rows: list[list[object] | None] = [
+        [st.name, st.type, st.evaluated, st.failed, f"{st.evaluated / st.seconds:,.0f}" if st.seconds > 0 else "-"]
+        for st in s.stats.values()
+    ]
+    rows += [
+        tables.SECTION,
+        ["kept", "", s.kept, "", ""],
+        ["rejected", "", s.rejected, "", ""],
+        ["total", f"{s.seconds:.1f} s", s.rows_in, "", f"{s.rows_per_s:,.0f}"],
+    ]
+    columns = ("check", "type", "evaluated", "rejected", "rows/s")
+    return tables.summary_table(f"synth curate: {s.run_dir / 'curated'}", columns, rows, left={"type"})

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from rich.table import Table
 
+from synth import tables
 from synth.errors import UserError
 from synth.io import read_parquet
 from synth.publish import cards
@@ -184,16 +186,12 @@ def _push(
     return str(url)
 
 
-def summary_table(s: PublishSummary) -> Any:
+def summary_table(s: PublishSummary) -> Table:
     """The table printed at the end of `synth publish` / `sft publish`."""
-    from rich.table import Table
-
     where = "dry run, nothing uploaded" if s.dry_run else f"published to {s.url}"
-    t = Table(title=f"{s.repo_id} ({'private' if s.private else 'public'})", caption=f"{where}; folder {s.folder}")
-    t.add_column("config / file")
-    t.add_column("rows / bytes", justify="right")
-    for k, v in s.configs.items():
-        t.add_row(k, str(v))
-    t.add_section()
-    t.add_row("seconds", f"{s.seconds:.1f}")
-    return t
+    return tables.summary_table(
+        f"{s.repo_id} ({'private' if s.private else 'public'})",
+        ("config / file", "rows / bytes"),
+        [*s.configs.items(), tables.SECTION, ("seconds", f"{s.seconds:.1f}")],
+        caption=f"{where}; folder {s.folder}",
+    )

@@ -22,8 +22,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
+from rich.table import Table
 
-from synth import __version__
+from synth import __version__, tables
 from synth.errors import UserError
 from synth.io import atomic_write_parquet, atomic_write_text, read_parquet, swap_in_folder
 from synth.recipe import Recipe
@@ -278,15 +279,11 @@ def _markdown(s: ReviewSummary, run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_table(s: ReviewSummary) -> Any:
+def summary_table(s: ReviewSummary) -> Table:
     """The table printed at the end of `synth review push` / `pull`."""
-    from rich.table import Table
-
-    t = Table(title=f"synth review {s.action}", caption=f"Argilla dataset {s.workspace}/{s.dataset} at {s.api_url}")
-    t.add_column("what")
-    t.add_column("rows", justify="right")
-    for k, v in s.counts.items():
-        t.add_row(k.replace("_", " "), str(v))
-    t.add_section()
-    t.add_row("seconds", f"{s.seconds:.1f}")
-    return t
+    return tables.summary_table(
+        f"synth review {s.action}",
+        ("what", "rows"),
+        [*((k.replace("_", " "), v) for k, v in s.counts.items()), tables.SECTION, ("seconds", f"{s.seconds:.1f}")],
+        caption=f"Argilla dataset {s.workspace}/{s.dataset} at {s.api_url}",
+    )
