@@ -150,7 +150,7 @@ def build_report(
         models[n]["seconds"] = seconds.get(n)
         greedy = [r for r in rows if r["model"] == n and r["sample_index"] == 0]
         models[n]["examples"] = [
-            {"prompt": r["prompt"][-1]["content"], "answer": r["completion"]} for r in greedy[:EXAMPLES]
+            {"prompt": r["prompt"][-1]["content"], "answer": r["answer"]} for r in greedy[:EXAMPLES]
         ]
     trained = [n for n in names if n not in ("teacher", "base_student")]
     found = regressions(models, trained)

@@ -38,7 +38,7 @@ from synth.generate import progress_bar
 from synth.models import loading_model, resolve_model
 from synth.prompts import load_prompts
 from synth.recipe import Recipe
-from synth.records import Messages, PromptItem
+from synth.records import Messages, PromptItem, assistant
 from synth.specs import PromptsSpec
 
 
@@ -165,7 +165,7 @@ def _answer(
 
 
 def _rows(name: str, items: list[PromptItem], prompts: list[Messages], comps: list[list[Any]]) -> list[dict[str, Any]]:
-    """One row per prompt × sample, shaped for the curate checks (which read `completion`)."""
+    """One row per prompt × sample: `completion` in the pipeline's shape for the curate checks, `answer` as text."""
     rows = []
     for it, view, cs in zip(items, prompts, comps, strict=True):
         for i, c in enumerate(cs):
@@ -177,7 +177,7 @@ def _rows(name: str, items: list[PromptItem], prompts: list[Messages], comps: li
                     "sample_index": i,
                     "prompt": it.prompt,
                     "seen_prompt": view,
-                    "completion": c.text,
+                    "completion": assistant(c.text),
                     "answer": c.text,
                     "finish_reason": c.finish_reason,
                     "prompt_tokens": c.prompt_tokens,
@@ -201,8 +201,8 @@ def _judge(rows: list[dict[str, Any]], checks: list[RowCheck], behaviour: list[s
         failed = {v["name"] for v in r["verdicts"] if not v["passed"]}
         r["behaviour"] = r["error"] is None and not failed.intersection(behaviour)
         r["clean"] = r["error"] is None and not (failed - set(behaviour))
-        r["repeated_3gram_share"] = repeated_ngram_share(r["completion"], 3)
-        r["distinct_2"] = distinct_n(r["completion"], 2)
+        r["repeated_3gram_share"] = repeated_ngram_share(r["answer"], 3)
+        r["distinct_2"] = distinct_n(r["answer"], 2)
         r["english"] = False
         r["relevance"] = r["teacher_similarity"] = None
         for key in [k for k in r if k.startswith("_")]:
@@ -221,7 +221,7 @@ def _relevance(rows: list[dict[str, Any]]) -> None:
     teacher = {(r["prompt_id"], r["sample_index"]): r for r in rows if r["model"] == "teacher"}
     pairs = [(r, teacher.get((r["prompt_id"], r["sample_index"]))) for r in eng if r["model"] != "teacher"]
     pairs = [(r, t) for r, t in pairs if t is not None and t["english"]]
-    sims = embeddings.similarity([r["completion"] for r, _ in pairs], [t["completion"] for _, t in pairs])
+    sims = embeddings.similarity([r["answer"] for r, _ in pairs], [t["answer"] for _, t in pairs])
     for (r, _), s in zip(pairs, sims, strict=True):
         r["teacher_similarity"] = s
 

@@ -2,8 +2,12 @@
 
 Every engine's output goes through `make_rows`, so a row looks the same whichever engine wrote it.
 The arrow schema is fixed (not inferred) so that every shard of a run has identical columns and
-`datasets.load_dataset("parquet", ...)` reads them as one table: `prompt` and `teacher_prompt` come
-back as lists of `{role, content}` dicts, the chat format TRL trainers take directly.
+`datasets.load_dataset("parquet", ...)` reads them as one table.
+
+One shape from generation to training: TRL's conversational prompt-completion format. `prompt` and
+`teacher_prompt` are lists of `{role, content}` messages and `completion` is a list holding the one
+assistant message, in every file the pipeline writes (shards, kept, rejected, the Hub dataset), so
+TRL trainers take any of them directly. Code that needs the answer as text calls `completion_text`.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ SCHEMA = pa.schema(
         ("sample_index", pa.int32()),
         ("prompt", pa.list_(MESSAGE)),
         ("teacher_prompt", pa.list_(MESSAGE)),
-        ("completion", pa.string()),
+        ("completion", pa.list_(MESSAGE)),
         ("teacher", TEACHER),
         ("finish_reason", pa.string()),
         ("prompt_tokens", pa.int32()),
@@ -63,6 +67,19 @@ SCHEMA = pa.schema(
 )
 
 Messages = list[dict[str, str]]
+
+
+def assistant(text: str) -> Messages:
+    """A completion as the pipeline stores it: one assistant message."""
+    return [{"role": "assistant", "content": text}]
+
+
+def completion_text(row: dict[str, Any]) -> str:
+    """The completion's text (what checks read and people see); computed once per row dict."""
+    cached = row.get("_text")
+    if cached is None:
+        cached = row["_text"] = "".join(m["content"] for m in row["completion"] or () if m["role"] == "assistant")
+    return cached
 
 
 @dataclass
@@ -131,7 +148,7 @@ def make_rows(
                 "sample_index": i,
                 "prompt": item.prompt,
                 "teacher_prompt": item.teacher_prompt,
-                "completion": c.text,
+                "completion": assistant(c.text),
                 "teacher": teacher,
                 "finish_reason": c.finish_reason,
                 "prompt_tokens": c.prompt_tokens,
@@ -163,14 +180,11 @@ def _with(schema: pa.Schema, replace: dict[str, pa.DataType], extra: list[tuple[
     return pa.schema(fields + [pa.field(n, t) for n, t in extra])
 
 
-# curated/kept.parquet: TRL's conversational prompt-completion format (`prompt` = the student's
-# messages, `completion` = one assistant message), so SFTTrainer trains on it directly, with loss on
-# the completion only; every provenance column stays, plus the ranking score.
+# curated/kept.parquet: the rows SFTTrainer trains on directly (`prompt` = the student's messages,
+# loss on the completion only); every provenance column stays, plus the ranking score.
 # `original_completion` is set only when a reviewer's correction replaced the completion (synth review).
-KEPT_SCHEMA = _with(
-    SCHEMA, {"completion": pa.list_(MESSAGE)}, [("score", pa.float64()), ("original_completion", pa.string())]
-)
+KEPT_SCHEMA = _with(SCHEMA, {}, [("score", pa.float64()), ("original_completion", pa.list_(MESSAGE))])
 # curated/rejected.parquet: the record as generated, plus the first failing check and its reason.
 REJECTED_SCHEMA = _with(
-    SCHEMA, {}, [("rejected_by", pa.string()), ("reason", pa.string()), ("original_completion", pa.string())]
+    SCHEMA, {}, [("rejected_by", pa.string()), ("reason", pa.string()), ("original_completion", pa.list_(MESSAGE))]
 )

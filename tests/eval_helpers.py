@@ -23,7 +23,7 @@ def answer_rows(
             "seen_prompt": [{"role": "user", "content": PROMPT}],
             "sample_index": 0,
             "answer": text,
-            "completion": text,
+            "completion": [{"role": "assistant", "content": text}],
             "finish_reason": "stop",
             "prompt_tokens": 10,
             "completion_tokens": len(text.split()),

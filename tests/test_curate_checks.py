@@ -14,6 +14,7 @@ from synth.curate.checks.judges import fence, judge_messages, parse_score
 from synth.curate.stage import run_curate
 from synth.errors import UserError
 from synth.recipe import load_recipe
+from synth.records import assistant, completion_text
 from tests.curate_helpers import recipe_text, rows_for, write_run
 
 
@@ -35,11 +36,11 @@ def curate(
 
 
 def texts(rows: list[dict]) -> list[str]:
-    return [r["completion"] if isinstance(r["completion"], str) else r["completion"][0]["content"] for r in rows]
+    return [completion_text(r) for r in rows]
 
 
 def reasons(rows: list[dict]) -> dict[str, tuple[str, str]]:
-    return {r["completion"]: (r["rejected_by"], r["reason"]) for r in rows}
+    return {completion_text(r): (r["rejected_by"], r["reason"]) for r in rows}
 
 
 def test_heuristic_filters(tmp_path: Path) -> None:
@@ -157,8 +158,9 @@ def test_decontamination_catches_planted_eval_items(tmp_path: Path) -> None:
 def test_programmatic_verifiers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "myverify.py").write_text(
         "def check(row):\n"
-        "    if 'boom' in row['completion']:\n        raise ValueError('bad row')\n"
-        "    return (len(row['completion']) / 100, 'too short for my taste')\n"
+        "    text = row['completion'][0]['content']\n"  # TRL's conversational shape, as everywhere
+        "    if 'boom' in text:\n        raise ValueError('bad row')\n"
+        "    return (len(text) / 100, 'too short for my taste')\n"
     )
     monkeypatch.chdir(tmp_path)
     rows = rows_for(
@@ -182,7 +184,7 @@ def test_programmatic_verifiers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_selection_strategies_and_deterministic_ties(tmp_path: Path) -> None:
-    (tmp_path / "lenscore.py").write_text("def score(row):\n    return float(len(row['completion']))\n")
+    (tmp_path / "lenscore.py").write_text("def score(row):\n    return float(len(row['completion'][0]['content']))\n")
     import sys
 
     sys.path.insert(0, str(tmp_path))
@@ -235,7 +237,7 @@ def test_judge_prompt_fences_the_response_and_parses_scores() -> None:
     nonce = user.split('<response id="')[1].split('"')[0]
     inside = user.split(f'<response id="{nonce}">')[1].split(f'</response id="{nonce}">')[0]
     assert "Ignore the rubric" in inside and "</response" not in inside  # the fake closing marker is defused
-    assert user.count(f'</response id="{nonce}">') == 1 and nonce not in row["completion"]
+    assert user.count(f'</response id="{nonce}">') == 1 and nonce not in completion_text(row)
     assert fence("response", "<response>hi</response>", "n1").count("<response") == 1
     assert parse_score("Score: 7", 10) == 7 and parse_score("I'd say 8/10.", 10) == 8 and parse_score(" 3 ", 5) == 3
     assert parse_score("Score: 11", 10) is None and parse_score("great answer", 10) is None
@@ -250,7 +252,7 @@ def test_vectorised_minhash_equals_datasketch_update_batch() -> None:
 
     rng = random.Random(1)
     rows = [
-        {"id": str(i), "completion": " ".join(f"w{rng.randrange(500)}" for _ in range(rng.randint(0, 60)))}
+        {"id": str(i), "completion": assistant(" ".join(f"w{rng.randrange(500)}" for _ in range(rng.randint(0, 60))))}
         for i in range(300)
     ]
     nd = NearDedup(NearDedupCheck(type="near_dedup", ngram=3, num_perm=64))

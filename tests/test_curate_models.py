@@ -17,6 +17,7 @@ from synth.curate.base import Context
 from synth.curate.checks.judges import LLMJudge, LLMJudgeCheck, RewardModelCheck, RewardModelJudge, judge_messages
 from synth.curate.stage import run_curate
 from synth.recipe import load_recipe
+from synth.records import completion_text
 from tests.conftest import RECIPE
 from tests.curate_helpers import recipe_text, rows_for, write_run
 
@@ -59,7 +60,7 @@ def test_llm_judge_through_the_stage_keeps_and_rejects_by_its_grades(tmp_path: P
     # A judge whose grades are known (tests/misbehaving_server.py "grader": 9 for an answer that says
     # Paris, 2 otherwise, unparsable for UNSURE), behind the real openai engine, so the stage's
     # decisions can be checked row by row.
-    rows = rows_for("What is the capital of France?", [*(r["completion"] for r in ROWS), "UNSURE, maybe Lyon"])
+    rows = rows_for("What is the capital of France?", [*(completion_text(r) for r in ROWS), "UNSURE, maybe Lyon"])
     run = write_run(tmp_path / "run", [rows])
     judge = {
         "type": "llm_judge",
@@ -73,10 +74,10 @@ def test_llm_judge_through_the_stage_keeps_and_rejects_by_its_grades(tmp_path: P
     (tmp_path / "r.yaml").write_text(recipe_text([judge], {"strategy": "best_of_n"}))
     s = run_curate(load_recipe(tmp_path / "r.yaml"), run)
     kept = pq.read_table(run / "curated/kept.parquet").to_pylist()
-    rejected = {r["completion"]: r for r in pq.read_table(run / "curated/rejected.parquet").to_pylist()}
+    rejected = {completion_text(r): r for r in pq.read_table(run / "curated/rejected.parquet").to_pylist()}
     assert (s.kept, s.rejected) == (1, 4)
     assert kept[0]["completion"][0]["content"] == "The capital of France is Paris." and kept[0]["score"] == 9
-    for text in [r["completion"] for r in ROWS[1:]]:  # the injections get no special treatment: 2 < 5
+    for text in [completion_text(r) for r in ROWS[1:]]:  # the injections get no special treatment: 2 < 5
         assert (rejected[text]["rejected_by"], rejected[text]["reason"]) == ("judge", "judge score 2 < min_score 5")
     unsure = rejected["UNSURE, maybe Lyon"]
     assert unsure["rejected_by"] == "judge" and unsure["reason"] == "judge output unparsable after 1 retry: 'no idea'"

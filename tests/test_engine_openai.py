@@ -14,6 +14,7 @@ from synth.engines.openai import OpenAIEngine
 from synth.errors import UserError
 from synth.models import embedded_gguf
 from synth.recipe import OpenAISettings
+from synth.records import completion_text
 from tests.conftest import RECIPE, run_cli, shard_rows
 from tests.servers import FaultProxy, LlamaServer, free_port
 
@@ -77,7 +78,7 @@ def test_cli_openai_engine_n_logprobs_and_no_secret_leak(
     assert sorted(len(v) for v in by_prompt.values()) == [3, 3, 3]
     for samples in by_prompt.values():
         assert sorted(r["sample_index"] for r in samples) == [0, 1, 2]
-    assert any(len({r["completion"] for r in v}) > 1 for v in by_prompt.values()), "samples are copies"
+    assert any(len({completion_text(r) for r in v}) > 1 for v in by_prompt.values()), "samples are copies"
     for r in rows:
         assert r["completion_tokens"] == len(r["logprobs"]) > 0
         assert all(len(t["top_tokens"]) == 2 for t in r["logprobs"])

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from synth.records import completion_text
 from tests.conftest import ROOT, run_cli, shard_rows, write_jsonl
 
 SECRET = "sk-TOPSECRET-4f9a1c"
@@ -116,7 +117,7 @@ def test_malformed_answers_become_row_errors(tmp_path: Path, server: Any, mode: 
         if bad:
             assert says in row["error"], row["error"]
         else:
-            assert row["completion"].startswith("Answer")
+            assert completion_text(row).startswith("Answer")
 
 
 def test_usage_garbage_alone_keeps_the_answer(tmp_path: Path, server: Any) -> None:
@@ -124,7 +125,7 @@ def test_usage_garbage_alone_keeps_the_answer(tmp_path: Path, server: Any) -> No
     res = cli("synth", "generate", str(r), "--run-dir", str(tmp_path / "run"))
     assert res.returncode == 0, res.stderr[-2000:]
     rows = shard_rows(tmp_path / "run")
-    assert all(row["error"] is None and row["completion"].startswith("Answer") for row in rows)
+    assert all(row["error"] is None and completion_text(row).startswith("Answer") for row in rows)
     bad = [row for row in rows if "BAD" in row["prompt"][-1]["content"]]
     assert bad and all(row["prompt_tokens"] is None and row["completion_tokens"] is None for row in bad)
 

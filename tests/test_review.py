@@ -12,6 +12,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from synth.records import completion_text
 from tests.conftest import RECIPE, run_cli
 
 pytestmark = pytest.mark.slow
@@ -49,8 +50,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def _text(row: dict[str, Any]) -> str:
-    c = row["completion"]
-    return c if isinstance(c, str) else c[0]["content"]
+    return completion_text(row)
 
 
 class Reviewer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from synth.records import assistant
 from synth.review.verdicts import apply, combine
 
 
@@ -13,7 +14,7 @@ def _row(row_id: str, rejected_by: str | None = None, score: float = 0.9) -> dic
         "id": row_id,
         "prompt_id": "p",
         "sample_index": int(row_id[-1]),
-        "completion": f"text {row_id}",
+        "completion": assistant(f"text {row_id}"),
         "verdicts": verdicts,
         "rejected_by": rejected_by,
         "reason": None if rejected_by is None else "p",
@@ -63,7 +64,9 @@ def test_apply_is_idempotent_and_reversible() -> None:
     )
     assert [r["id"] for r in first.kept] == ["r2", "r3"] and [r["id"] for r in first.rejected] == ["r1"]
     assert first.rejected[0]["reason"] == "human: discard"
-    assert first.kept[0]["completion"] == "fixed" and first.kept[0]["original_completion"] == "text r2"
+    assert first.kept[0]["completion"] == assistant("fixed") and first.kept[0]["original_completion"] == assistant(
+        "text r2"
+    )
     assert first.kept[1]["score"] == 0.2  # rescued: ranked by its own check score
     same = apply(
         first.kept,
@@ -80,4 +83,4 @@ def test_apply_is_idempotent_and_reversible() -> None:
     assert same.kept == first.kept and same.rejected == first.rejected
     back = apply(first.kept, first.rejected, {}, ranking="french")  # responses withdrawn: curate's decision again
     assert [r["id"] for r in back.kept] == ["r1", "r2"] and back.rejected[0]["rejected_by"] == "french"
-    assert back.kept[1]["completion"] == "text r2" and back.kept[1]["original_completion"] is None
+    assert back.kept[1]["completion"] == assistant("text r2") and back.kept[1]["original_completion"] is None

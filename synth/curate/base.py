@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import Field
 
+from synth.records import completion_text
 from synth.specs import Strict
 
 if TYPE_CHECKING:  # the recipe holds the curate section, which is built from the checks
@@ -124,10 +125,10 @@ def words(text: str) -> list[str]:
 
 
 def completion_words(row: Row) -> list[str]:
-    """`words(row["completion"])`, computed once per row and shared by the checks that need it."""
+    """`words` of the completion's text, computed once per row and shared by the checks that need it."""
     cached = row.get("_words")
     if cached is None:
-        cached = row["_words"] = words(row["completion"])
+        cached = row["_words"] = words(completion_text(row))
     return cached
 
 

@@ -34,9 +34,8 @@ class CheckStats:
         if v.score is not None:
             self.scores.append(v.score)
 
-    def example(self, row_id: str, completion: Any, reason: str) -> None:
+    def example(self, row_id: str, text: str, reason: str) -> None:
         if len(self.examples) < EXAMPLES:
-            text = completion if isinstance(completion, str) else str(completion)
             self.examples.append({"id": row_id, "completion": snippet(text, 120), "reason": reason})
 
 

@@ -37,7 +37,7 @@ from synth.curate.report import CheckStats, write_reports
 from synth.errors import UserError
 from synth.io import swap_in_folder
 from synth.recipe import Recipe, dump_resolved
-from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA
+from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA, completion_text
 from synth.shards import ShardSet
 
 
@@ -88,7 +88,7 @@ class Curator:
     def _reject(self, row: Row, name: str, v: Verdict) -> None:
         row["rejected_by"] = name
         row["reason"] = v.reason or f"{name} failed"
-        self.stats[name].example(row["id"], row["completion"], row["reason"])
+        self.stats[name].example(row["id"], completion_text(row), row["reason"])
 
     def row_pass(self, rows: list[Row]) -> None:
         """Run the row checks on one shard's rows (in place) and feed the survivors to dedup."""
@@ -264,14 +264,6 @@ def _with_decisions(table: pa.Table, rows: list[Row]) -> pa.Table:
     return _set(table, "reason", [r["reason"] for r in rows], pa.string())
 
 
-def _as_messages(completions: pa.ChunkedArray) -> pa.Array:
-    """Completion strings as one-message assistant conversations (TRL's prompt-completion format)."""
-    content = completions.combine_chunks()
-    role = pa.array(["assistant"] * len(content), pa.string())
-    message = pa.StructArray.from_arrays([role, content], names=["role", "content"])
-    return pa.ListArray.from_arrays(pa.array(range(len(content) + 1), pa.int32()), message)
-
-
 def _write_outputs(
     work: Path,
     out: Path,
@@ -296,21 +288,20 @@ def _write_outputs(
                 verdicts[i] = verdicts[i] + late.get(row_id, [])
                 if rejected_by[i] is None and row_id in late_rejected:
                     rejected_by[i], reasons[i] = late_rejected[row_id]
-                    curator.stats[rejected_by[i]].example(row_id, part.column("completion")[i].as_py(), reasons[i])
+                    text = completion_text({"completion": part.column("completion")[i].as_py()})
+                    curator.stats[rejected_by[i]].example(row_id, text, reasons[i])
             part = _set(part, "verdicts", verdicts, REJECTED_SCHEMA.field("verdicts").type)
             part = _set(part, "rejected_by", rejected_by, pa.string())
             part = _set(part, "reason", reasons, pa.string())
             keep = pa.array([rb is None for rb in rejected_by], type=pa.bool_())
             kept = part.filter(keep)
             kept = _set(kept, "score", [curator.alive[i][0] for i in kept.column("id").to_pylist()], pa.float64())
-            kept = kept.set_column(
-                kept.column_names.index("completion"), "completion", _as_messages(kept["completion"])
-            )
             for pid in kept.column("prompt_id").to_pylist():
                 kept_per_prompt[pid] += 1
             rejected = part.filter(pa.compute.invert(keep))
-            kept = _set(kept, "original_completion", [None] * kept.num_rows, pa.string())
-            rejected = _set(rejected, "original_completion", [None] * rejected.num_rows, pa.string())
+            no_original = KEPT_SCHEMA.field("original_completion").type
+            kept = _set(kept, "original_completion", [None] * kept.num_rows, no_original)
+            rejected = _set(rejected, "original_completion", [None] * rejected.num_rows, no_original)
             if kept.num_rows:
                 kept_w.write_table(kept.select(KEPT_SCHEMA.names).cast(KEPT_SCHEMA))
             if rejected.num_rows:

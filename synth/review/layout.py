@@ -15,6 +15,7 @@ from typing import Any
 
 from synth.curate.base import CheckSpec
 from synth.curate.config import CurateSpec
+from synth.records import completion_text
 
 DECISION, QUALITY, CORRECTION, NOTE = "decision", "quality", "corrected_completion", "note"
 KEEP, DISCARD = "keep", "discard"
@@ -79,14 +80,6 @@ def rating_for(score: float | None, spec: CheckSpec) -> int | None:
     low, high = bounds
     unit = (score - low) / max(high - low, 1e-9)
     return int(min(max(round(1 + 4 * unit), 1), 5))
-
-
-def completion_text(row: dict[str, Any]) -> str:
-    """The completion as text, whether the row comes from kept (messages) or rejected (a string)."""
-    c = row["completion"]
-    if isinstance(c, list):
-        return "".join(m["content"] for m in c if m["role"] == "assistant")
-    return c or ""
 
 
 def to_record(rg: Any, row: dict[str, Any], curate: CurateSpec, ranking: str | None, with_teacher_prompt: bool) -> Any:

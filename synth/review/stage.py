@@ -59,7 +59,7 @@ class ReviewSummary:
 
 
 def _curated(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """kept and rejected rows, completions as text."""
+    """kept and rejected rows."""
     cur = run_dir / "curated"
     if not (cur / "kept.parquet").exists():
         raise UserError(f"no curated set in {cur}", "run `synth curate` with the same recipe first")
@@ -70,8 +70,6 @@ def _curated(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
     rejected = read_parquet(
         cur / "rejected.parquet", "the rejected set", hint=hint, require=["id"], schema=REJECTED_SCHEMA
     ).to_pylist()
-    for row in kept:
-        row["completion"] = layout.completion_text(row)
     return kept, rejected
 
 
@@ -213,8 +211,6 @@ def _write_curated(run_dir: Path, kept: list[dict[str, Any]], rejected: list[dic
     tmp = run_dir / ".curated.review-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(cur, tmp)
-    for row in kept:
-        row["completion"] = [{"role": "assistant", "content": row["completion"]}]
     pq.write_table(pa.Table.from_pylist(kept, schema=KEPT_SCHEMA), tmp / "kept.parquet")
     for row in rejected:
         row.pop("score", None)

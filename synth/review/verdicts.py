@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
+from synth.records import assistant, completion_text
 from synth.review.layout import CORRECTION, DECISION, DISCARD, KEEP, NOTE, QUALITY
 
 HUMAN = "human"
@@ -106,7 +107,7 @@ def apply(
     decisions: dict[str, HumanDecision],
     ranking: str | None,
 ) -> Applied:
-    """Rows with string completions (kept and rejected together) after the reviewers' decisions."""
+    """The rows (kept and rejected together) after the reviewers' decisions."""
     out = Applied([], [])
     for row in kept + rejected:
         row = dict(row)
@@ -118,8 +119,8 @@ def apply(
         if human is not None:
             verdicts.append(human.verdict())
             out.rated += bool(human.ratings)
-            if human.correction is not None and human.correction != original:
-                row["completion"], row["original_completion"] = human.correction, original
+            if human.correction is not None and human.correction != completion_text({"completion": original}):
+                row["completion"], row["original_completion"] = assistant(human.correction), original
                 out.corrected += 1
         row["verdicts"] = verdicts
         if human is not None and human.decision == DISCARD:

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from synth.curate.base import CheckSpec, Context, Row, RowCheck, Verdict, runs, snippet, user_text, words
 from synth.errors import UserError
 from synth.prompts import iter_source, resolve_path
+from synth.records import completion_text
 from synth.specs import PromptsSpec, Strict
 
 
@@ -86,7 +87,7 @@ class Decontaminate(RowCheck):
         for r in rows:
             verdict = Verdict(True)
             for field in self.spec.fields:
-                item = self._hit(user_text(r) if field == "prompt" else r["completion"])
+                item = self._hit(user_text(r) if field == "prompt" else completion_text(r))
                 if item is not None:
                     self.matches[item] += 1
                     label, text = self.items[item]

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from synth.curate.base import CheckSpec, Row, Verdict, completion_words, runs
+from synth.records import completion_text
 
 NONWORD = re.compile(r"\W+", re.UNICODE)
 RankKey = Callable[[str], tuple[float, int, int]]
@@ -92,7 +93,8 @@ class ExactDedup(GroupCheck):
 
     def add(self, rows: list[Row]) -> None:
         for r in rows:
-            key = hashlib.blake2b(NONWORD.sub(" ", r["completion"].lower()).strip().encode(), digest_size=16).digest()
+            text = NONWORD.sub(" ", completion_text(r).lower()).strip()
+            key = hashlib.blake2b(text.encode(), digest_size=16).digest()
             self.ids.append(r["id"])
             if key in self.first:
                 self.uf.union(self.first[key], r["id"])

@@ -22,6 +22,7 @@ from synth.curate.base import (
     words,
 )
 from synth.errors import UserError
+from synth.records import completion_text
 
 DEFAULT_REFUSALS = [
     "i'm sorry, but",
@@ -51,7 +52,8 @@ class EmptyFilter(RowCheck):
     """Rejects empty or whitespace-only completions."""
 
     def run(self, rows: list[Row]) -> list[Verdict]:
-        return [Verdict(True) if r["completion"].strip() else Verdict(False, reason="empty completion") for r in rows]
+        empty = Verdict(False, reason="empty completion")
+        return [Verdict(True) if completion_text(r).strip() else empty for r in rows]
 
 
 class TruncatedCheck(CheckSpec):
@@ -83,7 +85,7 @@ class LengthFilter(RowCheck):
         s = self.spec
         out = []
         for r in rows:
-            chars = len(r["completion"].strip())
+            chars = len(completion_text(r).strip())
             tokens = r.get("completion_tokens")
             reason = ""
             if s.min_chars is not None and chars < s.min_chars:
@@ -117,7 +119,7 @@ class RepetitionFilter(RowCheck):
         for r in rows:
             grams = completion_ngrams(r, s.ngram)
             gram_rep = 1 - len(set(grams)) / len(grams) if grams else 0.0
-            lines = [x.strip() for x in r["completion"].splitlines() if x.strip()]
+            lines = [x.strip() for x in completion_text(r).splitlines() if x.strip()]
             line_rep = 1 - len(set(lines)) / len(lines) if lines else 0.0
             if gram_rep > s.max_ngram_repeat:
                 reason = f"repetitive: {gram_rep:.0%} of {s.ngram}-grams repeat (max {s.max_ngram_repeat:.0%})"
@@ -142,7 +144,7 @@ class RefusalFilter(RowCheck):
         phrases = [p.lower() for p in self.spec.phrases]
         out = []
         for r in rows:
-            text = r["completion"].lower()
+            text = completion_text(r).lower()
             hit = next((p for p in phrases if p in text), None)
             out.append(Verdict(True) if hit is None else Verdict(False, reason=f"refusal phrase {hit!r}"))
         return out
@@ -188,7 +190,7 @@ class LanguageFilter(RowCheck):
         s = self.spec
         out = []
         for r in rows:
-            lang, prob = self.identifier.classify(r["completion"])
+            lang, prob = self.identifier.classify(completion_text(r))
             prob = float(prob)
             ok = lang in s.languages and prob >= s.min_confidence
             score = prob if lang in s.languages else 0.0

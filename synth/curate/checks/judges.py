@@ -19,6 +19,7 @@ from pydantic import Field
 from synth.curate.base import CheckSpec, Context, Row, RowCheck, Verdict, runs, snippet, user_text
 from synth.engines.base import SamplingParams
 from synth.errors import UserError
+from synth.records import completion_text
 from synth.specs import TeacherSpec
 
 SYSTEM = (
@@ -49,7 +50,7 @@ def judge_messages(row: Row, spec: Any) -> list[dict[str, str]]:
     nonce = hashlib.sha256(f"judge:{row['id']}".encode()).hexdigest()[:12]
     fields = {
         "instruction": fence("instruction", user_text(row), nonce),
-        "response": fence("response", row["completion"], nonce),
+        "response": fence("response", completion_text(row), nonce),
         "scale": spec.scale,
         "rubric": spec.rubric,
     }
@@ -171,7 +172,7 @@ class RewardModelJudge(RowCheck):
         self.torch = torch
 
     def _text(self, row: Row) -> str:
-        convo = [*row["prompt"], {"role": "assistant", "content": row["completion"]}]
+        convo = [*row["prompt"], *row["completion"]]
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(convo, tokenize=False)
         return "\n".join(f"{m['role']}: {m['content']}" for m in convo)

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from synth import embeddings
 from synth.curate.base import CheckSpec, Context, Row, RowCheck, Verdict, runs, user_text
+from synth.records import completion_text
 
 
 class RelevanceCheck(CheckSpec):
@@ -32,8 +33,9 @@ class RelevanceFilter(RowCheck):
         embeddings.model_dir()  # fail before any row if the extra is missing
 
     def run(self, rows: list[Row]) -> list[Verdict]:
-        english = [i for i, r in enumerate(rows) if r["completion"].strip() and embeddings.is_english(r["completion"])]
-        sims = embeddings.similarity([user_text(rows[i]) for i in english], [rows[i]["completion"] for i in english])
+        texts = [completion_text(r) for r in rows]
+        english = [i for i, text in enumerate(texts) if text.strip() and embeddings.is_english(text)]
+        sims = embeddings.similarity([user_text(rows[i]) for i in english], [texts[i] for i in english])
         by_row = dict(zip(english, sims, strict=True))
         out = []
         for i in range(len(rows)):

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from synth.curate.base import CheckSpec, Context, Row, RowCheck, Verdict, runs, snippet
 from synth.errors import UserError
+from synth.records import completion_text
 
 FENCE = re.compile(r"^\s*```[\w-]*\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
 
@@ -47,7 +48,7 @@ class RegexVerifier(RowCheck):
     def run(self, rows: list[Row]) -> list[Verdict]:
         out = []
         for r in rows:
-            found = self.pattern.search(r["completion"]) is not None
+            found = self.pattern.search(completion_text(r)) is not None
             ok = found == self.spec.must_match
             reason = "" if ok else ("no match for " if self.spec.must_match else "matches ") + repr(self.spec.pattern)
             out.append(Verdict(ok, score=float(ok), reason=reason))
@@ -87,7 +88,7 @@ class JsonSchemaVerifier(RowCheck):
     def run(self, rows: list[Row]) -> list[Verdict]:
         out = []
         for r in rows:
-            text = r["completion"]
+            text = completion_text(r)
             m = FENCE.match(text)
             try:
                 value = json.loads(m.group(1) if m else text)
@@ -142,7 +143,7 @@ class ExactMatchVerifier(RowCheck):
             if ref is None:
                 out.append(Verdict(False, 0.0, f"no reference {key!r} in meta; add it to prompts.meta_columns"))
                 continue
-            got, want = r["completion"], str(ref)
+            got, want = completion_text(r), str(ref)
             if self.spec.normalize:
                 got, want = _normalize(got), _normalize(want)
             ok = got == want if mode == "exact" else want in got
@@ -177,8 +178,10 @@ class PythonCheck(CheckSpec):
 class PythonVerifier(RowCheck):
     """Calls a user function on each row.
 
-    The function gets the row (a dict with `prompt`, `completion`, `meta`, ...) and returns a bool, a
-    number (a score; `min_score` decides), `(score, reason)`, or `{"passed", "score", "reason"}`.
+    The function gets the row (a dict with `prompt`, `completion`, `meta`, ...; the completion in TRL's
+    conversational shape, so its text is `row["completion"][0]["content"]`, or
+    `synth.records.completion_text(row)`) and returns a bool, a number (a score; `min_score` decides),
+    `(score, reason)`, or `{"passed", "score", "reason"}`.
     """
 
     def setup(self, ctx: Context) -> None:

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from synth.curate.base import CheckSpec, Row, RowCheck, Verdict, runs
+from synth.records import completion_text
 
 
 class WordCountCheck(CheckSpec):
@@ -35,7 +36,7 @@ class WordCountFilter(RowCheck):
         lo, hi = self.spec.min_words, self.spec.max_words
         out = []
         for r in rows:
-            n = len(r["completion"].split())
+            n = len(completion_text(r).split())
             if lo is not None and n < lo:
                 out.append(Verdict(False, float(n), f"too few words: {n} < min_words {lo}"))
             elif hi is not None and n > hi:
