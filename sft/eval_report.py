@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from sft.fidelity import paired
 from synth.curate.checks.relevance import RelevanceCheck
 from synth.io import atomic_write, atomic_write_parquet, atomic_write_text
 from synth.records import MESSAGE, VERDICT
@@ -137,7 +138,7 @@ def build_report(
     relevance_threshold: float | None,
     relevance_measured: bool,
     judges: list[str],
-    agreement: dict[str, float | None],
+    fidelity: dict[str, dict[str, Any]],
     seconds: dict[str, float],
 ) -> dict[str, Any]:
     """report.json's content from the judged answer rows."""
@@ -146,7 +147,7 @@ def build_report(
         n: model_summary([r for r in rows if r["model"] == n], threshold, relevance_measured, judges) for n in names
     }
     for n in names:
-        models[n]["agreement_top1_with_teacher"] = agreement.get(n)
+        models[n]["agreement_top1_with_teacher"] = fidelity.get(n, {}).pop("agreement_top1", None)
         models[n]["seconds"] = seconds.get(n)
         greedy = [r for r in rows if r["model"] == n and r["sample_index"] == 0]
         models[n]["examples"] = [
@@ -167,7 +168,22 @@ def build_report(
         "ratio_to_teacher": {n: (m["behaviour"]["rate"] / teacher if teacher else None) for n, m in models.items()},
         "verdict": {n: ("regressed" if found[n] else "ok") for n in trained},
         "warnings": warnings,
+        "fidelity": {n: fidelity[n] for n in names if n in fidelity},
+        "fidelity_paired": fidelity_pairs(fidelity, trained),
     }
+
+
+def fidelity_pairs(fidelity: dict[str, dict[str, Any]], trained: list[str]) -> dict[str, dict[str, Any]]:
+    """Per-prompt paired differences "a - b" (KL and NLL; below zero: a is closer to the teacher) between
+    every two trained models and between each trained model and the base student."""
+    pairs = [(a, "base_student") for a in trained] + [(a, b) for i, a in enumerate(trained) for b in trained[i + 1 :]]
+    out = {}
+    for a, b in pairs:
+        if a in fidelity and b in fidelity:
+            fa, fb = fidelity[a], fidelity[b]
+            kl = None if fa["kl"] is None or fb["kl"] is None else paired(fa["kl_per_prompt"], fb["kl_per_prompt"])
+            out[f"{a} - {b}"] = {"kl": kl, "nll": paired(fa["nll_per_prompt"], fb["nll_per_prompt"])}
+    return out
 
 
 def _relevance_note(measured: bool, coverage: list[float]) -> str:
@@ -235,6 +251,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
             f"{_cell(m['relevance_similarity'], 'mean')} | {_cell(m['teacher_similarity'], 'mean')} | "
             f"{'-' if agree is None else f'{agree:.3f}'} | {m['seconds']} |"
         )
+    lines += fidelity_markdown(rep)
     names = list(next(iter(rep["models"].values()))["checks"]) if rep["models"] else []
     if names:
         lines += ["", "## Every check, as pass rates", "", "| model | " + " | ".join(names) + " |"]
@@ -250,6 +267,41 @@ def to_markdown(rep: dict[str, Any]) -> str:
         lines += [f"- {e['prompt']} → {' '.join(e['answer'].split())[:200]}" for e in m["examples"]]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def fidelity_markdown(rep: dict[str, Any]) -> list[str]:
+    """Size, speed, closeness to the teacher and behaviour in one table, then the paired differences."""
+    fid = rep.get("fidelity") or {}
+    if not fid:
+        return []
+    lines = [
+        "",
+        "## Fidelity to the teacher (teacher-forced on its greedy answers)",
+        "",
+        "KL(teacher ‖ model) per answer token and perplexity of the teacher's answers, means over prompts "
+        "[bootstrap 95% intervals]; tokens/s: greedy generation, same prompts and batch size.",
+        "",
+        "| model | params | tokens/s | KL to teacher | NLL | perplexity | behaviour |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, f in fid.items():
+        kl = "n/a" if f["kl"] is None else with_interval(f["kl"], f["kl_ci"])
+        nll = "n/a" if f["nll"] is None else with_interval(f["nll"], f["nll_ci"])
+        ppl = "n/a" if f["perplexity"] is None else f"{f['perplexity']:.2f}"
+        speed = "n/a" if f.get("tokens_per_s") is None else f"{f['tokens_per_s']:.1f}"
+        lines.append(
+            f"| {name} | {f['params'] / 1e6:.1f}M | {speed} | {kl} | {nll} | {ppl} | "
+            f"{_cell(rep['models'][name]['behaviour'])} |"
+        )
+    pairs = rep.get("fidelity_paired") or {}
+    if pairs:
+        lines += ["", "Paired per-prompt differences (below zero: the first is closer to the teacher):", ""]
+        lines += ["| pair | KL difference | NLL difference | prompts |", "|---|---:|---:|---:|"]
+        for pair, d in pairs.items():
+            kl = "n/a" if d["kl"] is None else with_interval(d["kl"]["mean"], d["kl"]["ci"])
+            nll = "n/a" if d["nll"] is None else with_interval(d["nll"]["mean"], d["nll"]["ci"])
+            lines.append(f"| {pair} | {kl} | {nll} | {(d['nll'] or {}).get('prompts', 0)} |")
+    return lines
 
 
 def draw(rep: dict[str, Any], path: Path) -> bool:

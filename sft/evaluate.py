@@ -21,11 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 
 from sft.checkpoints import weights_problem
 from sft.eval_report import build_report, write_outputs
+from sft.fidelity import TeacherAnswers, measure
 from sft.quality import distinct_n, repeated_ngram_share
 from synth import embeddings
 from synth.curate.base import Context, RowCheck
@@ -94,23 +94,6 @@ def _student_engine(final: Path, base: str, batch_size: int) -> TransformersEngi
     return TransformersEngine.from_loaded(model, tokenizer, str(final), batch_size=batch_size)
 
 
-def _agreement(engine: TransformersEngine, prompts: list[Messages], answers: list[str]) -> float | None:
-    """Share of the teacher's answer tokens that are the model's top-1 prediction (teacher-forced)."""
-    model, tokenizer = engine.model, engine.tokenizer
-    hits = total = 0
-    with torch.inference_mode():
-        for messages, answer in zip(prompts, answers, strict=True):
-            prompt_ids = engine.encode(messages)
-            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-            if not answer_ids:
-                continue
-            ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
-            logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1]
-            hits += int((logits.argmax(-1).cpu() == torch.tensor(answer_ids)).sum())
-            total += len(answer_ids)
-    return hits / total if total else None
-
-
 def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
     """Teacher, base student, then each trained student; engines are built when their turn comes."""
     ev = recipe.eval
@@ -151,17 +134,24 @@ def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
 
 def _answer(
     engine: Engine, prompts: list[Messages], recipe: Recipe, on_progress: ProgressFn | None = None
-) -> list[list[Any]]:
-    """Per prompt: the greedy answer (sample 0), then `eval.samples` answers at the generation temperature."""
+) -> tuple[list[list[Any]], float | None]:
+    """Per prompt: the greedy answer (sample 0), then `eval.samples` answers at the generation temperature.
+
+    Also the greedy answers' tokens/s (every model answers the same prompts with the same batch size,
+    so this is the side-by-side generation speed).
+    """
     ev = recipe.eval
     generation = replace(sampling_params(recipe), max_new_tokens=ev.max_new_tokens, logprobs=None)
     greedy = replace(generation, n=1, temperature=ev.temperature)
+    t0 = time.perf_counter()
     out = [list(c) for c in engine.generate(prompts, greedy, on_progress)]
+    elapsed = time.perf_counter() - t0
+    tokens = sum(c[0].completion_tokens or 0 for c in out)
     if ev.samples:
         sampled = replace(generation, n=ev.samples)
         for comps, more in zip(out, engine.generate(prompts, sampled, on_progress), strict=True):
             comps.extend(more)
-    return out
+    return out, (tokens / elapsed if elapsed > 0 and tokens else None)
 
 
 def _rows(name: str, items: list[PromptItem], prompts: list[Messages], comps: list[list[Any]]) -> list[dict[str, Any]]:
@@ -238,14 +228,16 @@ def run_eval(
     models = _models(recipe, run_dir)
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
-    agreement: dict[str, float | None] = {}
-    teacher_answers: list[str] = []
+    fidelity: dict[str, dict[str, Any]] = {}
+    answers: TeacherAnswers | None = None
+    teacher: tuple[Any, Any] | None = None  # the teacher's (model, tokenizer), kept for the KL of the others
     student_prompts = [it.prompt for it in items]
     console = console or Console(stderr=True)
     try:
         for m in models:
             t0 = time.perf_counter()
             engine = m.engine()
+            keep = False
             try:
                 prompts = [it.teacher_prompt for it in items] if m.teacher_view else student_prompts
                 with progress_bar(console) as bar:
@@ -254,16 +246,23 @@ def run_eval(
                     def advance(rows: int, tokens: int, bar: Any = bar, task: Any = task) -> None:
                         bar.update(task, advance=rows, tokens=bar.tasks[task].fields["tokens"] + tokens)
 
-                    comps = _answer(engine, prompts, recipe, advance)
+                    comps, tokens_per_s = _answer(engine, prompts, recipe, advance)
                 rows += _rows(m.name, items, prompts, comps)
                 if m.name == "teacher":
-                    teacher_answers = [cs[0].text for cs in comps]
-                elif isinstance(engine, TransformersEngine):
-                    agreement[m.name] = _agreement(engine, student_prompts, teacher_answers)
+                    answers = TeacherAnswers(
+                        [it.teacher_prompt for it in items], student_prompts, [c[0].text for c in comps]
+                    )
+                    keep = isinstance(engine, TransformersEngine)
+                    teacher = (engine.model, engine.tokenizer) if keep else None
+                if isinstance(engine, TransformersEngine) and answers is not None:
+                    fidelity[m.name] = measure(engine.model, engine.tokenizer, answers, teacher, m.name == "teacher")
+                    fidelity[m.name]["tokens_per_s"] = tokens_per_s
             finally:
-                engine.close()
+                if not keep:
+                    engine.close()
                 del engine
             seconds[m.name] = round(time.perf_counter() - t0, 1)
+        teacher = None
         _judge(rows, checks, behaviour)
     finally:
         for check in checks:
@@ -279,7 +278,7 @@ def run_eval(
         relevance_threshold=threshold,
         relevance_measured=embeddings.available(),
         judges=[c.name for c in checks if c.spec.judge],
-        agreement=agreement,
+        fidelity=fidelity,
         seconds=seconds,
     )
     write_outputs(run_dir / "eval", report, rows)

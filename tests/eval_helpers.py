@@ -51,7 +51,7 @@ def report_for(rows: list[dict[str, Any]], models: list[str], relevance_measured
         relevance_threshold=0.3,
         relevance_measured=relevance_measured,
         judges=[],
-        agreement={},
+        fidelity={},
         seconds={},
     )
 

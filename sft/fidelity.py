@@ -1,0 +1,108 @@
+"""Fidelity to the teacher: how close each model's next-token distribution is to the teacher's.
+
+Behaviour rates say whether a student does what the teacher does; fidelity says how much of the
+teacher's distribution it kept, which is what distillation (and compression) is about. On the
+teacher's greedy answers to the held-out prompts, teacher-forced:
+
+- `kl`: mean over answer tokens of KL(teacher ‖ model) over the full vocabulary, at temperature 1;
+  the teacher reads its own view (`teacher_prompt`), the model the student's view, so for
+  self-distillation this measures how much of the privileged context the student absorbed;
+- `nll`: mean negative log-likelihood of the teacher's answer tokens under the model;
+  `perplexity = exp(nll)`.
+
+Both are averaged per prompt first, then over prompts (`kl_per_prompt`, `nll_per_prompt` keep the
+per-prompt values in prompt order, so two models can be compared pairwise), with a bootstrap 95%
+interval over prompts. The teacher model is kept loaded while the other models are measured (its
+logits are recomputed per model instead of storing prompts × tokens × vocabulary floats).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from synth.records import Messages
+from synth.stats import bootstrap_ci, mean
+
+
+@dataclass
+class TeacherAnswers:
+    """The teacher's greedy answers and the two views of each held-out prompt."""
+
+    teacher_prompts: list[Messages]
+    student_prompts: list[Messages]
+    answers: list[str]
+
+
+def _ids(tokenizer: Any, messages: Messages) -> list[int]:
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+def _answer_log_probs(model: Any, tokenizer: Any, messages: Messages, answer_ids: list[int]) -> Any:
+    """The model's log-probabilities (float32, [answer tokens, vocabulary]) at each answer position."""
+    import torch
+
+    prompt_ids = _ids(tokenizer, messages)
+    ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
+    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | None, is_teacher: bool) -> dict[str, Any]:
+    """Per-prompt KL and NLL of `model` on the teacher's answers, with means, intervals and top-1 agreement.
+
+    `teacher` is the teacher's (model, tokenizer), or None when the teacher is not a local model (a
+    server): then `kl` is None and only the NLL of the teacher's answers is measured.
+    """
+    import torch
+
+    kl_pp: list[float | None] = []
+    nll_pp: list[float | None] = []
+    hits = total = 0
+    with torch.inference_mode():
+        for t_view, s_view, answer in zip(data.teacher_prompts, data.student_prompts, data.answers, strict=True):
+            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            if not answer_ids:
+                kl_pp.append(None)
+                nll_pp.append(None)
+                continue
+            view = t_view if is_teacher else s_view
+            lp = _answer_log_probs(model, tokenizer, view, answer_ids)
+            target = torch.tensor(answer_ids, device=lp.device)
+            nll_pp.append(float(-lp.gather(1, target[:, None]).mean()))
+            if teacher is not None and not is_teacher:
+                t_lp = _answer_log_probs(teacher[0], teacher[1], t_view, answer_ids).to(lp.device)
+                kl_pp.append(float((t_lp.exp() * (t_lp - lp)).sum(-1).mean()))
+            else:
+                kl_pp.append(0.0 if is_teacher else None)
+            hits += int((lp.argmax(-1) == target).sum())
+            total += len(answer_ids)
+    return summarise(kl_pp, nll_pp) | {
+        "params": sum(p.numel() for p in model.parameters()),
+        "agreement_top1": hits / total if total else None,
+    }
+
+
+def summarise(kl_pp: list[float | None], nll_pp: list[float | None]) -> dict[str, Any]:
+    """Means over prompts with bootstrap 95% intervals; prompts without an answer are left out."""
+    kls = [x for x in kl_pp if x is not None]
+    nlls = [x for x in nll_pp if x is not None]
+    nll = mean(nlls)
+    return {
+        "kl": mean(kls),
+        "kl_ci": bootstrap_ci(kls),
+        "nll": nll,
+        "nll_ci": bootstrap_ci(nlls),
+        "perplexity": None if nll is None else math.exp(nll),
+        "kl_per_prompt": kl_pp,
+        "nll_per_prompt": nll_pp,
+    }
+
+
+def paired(a: list[float | None], b: list[float | None]) -> dict[str, Any] | None:
+    """Mean of the per-prompt differences a − b over prompts both have, with a paired bootstrap 95% interval."""
+    diffs = [x - y for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    if not diffs:
+        return None
+    return {"mean": mean(diffs), "ci": bootstrap_ci(diffs), "prompts": len(diffs)}

@@ -1,0 +1,96 @@
+"""Fidelity to the teacher (sft/fidelity.py) on tiny random models with SmolLM2's real tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sft.fidelity import TeacherAnswers, measure, paired
+
+SYSTEM = {"role": "system", "content": "Answer in French."}
+
+
+def _tiny(seed: int, vocab: int) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def _data() -> TeacherAnswers:
+    users = [[{"role": "user", "content": q}] for q in ("Name a colour.", "Say hello.", "Two plus two?")]
+    return TeacherAnswers([[SYSTEM, *u] for u in users], users, ["Rouge.", "Bonjour !", ""])
+
+
+def _manual(model: Any, teacher: Any, tokenizer: Any, s_view: list, t_view: list, answer: str) -> tuple[float, float]:
+    """KL(teacher ‖ model) and NLL, written out the plain way for one prompt."""
+    import torch
+
+    a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+
+    def logp(m: Any, view: list) -> torch.Tensor:
+        p = list(tokenizer.apply_chat_template(view, add_generation_prompt=True, tokenize=True, return_dict=False))
+        with torch.no_grad():
+            out = m(input_ids=torch.tensor([p + a])).logits[0].float().log_softmax(-1)
+        return out[len(p) - 1 : len(p) - 1 + len(a)]
+
+    s, t = logp(model, s_view), logp(teacher, t_view)
+    kl = sum(float((t[i].exp() * (t[i] - s[i])).sum()) for i in range(len(a))) / len(a)
+    nll = -sum(float(s[i, tok]) for i, tok in enumerate(a)) / len(a)
+    return kl, nll
+
+
+def test_kl_and_nll_match_the_plain_computation_per_prompt(tokenizer: Any) -> None:
+    teacher, student = _tiny(0, len(tokenizer)), _tiny(1, len(tokenizer))
+    data = _data()
+    got = measure(student, tokenizer, data, (teacher, tokenizer), is_teacher=False)
+    for i in range(2):
+        kl, nll = _manual(
+            student, teacher, tokenizer, data.student_prompts[i], data.teacher_prompts[i], data.answers[i]
+        )
+        assert got["kl_per_prompt"][i] == pytest.approx(kl, rel=1e-4)
+        assert got["nll_per_prompt"][i] == pytest.approx(nll, rel=1e-4)
+    assert got["kl_per_prompt"][2] is None and got["nll_per_prompt"][2] is None  # an empty answer has no tokens
+    assert got["kl"] == pytest.approx(sum(got["kl_per_prompt"][:2]) / 2) and got["kl"] > 0
+    assert got["perplexity"] == pytest.approx(__import__("math").exp(got["nll"]))
+    assert got["params"] == sum(p.numel() for p in student.parameters())
+
+
+def test_the_teacher_is_at_zero_and_a_copy_seeing_the_teacher_view_is_too(tokenizer: Any) -> None:
+    teacher = _tiny(0, len(tokenizer))
+    data = _data()
+    assert measure(teacher, tokenizer, data, (teacher, tokenizer), is_teacher=True)["kl"] == 0.0
+    # the same weights reading the student's view (no system prompt) are NOT at zero: the view matters
+    assert measure(teacher, tokenizer, data, (teacher, tokenizer), is_teacher=False)["kl"] > 1e-6
+    same_view = TeacherAnswers(data.teacher_prompts, data.teacher_prompts, data.answers)
+    assert measure(teacher, tokenizer, same_view, (teacher, tokenizer), is_teacher=False)["kl"] == pytest.approx(
+        0.0, abs=1e-6
+    )
+    # without a local teacher (a server), only the NLL is measured
+    assert measure(teacher, tokenizer, data, None, is_teacher=False)["kl"] is None
+
+
+def test_paired_difference_skips_missing_prompts() -> None:
+    d = paired([1.0, 2.0, None, 4.0], [2.0, 2.5, 1.0, 5.0])
+    assert d is not None and d["prompts"] == 3 and d["mean"] == pytest.approx(-2.5 / 3)
+    assert d["ci"][1] <= 0
+    assert paired([None], [1.0]) is None
