@@ -23,6 +23,8 @@ import torch
 from trl.experimental.gkd import GKDTrainer
 from trl.experimental.utils import DataCollatorForChatML
 
+from sft.teacher_view import teacher_prompt_ids, teacher_view
+
 
 class TeacherViewCollator:
     """TRL's ChatML collator for the student, plus the teacher's prompt ids for each row."""
@@ -35,31 +37,6 @@ class TeacherViewCollator:
         batch = self.student([{"messages": e["messages"]} for e in examples])
         batch["teacher_prompt_ids"] = [teacher_prompt_ids(self.tokenizer, e["teacher_prompt"]) for e in examples]
         return batch
-
-
-def teacher_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
-    """The teacher's view of the prompt, tokenised as a prompt awaiting the assistant's turn."""
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-
-
-def teacher_view(
-    ids: torch.Tensor, labels: torch.Tensor, prompt_ids: list[list[int]], pad: int
-) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int, int]]]:
-    """Teacher sequences (each row's teacher prompt + the student row's completion tokens), their mask,
-    and (row, student position, row, teacher position) pairs of logits that predict the same token."""
-    seqs, pairs = [], []
-    for i, row_prompt in enumerate(prompt_ids):
-        positions = (labels[i] != -100).nonzero().flatten().tolist()
-        completion = ids[i, positions].tolist()
-        seqs.append(list(row_prompt) + completion)
-        for j, p in enumerate(positions):
-            # student logits at p-1 and teacher logits at len(prompt)-1+j both predict completion[j]
-            pairs.append((i, p - 1, i, len(row_prompt) - 1 + j))
-    width = max(len(s) for s in seqs)
-    device = ids.device
-    t_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-    t_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-    return t_ids, t_mask, pairs
 
 
 class SelfDistillGKDTrainer(GKDTrainer):
