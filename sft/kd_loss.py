@@ -143,9 +143,9 @@ def sparse_kd_loss(
     if tail:
         # a row has a tail bucket unless its valid ids cover the whole vocabulary
         has_tail = slot.sum(-1, keepdim=True) < vocab
+        # (a row without a tail takes logsumexp over only -inf: -inf, and scatter's backward zeroes the
+        # gradient of every overwritten logit, so no NaN reaches the logits; tested with k = V)
         rest = z.scatter(-1, safe_ids, NEG_INF)
-        # a row with no tail would take logsumexp over only -inf, whose gradient is NaN: give it zeros instead
-        rest = torch.where(has_tail, rest, 0.0)
         s_tail = torch.where(has_tail, torch.logsumexp(rest, dim=-1, keepdim=True) - log_norm, NEG_INF)
         kept_mass = torch.where(slot, lp, NEG_INF).logsumexp(-1, keepdim=True).exp()
         m = (1.0 - kept_mass).clamp(min=tail_floor)
