@@ -23,6 +23,8 @@ import torch
 from trl.experimental.gkd import GKDTrainer
 from trl.experimental.utils import DataCollatorForChatML
 
+from sft.teacher_view import teacher_prompt_ids, teacher_view
+
 
 class TeacherViewCollator:
     """TRL's ChatML collator for the student, plus the teacher's prompt ids for each row."""
@@ -33,14 +35,7 @@ class TeacherViewCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.student([{"messages": e["messages"]} for e in examples])
-        batch["teacher_prompt_ids"] = [
-            list(
-                self.tokenizer.apply_chat_template(
-                    e["teacher_prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
-                )
-            )
-            for e in examples
-        ]
+        batch["teacher_prompt_ids"] = [teacher_prompt_ids(self.tokenizer, e["teacher_prompt"]) for e in examples]
         return batch
 
 
@@ -51,21 +46,9 @@ class SelfDistillGKDTrainer(GKDTrainer):
 
     def teacher_batch(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, ...]]]:
         """Teacher sequences, their mask, and (row, student position, row, teacher position) pairs."""
-        ids, labels = inputs["input_ids"], inputs["labels"]
-        pad = self.processing_class.pad_token_id
-        seqs, pairs = [], []
-        for i, prompt_ids in enumerate(inputs["teacher_prompt_ids"]):
-            positions = (labels[i] != -100).nonzero().flatten().tolist()
-            completion = ids[i, positions].tolist()
-            seqs.append(list(prompt_ids) + completion)
-            for j, p in enumerate(positions):
-                # student logits at p-1 and teacher logits at len(prompt)-1+j both predict completion[j]
-                pairs.append((i, p - 1, i, len(prompt_ids) - 1 + j))
-        width = max(len(s) for s in seqs)
-        device = ids.device
-        t_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-        t_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-        return t_ids, t_mask, pairs
+        return teacher_view(
+            inputs["input_ids"], inputs["labels"], inputs["teacher_prompt_ids"], self.processing_class.pad_token_id
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         student = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])

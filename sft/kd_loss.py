@@ -1,0 +1,173 @@
+"""Soft-label knowledge-distillation losses: pure torch, no trainer.
+
+Two teacher sources share one divergence:
+
+- `sparse_kd_loss`: the teacher is what a generation engine stored, the top-k token ids and their
+  log-probabilities (at temperature 1) for every completion token. The k stored tokens plus one *tail*
+  bucket holding the rest of the mass make a (k+1)-bucket distribution; the student's full-vocabulary
+  distribution is coarsened to the same buckets and the divergence is taken between the two.
+- `dense_kd_loss`: the teacher's full logits (a local teacher model), the reference the sparse loss
+  reduces to when k = V.
+
+The divergence follows TRL's `GKDTrainer.generalized_jsd_loss` (Agarwal et al., 2306.13649, Eq. 1):
+beta = 0 is forward KL(teacher‖student), beta = 1 is reverse KL(student‖teacher), and in between
+beta·KL(teacher‖M) + (1−beta)·KL(student‖M) with the mixture M = beta·teacher + (1−beta)·student.
+Like TRL, the endpoints are special cases (the in-between formula tends to 0, not to a KL, as beta → 0
+or 1). Unlike TRL, the losses are multiplied by T² (Hinton et al. 2015: it keeps the gradient's scale
+independent of the temperature when mixed with a cross-entropy term) and return a *sum* over the
+masked tokens plus their count, so the caller divides by `num_items_in_batch` under gradient
+accumulation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+NEG_INF = float("-inf")
+
+
+def _divergence(
+    student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float, valid: torch.Tensor
+) -> torch.Tensor:
+    """Per-row generalized JSD over the last dimension, counting only `valid` buckets.
+
+    Invalid buckets (padding slots, a tail with no tokens in it) hold -inf log-probability on both sides;
+    they are zeroed before any arithmetic, not after, because `0 * (-inf - -inf)` is NaN in the forward
+    pass and `where` does not stop that NaN from reaching the gradient.
+    """
+    s = torch.where(valid, student_logp, 0.0)
+    t = torch.where(valid, teacher_logp, 0.0)
+
+    def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # KL(p‖q), p and q log-probabilities
+        return torch.where(valid, p.exp() * (p - q), 0.0).sum(-1)
+
+    if beta == 0.0:
+        return kl(t, s)
+    if beta == 1.0:
+        return kl(s, t)
+    mixture = torch.logaddexp(s + math.log1p(-beta), t + math.log(beta))
+    return beta * kl(t, mixture) + (1.0 - beta) * kl(s, mixture)
+
+
+def _check(temperature: float, beta: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+
+
+def dense_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 1.0,
+    beta: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T²·D(teacher, student) summed over the masked positions, and the number of those positions.
+
+    `student_logits`, `teacher_logits`: [B, T, V], already aligned (position t of both predicts the same
+    token); `mask`: [B, T], true where the loss counts. Both distributions are softmax(logits / T).
+    Only masked rows are taken before the softmax, so padding costs no vocabulary-sized memory.
+    """
+    _check(temperature, beta)
+    keep = mask.bool()
+    s = F.log_softmax(student_logits[keep] / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits[keep].to(s.dtype) / temperature, dim=-1)
+    per_token = _divergence(s, t, beta, torch.ones_like(s, dtype=torch.bool))
+    return per_token.sum() * temperature**2, keep.sum()
+
+
+def sparse_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 1.0,
+    beta: float = 0.0,
+    tail: bool = True,
+    tail_floor: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T²·D over (k+1) buckets (the k stored tokens and a tail) summed over masked positions, and their count.
+
+    Shapes: `student_logits` [B, T, V]; `teacher_ids` [B, T, k] int, -1 (any negative id) for a missing
+    slot; `teacher_logprobs` [B, T, k], the teacher's log-probabilities at temperature 1 as an engine
+    stores them (a non-finite one also marks a missing slot: the teacher gave that token no mass, so it
+    belongs in the tail); `mask` [B, T]. Position t of every tensor predicts the same token. The ids of
+    one position must be distinct (engines return distinct top-k ids).
+
+    Teacher buckets: the stored p_i for the k tokens and the tail mass m = 1 − Σp_i, clamped to at least
+    `tail_floor` because stored log-probs are rounded (float16) and can sum past 1; a zero tail would make
+    reverse KL infinite as soon as the student puts any mass outside the k tokens. Temperature: each
+    bucket is re-tempered as if it were one token, p^(1/T) (the tail as m^(1/T)), then renormalised over
+    the k+1 buckets. Why this treatment: at T = 1 it is exact (the loss is then the divergence between
+    the (k+1)-bucket coarsenings of the dense teacher and student); when the k ids cover the vocabulary
+    there is no tail bucket at all and the loss equals `dense_kd_loss` at any T, because
+    softmax(log p / T) = softmax(logits / T) when log p = log_softmax(logits). At T ≠ 1 with k < V it is
+    an approximation either way: the true tempered tail Σ p_j^(1/T) needs the tail's unknown shape, and
+    treating the tail as one token is the only choice that keeps both exact cases. An untempered tail
+    would not be consistent with the tempered k buckets.
+
+    Student buckets: log_softmax(student_logits / T) at the k ids, and its tail, the log of the mass on
+    every other token, computed as a logsumexp over the logits with the k ids masked out. Not
+    log(1 − Σ student probs at the ids) via log1mexp: in float32 that cancels catastrophically when the
+    student is confident (tail < ~1e-6, the common case for a trained model) and rounds to log(0), which
+    makes forward KL infinite; the masked logsumexp costs one extra [N, V] buffer and is exact.
+
+    `tail=False` drops the tail bucket: both distributions are renormalised over the k ids (the
+    "top-k only" variant, which ignores the student's mass outside them).
+
+    The sum is multiplied by T²; divide it by the token count (or by `num_items_in_batch`).
+    """
+    _check(temperature, beta)
+    keep = mask.bool()
+    z = student_logits[keep] / temperature  # [N, V]
+    ids = teacher_ids[keep].long()  # [N, k]
+    lp = teacher_logprobs[keep].to(z.dtype)
+    vocab = z.shape[-1]
+    slot = (ids >= 0) & torch.isfinite(lp)
+    if bool((ids >= vocab).any()):
+        raise ValueError(f"teacher_ids holds ids >= the student's vocabulary ({vocab})")
+
+    # Student: an extra -inf column is where missing slots point, so they gather -inf and mask nothing.
+    z = torch.cat([z, z.new_full((z.shape[0], 1), NEG_INF)], dim=-1)
+    safe_ids = torch.where(slot, ids, vocab)
+    log_norm = torch.logsumexp(z, dim=-1, keepdim=True)
+    s_slots = z.gather(-1, safe_ids) - log_norm
+
+    # Teacher, re-tempered per bucket: log p / T, missing slots -inf.
+    t_slots = torch.where(slot, lp / temperature, NEG_INF)
+
+    if tail:
+        # a row has a tail bucket unless its valid ids cover the whole vocabulary
+        has_tail = slot.sum(-1, keepdim=True) < vocab
+        # (a row without a tail takes logsumexp over only -inf: -inf, and scatter's backward zeroes the
+        # gradient of every overwritten logit, so no NaN reaches the logits; tested with k = V)
+        rest = z.scatter(-1, safe_ids, NEG_INF)
+        s_tail = torch.where(has_tail, torch.logsumexp(rest, dim=-1, keepdim=True) - log_norm, NEG_INF)
+        kept_mass = torch.where(slot, lp, NEG_INF).logsumexp(-1, keepdim=True).exp()
+        m = (1.0 - kept_mass).clamp(min=tail_floor)
+        t_tail = torch.where(has_tail, m.log() / temperature, NEG_INF)
+        s_buckets = torch.cat([s_slots, s_tail], dim=-1)
+        t_buckets = torch.cat([t_slots, t_tail], dim=-1)
+        valid = torch.cat([slot, has_tail], dim=-1)
+    else:
+        s_buckets, t_buckets, valid = s_slots, t_slots, slot
+        # renormalise the student over the k ids (rows with no valid slot contribute nothing)
+        # (a row with no valid slot would take logsumexp over only -inf, whose gradient is NaN)
+        any_slot = valid.any(-1, keepdim=True)
+        s_buckets = s_buckets - torch.where(any_slot, s_buckets, 0.0).logsumexp(-1, keepdim=True)
+
+    t_norm = torch.where(valid.any(-1, keepdim=True), t_buckets.logsumexp(-1, keepdim=True), 0.0)
+    t_buckets = t_buckets - t_norm
+    per_token = _divergence(s_buckets, t_buckets, beta, valid)
+    return per_token.sum() * temperature**2, keep.sum()
+
+
+def combined_loss(ce: torch.Tensor, kd: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha·CE + (1 − alpha)·KD (KD already carrying its T²): alpha = 0 is pure distillation, 1 is SFT."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return alpha * ce + (1.0 - alpha) * kd

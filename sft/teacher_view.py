@@ -1,0 +1,35 @@
+"""The teacher's view for self-distillation: its own prompt (`teacher_prompt`) + the student's completion tokens.
+
+Shared by `sft.gkd` (on-policy GKD) and `sft.kd` (off-policy KD); no TRL import, so either can use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def teacher_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """The teacher's view of the prompt, tokenised as a prompt awaiting the assistant's turn."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+def teacher_view(
+    ids: torch.Tensor, labels: torch.Tensor, prompt_ids: list[list[int]], pad: int
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int, int]]]:
+    """Teacher sequences (each row's teacher prompt + the student row's completion tokens), their mask,
+    and (row, student position, row, teacher position) pairs of logits that predict the same token."""
+    seqs, pairs = [], []
+    for i, row_prompt in enumerate(prompt_ids):
+        positions = (labels[i] != -100).nonzero().flatten().tolist()
+        completion = ids[i, positions].tolist()
+        seqs.append(list(row_prompt) + completion)
+        for j, p in enumerate(positions):
+            # student logits at p-1 and teacher logits at len(prompt)-1+j both predict completion[j]
+            pairs.append((i, p - 1, i, len(row_prompt) - 1 + j))
+    width = max(len(s) for s in seqs)
+    device = ids.device
+    t_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+    t_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+    return t_ids, t_mask, pairs

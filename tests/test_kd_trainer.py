@@ -1,0 +1,234 @@
+"""KDTrainer with TRL's SFT data preparation: stored top-k alignment, training, the misaligned-row report.
+
+The stored teacher top-k is made the way an engine scores a completion: the real SmolLM2 reads the chat
+prompt and the generated tokens (the completion's tokens up to and including `<|im_end|>`), and its
+top-k log-probs for each generated token are stored. Students are tiny random Llamas sharing its tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sft.kd import KDTrainer, MisalignedRows
+from sft.kd_loss import sparse_kd_loss
+
+ANSWERS = {
+    "Name a colour.": "Blue is a lovely colour.",
+    "Say hello.": "Hello, my friend!",
+    "What is two plus two?": "Two plus two is four.",
+    "Name a fruit.": "An apple is a fruit.",
+}
+K = 8
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    model.eval()
+    return tok, model
+
+
+def stored_rows(tok: Any, teacher: Any, k: int = K) -> list[dict[str, Any]]:
+    rows = []
+    for q, a in ANSWERS.items():
+        prompt, completion = [{"role": "user", "content": q}], [{"role": "assistant", "content": a}]
+        prompt_ids = list(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
+        full = list(tok.apply_chat_template(prompt + completion, tokenize=True, return_dict=False))
+        assert full[: len(prompt_ids)] == prompt_ids
+        rest = full[len(prompt_ids) :]
+        generated = rest[: rest.index(tok.convert_tokens_to_ids("<|im_end|>")) + 1]  # what the engine sampled
+        with torch.no_grad():
+            logits = teacher(torch.tensor([prompt_ids + generated])).logits[0]
+        # logits at len(prompt)-1+j predict generated[j]
+        lp = torch.log_softmax(logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(generated)], -1)
+        top_lp, top_ids = lp.topk(k, dim=-1)
+        top_lp = top_lp.half().float()  # stored as float16
+        rows.append(
+            {
+                "prompt": prompt,
+                "completion": completion,
+                "teacher_topk_ids": top_ids.tolist(),
+                "teacher_topk_logprobs": top_lp.tolist(),
+            }
+        )
+    return rows
+
+
+def tiny_student(tok: Any, seed: int = 0) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def config(tmp_path: Path, **kw: Any) -> Any:
+    from trl import SFTConfig
+
+    base = {
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 2,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "bf16": False,
+        "max_length": 128,
+        "activation_checkpointing": False,
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+    return SFTConfig(**{**base, **kw})
+
+
+def dataset(rows: list[dict[str, Any]]) -> Any:
+    import datasets
+
+    return datasets.Dataset.from_list(rows)
+
+
+def batch_of_all(trainer: KDTrainer) -> dict[str, Any]:
+    rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    return trainer._prepare_inputs(trainer.data_collator(rows))
+
+
+def test_stored_topk_lands_on_the_tokens_it_predicts(tmp_path: Path, smollm2: tuple[Any, Any]) -> None:
+    """With the teacher itself as the student, the KD loss through collator + compute_loss is ~0 (float16
+    rounding only); one position off and it is large. Every stored top-1 is the label it sits on (SmolLM2
+    ranks these simple answers' tokens first or near it, so check the collated ids against a shifted copy)."""
+    tok, teacher = smollm2
+    rows = stored_rows(tok, teacher)
+    trainer = KDTrainer(model=teacher, args=config(tmp_path), train_dataset=dataset(rows), processing_class=tok)
+    batch = batch_of_all(trainer)
+    # per row: stored tokens = completion tokens up to <|im_end|>; the template's "\n" after it has none
+    for i, row in enumerate(rows):
+        completion = (batch["labels"][i] != -100).nonzero().flatten()
+        stored = batch["teacher_mask"][i].nonzero().flatten()
+        assert stored.tolist() == completion[: len(row["teacher_topk_ids"])].tolist()
+        assert tok.decode(batch["input_ids"][i, completion[len(stored) :]]) == "\n"
+    with torch.no_grad():
+        logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    args = (batch["teacher_logprobs"][:, 1:], batch["teacher_mask"][:, 1:])
+    aligned, n = sparse_kd_loss(logits[:, :-1], batch["teacher_ids"][:, 1:], *args)
+    shifted, _ = sparse_kd_loss(logits[:, 1:], batch["teacher_ids"][:, 1:], *args)
+    assert n == sum(len(r["teacher_topk_ids"]) for r in rows)
+    assert aligned / n < 2e-3 and shifted / n > 1.0
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    assert loss < 2e-3
+
+
+def test_kd_training_moves_the_student_to_the_stored_distribution(tmp_path: Path, smollm2: tuple[Any, Any]) -> None:
+    tok, teacher = smollm2
+    rows = stored_rows(tok, teacher)
+    student = tiny_student(tok)
+    trainer = KDTrainer(
+        model=student,
+        args=config(tmp_path, max_steps=10, learning_rate=1e-2, num_train_epochs=20),
+        train_dataset=dataset(rows),
+        processing_class=tok,
+        alpha=0.0,
+        temperature=1.0,
+    )
+
+    def kl() -> float:
+        batch = batch_of_all(trainer)
+        with torch.no_grad():
+            logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        total, n = sparse_kd_loss(
+            logits[:, :-1], batch["teacher_ids"][:, 1:], batch["teacher_logprobs"][:, 1:], batch["teacher_mask"][:, 1:]
+        )
+        return (total / n).item()
+
+    before = kl()
+    trainer.train()
+    after = kl()
+    assert after < 0.85 * before, (before, after)  # 10 steps: ~7.0 -> ~5.3 nats
+    logs = [e for e in trainer.state.log_history if "kd_loss" in e]
+    assert len(logs) == 10 and all("ce_loss" in e for e in logs)
+    assert logs[-1]["kd_loss"] < logs[0]["kd_loss"]
+    # alpha = 0: the optimised loss is the KD term alone (per label token, which includes the template's "\n")
+    assert logs[0]["loss"] < logs[0]["kd_loss"] < logs[0]["ce_loss"]
+
+
+def test_misaligned_rows_are_reported_by_dataset_row(tmp_path: Path, smollm2: tuple[Any, Any]) -> None:
+    tok, teacher = smollm2
+    rows = stored_rows(tok, teacher)
+    rows[1]["teacher_topk_ids"] = rows[1]["teacher_topk_ids"][:-1]  # lost the stop token's slot
+    rows[1]["teacher_topk_logprobs"] = rows[1]["teacher_topk_logprobs"][:-1]
+    rows[3]["teacher_topk_ids"] = [*rows[3]["teacher_topk_ids"], rows[3]["teacher_topk_ids"][-1]]  # one too many
+    rows[3]["teacher_topk_logprobs"] = [*rows[3]["teacher_topk_logprobs"], rows[3]["teacher_topk_logprobs"][-1]]
+    with pytest.raises(MisalignedRows) as info:
+        KDTrainer(model=tiny_student(tok), args=config(tmp_path), train_dataset=dataset(rows), processing_class=tok)
+    assert [m.row for m in info.value.rows] == [1, 3]
+    assert "row 1:" in str(info.value) and "stored tokens" in str(info.value)
+    # an engine that does not report the stop token: the shortened row is the aligned one
+    rows = stored_rows(tok, teacher)
+    for r in rows[:3]:
+        r["teacher_topk_ids"], r["teacher_topk_logprobs"] = r["teacher_topk_ids"][:-1], r["teacher_topk_logprobs"][:-1]
+    with pytest.raises(MisalignedRows) as info:
+        KDTrainer(
+            model=tiny_student(tok),
+            args=config(tmp_path),
+            train_dataset=dataset(rows),
+            processing_class=tok,
+            stop_token_stored=False,
+        )
+    assert [m.row for m in info.value.rows] == [3]
+
+
+def test_local_teacher_model_dense_and_teacher_view(tmp_path: Path, smollm2: tuple[Any, Any]) -> None:
+    """source: model: a teacher with the student's weights gives kd_loss 0 on the same ids and > 0 when it
+    reads a different prompt (teacher_prompt) before the same completion tokens."""
+    tok, _ = smollm2
+    rows = [
+        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+        for q, a in ANSWERS.items()
+    ]
+    student, twin = tiny_student(tok, seed=1), tiny_student(tok, seed=1)
+    trainer = KDTrainer(
+        model=student,
+        teacher_model=twin,
+        args=config(tmp_path, learning_rate=0.0),
+        train_dataset=dataset(rows),
+        processing_class=tok,
+        temperature=2.0,
+        alpha=0.5,
+    )
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "kd_loss" in e]
+    assert logs and all(e["kd_loss"] < 1e-6 and e["ce_loss"] > 1.0 for e in logs)
+
+    system = {"role": "system", "content": "Always answer in French, and at length."}
+    viewed = [{**r, "teacher_prompt": [system, *r["prompt"]]} for r in rows]
+    trainer = KDTrainer(
+        model=tiny_student(tok, seed=1),
+        teacher_model=tiny_student(tok, seed=1),
+        args=config(tmp_path, learning_rate=0.0),
+        train_dataset=dataset(viewed),
+        processing_class=tok,
+    )
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "kd_loss" in e]
+    assert logs and all(e["kd_loss"] > 1e-4 for e in logs)
