@@ -97,9 +97,12 @@ class KDCollator:
         ends = [j for j, p in enumerate(completion) if labels[p] in self.end_token_ids]
         n = len(ids)
         if ends:
-            want = ends[-1] + (1 if self.stop_token_stored else 0)
-            if n != want:
-                return f"{n} stored tokens, the completion has {want} up to its end-of-turn token"
+            # with the stop token's step (an answer that stopped), or without it (an answer cut at
+            # max_new_tokens, which the template still closes; or an engine that does not report it)
+            full = ends[-1] + 1
+            allowed = (full, full - 1) if self.stop_token_stored else (full - 1,)
+            if n not in allowed:
+                return f"{n} stored tokens, the completion has {full} up to and including its end-of-turn token"
             where = completion[:n]
         elif self.max_length is not None and len(example["input_ids"]) >= self.max_length:
             if n < len(completion):  # truncated at max_length: the stored tokens must cover what is left

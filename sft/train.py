@@ -1,4 +1,4 @@
-"""`sft run`: train the student on the curated set with TRL (SFT, or on-policy GKD), LoRA or full.
+"""`sft run`: train the student on the curated set with TRL (SFT, on-policy GKD, or soft-label KD), LoRA or full.
 
 Defaults follow the hardware: bf16 only on a GPU that supports it, and gradient checkpointing off
 (TRL turns it on by default; on a CPU it makes GKD steps ~3x slower by disabling the KV cache during
@@ -178,6 +178,64 @@ def _teacher_model(recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
         return AutoModelForCausalLM.from_pretrained(path)
 
 
+def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any, unusable: set[int]) -> Any:
+    """The rows KD trains on: for stored soft labels, the tokenizer checked and the top-k as columns."""
+    from sft.kd_data import check_tokenizer, with_topk
+
+    ds = ds.select(sorted(set(range(len(ds))) - unusable))  # the collator would fail on them mid-run
+    if recipe.train.kd.source == "model":
+        return ds.select_columns(["prompt", "completion", "teacher_prompt"])
+    check_tokenizer(run_dir, tokenizer, recipe.model.path)
+    out, dropped = with_topk(ds, tokenizer)
+    for i, why in dropped[:5]:
+        _say(f"warning: curated row {i} ({ds[i]['id']}) left out of kd: {why}")
+    if dropped:
+        _say(f"warning: {len(dropped)} of {len(ds)} rows have no usable stored log-probabilities and are left out")
+    if not len(out):
+        raise UserError(
+            "no curated row has usable stored log-probabilities",
+            "generate with generate.logprobs=K on an engine that gives token ids (transformers, vllm, llama.cpp)",
+        )
+    keep = [
+        "prompt",
+        "completion",
+        *(c for c in out.column_names if c.startswith("teacher_top") or c == "teacher_token_ids"),
+    ]
+    return out.select_columns(keep)
+
+
+def _kd_trainer(
+    recipe: Recipe, model: Any, config: Any, ds: Any, tokenizer: Any, peft_config: Any, student_path: str
+) -> Any:
+    """sft.kd.KDTrainer with the stored top-k or a local teacher model (misaligned rows are a clear error)."""
+    from sft.kd import KDTrainer, MisalignedRows
+
+    kd = recipe.train.kd
+    teacher = _teacher_model(recipe, student_path, tokenizer) if kd.source == "model" else None
+    try:
+        return KDTrainer(
+            model=model,
+            args=config,
+            train_dataset=ds,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            teacher_model=teacher,
+            alpha=kd.alpha,
+            temperature=kd.temperature,
+            beta=kd.beta,
+            tail=kd.tail,
+            stop_token_stored=recipe.teacher.engine != "openai",
+        )
+    except MisalignedRows as exc:
+        first = exc.rows[0]
+        raise UserError(
+            f"{len(exc.rows)} curated rows' stored log-probabilities do not line up with the completion's tokens "
+            f"(first: row {first.row}: {first.why})",
+            "the completions were re-tokenised differently from how the teacher generated them; generate "
+            "again with the student's tokenizer, or use train.kd.source=model",
+        ) from None
+
+
 def _model_card(trainer: Any, recipe: Recipe, final: Path) -> None:
     """TRL's README.md in the output folder, naming the base model.
 
@@ -192,7 +250,7 @@ def _model_card(trainer: Any, recipe: Recipe, final: Path) -> None:
     config._name_or_path = base_model_id(recipe)
     trainer.hub_model_id = str(final)  # the card's quick start loads this folder, not "None"
     try:
-        trainer.create_model_card(model_name=f"{recipe.name}-{recipe.train.objective}", tags=["distillery"])
+        trainer.create_model_card(model_name=f"{recipe.name}-{recipe.train.folder}", tags=["distillery"])
     finally:
         config._name_or_path, trainer.hub_model_id = local, hub_id
 
@@ -204,10 +262,10 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     t = recipe.train
     # the cheap checks first: device, train.args, checkpoints, data; then the tokenizer, then the weights
     device = check_device(recipe.runtime.device)
-    out = run_dir / "train" / t.objective
+    out = run_dir / "train" / t.folder
     user_args, secrets = checked_user_args(recipe)
     args = _common_args(recipe, out, device, user_args)
-    if t.objective == "sft":
+    if t.objective in ("sft", "kd"):
         from trl import SFTConfig
 
         config = trl_config(SFTConfig, args, user_args)
@@ -235,8 +293,12 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     with loading_model("model.path", recipe.model.path):
         model = AutoModelForCausalLM.from_pretrained(student_path)
     peft_config = _lora_config(recipe, model)
+    if t.objective == "kd":
+        ds = _kd_rows(recipe, run_dir, ds, tokenizer, set(unusable))
     try:
-        if t.objective == "sft":
+        if t.objective == "kd":
+            trainer = _kd_trainer(recipe, model, config, ds, tokenizer, peft_config, student_path)
+        elif t.objective == "sft":
             from trl import SFTTrainer
 
             trainer: Any = SFTTrainer(
@@ -321,7 +383,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
         atomic_write_text(out / "log.json", json.dumps(log, indent=1) + "\n")
     steps_run = result.global_step - (int(last.name.split("-")[-1]) if last else 0)
     return TrainSummary(
-        t.objective,
+        t.folder,
         out,
         result.global_step,
         steps_run,

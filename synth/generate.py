@@ -8,6 +8,7 @@ is never written twice. The manifest is rebuilt from the shards on every run.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -130,6 +131,7 @@ def write_manifest(
         "recipe_hash": recipe_hash,
         "teacher": teacher,
         "context": teacher_context(recipe),
+        "logprobs": logprob_info(recipe),
         "rows": sum(s["rows"] for s in shards),
         "prompts": len(done),
         "prompts_in_source": prompts_in_source,
@@ -150,6 +152,39 @@ def _check_same_teacher(shards: list[dict[str, Any]], teacher: dict[str, Any], g
                 f"({s['file']}: {json.dumps(s['teacher'])}; now: {json.dumps(teacher)})",
                 SEPARATE_RUN,
             )
+
+
+LOGPROB_MODES = {
+    "transformers": "raw: the model's log-softmax at temperature 1, before top-k/top-p; token ids exact",
+    "vllm": "vLLM's logprobs (raw by default: temperature 1, before sampling filters); token ids exact",
+    "openai": "as the server reports them; token ids exact where the server gives them (llama.cpp), "
+    "else token strings mapped with the tokenizer by `sft run`",
+}
+
+
+@functools.cache
+def _tokenizer_of(path: str) -> dict[str, Any] | None:
+    from synth import tokenizers
+    from synth.models import resolve_model
+
+    tokenizer = tokenizers.load_local(path)
+    return None if tokenizer is None else tokenizers.describe(tokenizer, resolve_model(path)[1])
+
+
+def logprob_info(recipe: Recipe) -> dict[str, Any] | None:
+    """What stored log-probabilities mean: k, the sampling temperature, the mode, and the tokenizer
+    whose ids they use (None for a server whose model has no local tokenizer)."""
+    k = recipe.generate.logprobs
+    if not k:
+        return None
+    path = recipe.model.path if recipe.teacher.path == "self" else recipe.teacher.path
+    return {
+        "k": k,
+        "temperature": recipe.generate.temperature,
+        "mode": LOGPROB_MODES[recipe.teacher.engine],
+        "includes_stop_token": recipe.teacher.engine != "openai",
+        "tokenizer": _tokenizer_of(path),
+    }
 
 
 def teacher_context(recipe: Recipe) -> dict[str, Any]:

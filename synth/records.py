@@ -36,12 +36,19 @@ SAMPLING = pa.struct(
 TEACHER = pa.struct(
     [("model", pa.string()), ("revision", pa.string()), ("engine", pa.string()), ("sampling", SAMPLING)]
 )
+# The teacher's top-k per generated token, compactly: int32 ids and float16 log-probabilities
+# (about 25 bytes per token at k = 8 in zstd parquet). `token_id` / `top_ids` are set where the
+# engine knows the ids (transformers, vLLM, llama.cpp's server); an OpenAI-compatible server that
+# gives only token strings leaves them null and `top_tokens` holds the strings, which `sft run`
+# maps with the tokenizer (rows that do not map are reported, never guessed).
 TOKEN_LOGPROBS = pa.struct(
     [
         ("token", pa.string()),
+        ("token_id", pa.int32()),
         ("logprob", pa.float32()),
         ("top_tokens", pa.list_(pa.string())),
-        ("top_logprobs", pa.list_(pa.float32())),
+        ("top_ids", pa.list_(pa.int32())),
+        ("top_logprobs", pa.list_(pa.float16())),
     ]
 )
 VERDICT = pa.struct([("name", pa.string()), ("passed", pa.bool_()), ("score", pa.float64()), ("reason", pa.string())])
@@ -84,12 +91,18 @@ def completion_text(row: dict[str, Any]) -> str:
 
 @dataclass
 class TokenLogprob:
-    """The teacher's log-probability of one completion token, with its top-k alternatives."""
+    """The teacher's log-probability of one generated token, with its top-k alternatives.
 
-    token: str
+    Engines that know token ids set `token_id` and `top_ids` (and may leave `top_tokens` None);
+    servers that answer with strings only set `top_tokens`.
+    """
+
+    token: str | None
     logprob: float
-    top_tokens: list[str] = field(default_factory=list)
+    top_tokens: list[str] | None = field(default_factory=list)
     top_logprobs: list[float] = field(default_factory=list)
+    token_id: int | None = None
+    top_ids: list[int] | None = None
 
 
 @dataclass
@@ -156,7 +169,14 @@ def make_rows(
                 "logprobs": None
                 if c.logprobs is None
                 else [
-                    {"token": t.token, "logprob": t.logprob, "top_tokens": t.top_tokens, "top_logprobs": t.top_logprobs}
+                    {
+                        "token": t.token,
+                        "token_id": t.token_id,
+                        "logprob": t.logprob,
+                        "top_tokens": t.top_tokens,
+                        "top_ids": t.top_ids,
+                        "top_logprobs": t.top_logprobs,
+                    }
                     for t in c.logprobs
                 ],
                 "verdicts": []

@@ -108,15 +108,30 @@ class LoraSpec(Strict):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
+class KDSpec(Strict):
+    """Soft-label distillation (`train.objective: kd`): loss = alpha·CE + (1 − alpha)·T²·D(teacher_T ‖ student_T)."""
+
+    source: Literal["stored", "model"] = Field(
+        "stored",
+        description="stored: the top-k log-probabilities `synth generate` recorded (generate.logprobs); "
+        "model: train.teacher run alongside, full vocabulary",
+    )
+    alpha: float = Field(0.0, ge=0, le=1, description="weight of the hard-label cross-entropy")
+    temperature: float = Field(1.0, gt=0, description="T: both distributions softened by T, the loss scaled by T²")
+    beta: float = Field(0.0, ge=0, le=1, description="D: 0 = forward KL, 1 = reverse KL, between: generalized JSD")
+    tail: bool = Field(True, description="stored: the mass outside the top-k as one extra bucket")
+
+
 class TrainSpec(Strict):
     """How `sft run` trains the student on curated/kept.parquet."""
 
-    objective: Literal["sft", "gkd"] = "sft"
+    objective: Literal["sft", "gkd", "kd"] = "sft"
     teacher: str = Field(
         "self",
-        description="gkd only: 'self' (the student's initial weights on teacher_prompt) "
-        "or another checkpoint with the same tokenizer",
+        description="gkd and kd with source model: 'self' (the student's initial weights on teacher_prompt) "
+        "or another model with the same tokenizer",
     )
+    kd: KDSpec = Field(default_factory=KDSpec)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="overrides epochs when > 0")
@@ -133,6 +148,11 @@ class TrainSpec(Strict):
     max_new_tokens: int = Field(48, ge=1)
     seq_kd: bool = False
     args: dict[str, Any] = Field(default_factory=dict, description="passed to TRL's SFTConfig / GKDConfig as is")
+
+    @property
+    def folder(self) -> str:
+        """The output folder under train/ (and the name `sft eval` shows): kd runs say their source."""
+        return f"kd-{self.kd.source}" if self.objective == "kd" else self.objective
 
 
 class EvalSpec(Strict):

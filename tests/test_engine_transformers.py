@@ -41,9 +41,14 @@ def test_n_samples_per_prompt_in_input_order(engine: TransformersEngine) -> None
             assert c.finish_reason in {"stop", "length"} and c.error is None
             assert 0 < (c.completion_tokens or 0) <= 10
             assert c.finish_reason == "stop" or c.completion_tokens == 10
-            assert c.logprobs is not None and len(c.logprobs) == c.completion_tokens
+            # one entry per generated token, the stop token's included (a KD student learns to stop)
+            assert c.logprobs is not None and len(c.logprobs) == c.completion_tokens + (c.finish_reason == "stop")
+            text_ids = [t.token_id for t in c.logprobs[: c.completion_tokens]]
+            assert engine.tokenizer.decode(text_ids, skip_special_tokens=True) == c.text
+            if c.finish_reason == "stop":
+                assert c.logprobs[-1].token_id in engine.eos_ids
             for t in c.logprobs:
-                assert len(t.top_tokens) == 3 and t.top_logprobs == sorted(t.top_logprobs, reverse=True)
+                assert len(t.top_ids) == 3 and t.top_logprobs == sorted(t.top_logprobs, reverse=True)
                 assert t.logprob <= t.top_logprobs[0] + 1e-5
 
 

@@ -175,8 +175,10 @@ def test_kd_training_moves_the_student_to_the_stored_distribution(tmp_path: Path
 def test_misaligned_rows_are_reported_by_dataset_row(tmp_path: Path, smollm2: tuple[Any, Any]) -> None:
     tok, teacher = smollm2
     rows = stored_rows(tok, teacher)
-    rows[1]["teacher_topk_ids"] = rows[1]["teacher_topk_ids"][:-1]  # lost the stop token's slot
-    rows[1]["teacher_topk_logprobs"] = rows[1]["teacher_topk_logprobs"][:-1]
+    rows[1]["teacher_topk_ids"] = rows[1]["teacher_topk_ids"][:-2]  # lost the stop token's slot and one more
+    rows[1]["teacher_topk_logprobs"] = rows[1]["teacher_topk_logprobs"][:-2]
+    rows[2]["teacher_topk_ids"] = rows[2]["teacher_topk_ids"][:-1]  # no stop token's slot (cut at max_new_tokens)
+    rows[2]["teacher_topk_logprobs"] = rows[2]["teacher_topk_logprobs"][:-1]
     rows[3]["teacher_topk_ids"] = [*rows[3]["teacher_topk_ids"], rows[3]["teacher_topk_ids"][-1]]  # one too many
     rows[3]["teacher_topk_logprobs"] = [*rows[3]["teacher_topk_logprobs"], rows[3]["teacher_topk_logprobs"][-1]]
     with pytest.raises(MisalignedRows) as info:

@@ -152,7 +152,10 @@ class TransformersEngine(Engine):
                     finish_reason="length" if stop is None else "stop",
                     prompt_tokens=len(encoded[row // reps]),
                     completion_tokens=len(kept),
-                    logprobs=None if logits is None else self._logprobs(logits, row, kept, params.logprobs or 0),
+                    # the stop token's step too: a student trained on these learns when to stop
+                    logprobs=None
+                    if logits is None
+                    else self._logprobs(logits, row, tokens[: len(kept) + (stop is not None)], params.logprobs or 0),
                 )
             )
         if reps == 1 and params.n > 1:
@@ -160,7 +163,8 @@ class TransformersEngine(Engine):
         return comps
 
     def _logprobs(self, logits: tuple[torch.Tensor, ...], row: int, tokens: list[int], k: int) -> list[TokenLogprob]:
-        """The model's own (temperature 1) log-probabilities of each chosen token and its top-k."""
+        """The model's own (raw: temperature 1, before top-k/top-p) log-probabilities of each generated
+        token and its top-k, by token id (the strings are left out: the ids are exact and smaller)."""
         out = []
         for step, tok in enumerate(tokens):
             lp = torch.log_softmax(logits[step][row].float(), dim=-1)
@@ -168,8 +172,10 @@ class TransformersEngine(Engine):
             out.append(
                 TokenLogprob(
                     token=self.tokenizer.decode([tok]),
+                    token_id=tok,
                     logprob=float(lp[tok]),
-                    top_tokens=self.tokenizer.batch_decode([[t] for t in top.indices.tolist()]),
+                    top_tokens=None,
+                    top_ids=top.indices.tolist(),
                     top_logprobs=[float(v) for v in top.values],
                 )
             )

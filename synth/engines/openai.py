@@ -290,10 +290,14 @@ def _token_logprob(t: Any, i: int) -> TokenLogprob:
     top = t.get("top_logprobs") or []
     if not isinstance(top, list) or not all(isinstance(x, dict) and isinstance(x.get("token"), str) for x in top):
         raise MalformedAnswer(f"logprobs.content[{i}].top_logprobs is not a list of {{token, logprob}} objects")
-    return TokenLogprob(
+    ids = [x.get("id") for x in top]
+    known = all(isinstance(x, int) and not isinstance(x, bool) for x in ids) and isinstance(t.get("id"), int)
+    return TokenLogprob(  # llama.cpp's server also gives token ids: exact, no mapping needed later
         token=t["token"],
+        token_id=t["id"] if known else None,
         logprob=_number(t.get("logprob"), f"logprobs.content[{i}].logprob"),
         top_tokens=[x["token"] for x in top],
+        top_ids=ids if known else None,  # type: ignore[arg-type]
         top_logprobs=[_number(x.get("logprob"), f"logprobs.content[{i}].top_logprobs.logprob") for x in top],
     )
 

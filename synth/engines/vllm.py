@@ -83,8 +83,10 @@ def _completion(out: Any, o: Any) -> Completion:
             logprobs.append(
                 TokenLogprob(
                     token=(chosen.decoded_token if chosen else "") or "",
+                    token_id=int(tok),
                     logprob=float(chosen.logprob) if chosen else float("nan"),
                     top_tokens=[e.decoded_token or "" for _, e in ranked],
+                    top_ids=[int(i) for i, _ in ranked],
                     top_logprobs=[float(e.logprob) for _, e in ranked],
                 )
             )

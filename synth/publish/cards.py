@@ -109,6 +109,16 @@ def dataset_body(recipe: Recipe, run_dir: Path, repo_id: str, teacher: dict[str,
         ),
         f"- Recipe hash: `{recipe.content_hash()}`",
     ]
+    logprobs = (_json(run_dir / "generations" / "_manifest.json") or {}).get("logprobs")
+    if logprobs:
+        tok = logprobs.get("tokenizer") or {}
+        lines += [
+            f"- Teacher log-probabilities: top-{logprobs['k']} per generated token in the `logprobs` column "
+            f"(int32 `top_ids`, float16 `top_logprobs`), sampled at temperature {logprobs['temperature']}; "
+            f"{logprobs['mode']}",
+            f"- Tokenizer of those ids: `{tok.get('name', 'unknown')}`, vocabulary hash `{tok.get('vocab_hash')}` "
+            f"({tok.get('vocab_size')} tokens); a student must use the same vocabulary to train on them",
+        ]
     report = _json(run_dir / "curated" / "report.json")
     if report:
         lines += ["", "## Curation", "", "| check | type | evaluated | rejected |", "|---|---|---:|---:|"]

@@ -1,0 +1,113 @@
+"""The stored teacher log-probabilities of curated rows, as the columns `sft.kd.KDTrainer` reads.
+
+Rows carry the teacher's top-k per generated token in their `logprobs` column (written by `synth
+generate` with `generate.logprobs: k`, passed through curate unchanged). Before any training:
+
+- the generation manifest must name the tokenizer whose ids those are, and it must be the student's
+  (same vocabulary hash): ids of another vocabulary would teach the wrong tokens, silently;
+- ids come from the rows where the engine knew them; where a server gave only token strings, each
+  string is mapped to the one vocabulary entry that decodes to exactly that text. A row with a
+  string that maps to no entry, or to several, is reported by row and left out, never guessed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sft.kd import IDS, LOGPROBS, TOKENS
+from synth.errors import UserError
+from synth.io import read_json
+from synth.tokenizers import vocab_hash
+
+
+def check_tokenizer(run_dir: Path, tokenizer: Any, student: str) -> dict[str, Any]:
+    """The manifest's logprob description, after checking that its tokenizer is the student's."""
+    manifest_path = run_dir / "generations" / "_manifest.json"
+    manifest = read_json(manifest_path, "the generation manifest", hint="run `synth generate` again to rewrite it")
+    info = manifest.get("logprobs") if isinstance(manifest, dict) else None
+    if not info:
+        raise UserError(
+            f"{manifest_path}: the generations carry no teacher log-probabilities",
+            "generate with generate.logprobs=K (e.g. 8) in a new run folder, or use train.kd.source=model",
+        )
+    recorded = info.get("tokenizer") or {}
+    if not recorded.get("vocab_hash"):
+        raise UserError(
+            f"{manifest_path}: the tokenizer of the stored log-probabilities is unknown (a server's model with "
+            "no local tokenizer)",
+            "set teacher.path to a local folder or Hub id of the served model and generate again, so its "
+            "tokenizer is recorded",
+        )
+    mine = vocab_hash(tokenizer)
+    if recorded["vocab_hash"] != mine:
+        raise UserError(
+            f"model.path={student!r}: the student's tokenizer (vocabulary hash {mine}, {len(tokenizer)} tokens) "
+            f"is not the tokenizer of the stored log-probabilities ({recorded.get('name')}, hash "
+            f"{recorded['vocab_hash']}, {recorded.get('vocab_size')} tokens)",
+            "soft labels need the teacher's vocabulary: use a student with the teacher's tokenizer, or "
+            "train.objective=sft (hard labels)",
+        )
+    return info
+
+
+class StringMapper:
+    """Token string → id, for servers that report strings only: the unique entry decoding to that text."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.ids: dict[str, int | None] = {}
+        for i in range(len(tokenizer)):
+            text = tokenizer.decode([i])
+            self.ids[text] = None if text in self.ids else i  # None: ambiguous
+
+    def __call__(self, token: str) -> int | None:
+        return self.ids.get(token)
+
+
+def topk_columns(row: dict[str, Any], mapper: StringMapper | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The KD columns of one row, or (None, why not)."""
+    steps = row.get("logprobs")
+    if not steps:
+        return None, "no stored log-probabilities"
+    ids, logprobs, chosen = [], [], []
+    for j, t in enumerate(steps):
+        top = t.get("top_ids")
+        if top is None:
+            if mapper is None or t.get("top_tokens") is None:
+                return None, f"token {j} has neither ids nor token strings"
+            top = [mapper(s) for s in t["top_tokens"]]
+            if None in top:
+                bad = t["top_tokens"][top.index(None)]
+                return None, f"token {j}: the string {bad!r} is no single vocabulary entry"
+        token_id = t.get("token_id")
+        if token_id is None and mapper is not None and t.get("token") is not None:
+            token_id = mapper(t["token"])
+        ids.append(list(top))
+        logprobs.append([float(x) for x in t["top_logprobs"]])
+        chosen.append(token_id)
+    out = {IDS: ids, LOGPROBS: logprobs}
+    if None not in chosen:
+        out[TOKENS] = chosen
+    return out, None
+
+
+def with_topk(ds: Any, tokenizer: Any) -> tuple[Any, list[tuple[int, str]]]:
+    """The curated dataset with the KD columns, and the rows left out (index, why)."""
+    rows = ds.to_list()
+    needs_strings = any(t.get("top_ids") is None for r in rows for t in (r.get("logprobs") or [])[:1])
+    mapper = StringMapper(tokenizer) if needs_strings else None
+    keep, extra, dropped = [], {IDS: [], LOGPROBS: [], TOKENS: []}, []
+    for i, r in enumerate(rows):
+        cols, why = topk_columns(r, mapper)
+        if cols is None:
+            dropped.append((i, why or ""))
+            continue
+        keep.append(i)
+        for k in extra:
+            extra[k].append(cols.get(k))
+    out = ds.select(keep)
+    for k, values in extra.items():
+        if k == TOKENS and any(v is None for v in values):
+            continue
+        out = out.add_column(k, values)
+    return out, dropped
