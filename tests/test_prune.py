@@ -35,7 +35,7 @@ def tokenizer(smollm2_dir: Path):
     return AutoTokenizer.from_pretrained(smollm2_dir)
 
 
-def tiny_llama(vocab_size: int, layers: int = 6, seed: int = 0):
+def tiny_llama(vocab_size: int, layers: int = 6, seed: int = 0, dropout: float = 0.0):
     """A random Llama small enough for unit tests; a larger init scale so every layer turns the stream."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -50,6 +50,7 @@ def tiny_llama(vocab_size: int, layers: int = 6, seed: int = 0):
         max_position_embeddings=256,
         initializer_range=0.2,
         tie_word_embeddings=True,
+        attention_dropout=dropout,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -103,8 +104,8 @@ def test_last_layer_is_measured_before_the_final_norm(tokenizer) -> None:
 
 
 def test_importance_is_deterministic_and_ignores_padding(tokenizer) -> None:
-    model = tiny_llama(len(tokenizer))
-    model.train()  # layer_importance must switch to eval itself, and restore the mode
+    model = tiny_llama(len(tokenizer), dropout=0.5)
+    model.train()  # with dropout on: layer_importance must switch to eval itself, and restore the mode
     a = layer_importance(model, tokenizer, PROMPTS, max_length=64, batch_size=2)
     b = layer_importance(model, tokenizer, PROMPTS, max_length=64, batch_size=2)
     assert a == b
@@ -192,6 +193,7 @@ def test_prune_model_replaces_only_its_own_output(tmp_path: Path, teacher_dir: P
     prune_model(teacher_dir, out, PROMPTS, n_drop=1, max_length=32)
     s = prune_model(teacher_dir, out, PROMPTS, keep_ratio=0.5, max_length=32)  # a rerun replaces it
     assert s.layers_after == 3 and json.loads((out / MARKER).read_text())["layers_after"] == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the old output is gone too
     other = tmp_path / "precious"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
@@ -201,6 +203,18 @@ def test_prune_model_replaces_only_its_own_output(tmp_path: Path, teacher_dir: P
     with pytest.raises(UserError, match="cannot drop 5 of 6"):
         prune_model(teacher_dir, tmp_path / "x", PROMPTS, n_drop=5, max_length=32)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, teacher_dir: Path, monkeypatch) -> None:
+    import sft.prune
+
+    def crash(tmp: Path, out: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sft.prune, "_replace_dir", crash)
+    with pytest.raises(OSError, match="disk full"):
+        prune_model(teacher_dir, tmp_path / "student", PROMPTS, n_drop=1, max_length=32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]
 
 
 @pytest.mark.slow
