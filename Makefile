@@ -9,7 +9,7 @@ RECIPE  ?= recipes/concise-answers.yaml
 # CPU machines get the local CPU wheel of torch; an unpinned torch would pull GBs of CUDA packages.
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: setup demo demo-gkd test test-fast lint bench clean
+.PHONY: setup demo demo-gkd demo-compress test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,18 @@ demo: setup
 demo-gkd: setup
 	$(BIN)/sft run $(RECIPE) train.objective=gkd
 	$(BIN)/sft eval $(RECIPE)
+
+# Compression: prune SmolLM2 to half its layers, then recover it with hard labels, stored soft labels
+# and the teacher run alongside (same rows, steps, learning rate); eval compares size, speed, fidelity.
+COMPRESS ?= recipes/compress-smollm2.yaml
+demo-compress: setup
+	$(BIN)/synth generate $(COMPRESS)
+	$(BIN)/synth curate $(COMPRESS)
+	$(BIN)/sft prune $(COMPRESS)
+	$(BIN)/sft run $(COMPRESS) train.objective=sft
+	$(BIN)/sft run $(COMPRESS) train.objective=kd train.kd.source=stored
+	$(BIN)/sft run $(COMPRESS) train.objective=kd train.kd.source=model
+	$(BIN)/sft eval $(COMPRESS)
 
 test: setup
 	bash scripts/run_tests.sh

@@ -96,6 +96,57 @@ def evaluate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     console.print(f"answers, report and picture: {run_dir / 'eval'}/", highlight=False)
 
 
+@recipe_command(app, "prune")
+def prune(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
+    """Make a smaller student by removing the teacher's least important layers (depth pruning).
+
+    Reads the recipe's `prune:` section: the model to prune (`source`, default the teacher), how many
+    layers to drop (`drop` or `keep_ratio`), and calibration prompts. Each layer's importance is its
+    Block Influence on those prompts (1 − cosine similarity of the hidden state entering and leaving
+    it, ShortGPT/Minitron style); the least important go, never the first or the last. Writes a
+    plain transformers model folder to `prune.out` (with prune.json: what was dropped and every
+    layer's importance) for `model.path` to name; `sft run` with `train.objective=kd` then recovers
+    it from the teacher's probabilities.
+    """
+    from sft.prune import prune_model
+    from synth.errors import UserError
+    from synth.models import resolve_model
+    from synth.prompts import load_prompts
+
+    spec = recipe.prune
+    if spec is None:
+        raise UserError(
+            "the recipe has no prune: section", "add prune: {out: FOLDER, drop: N}; see recipes/compress-smollm2.yaml"
+        )
+    source = spec.source
+    if source == "self":
+        source = recipe.model.path if recipe.teacher.path == "self" else recipe.teacher.path
+    if Path(spec.out).expanduser().resolve() == Path(resolve_model(source)[0]).resolve():
+        raise UserError(f"prune.out {spec.out!r} is the model being pruned", "write the student to another folder")
+    items, _ = load_prompts(spec.calibration, recipe.teacher, recipe_dir, field="prune.calibration.path")
+    prompts = [it.prompt for it in items if it.error is None]
+    if not prompts:
+        raise UserError("prune.calibration: no usable prompt", "point prune.calibration.path at a prompts file")
+    s = prune_model(
+        resolve_model(source)[0],
+        spec.out,
+        prompts,
+        n_drop=spec.drop,
+        keep_ratio=spec.keep_ratio,
+        method=spec.method,
+        max_length=spec.max_length,
+    )
+    rows = [
+        ("source", source),
+        ("layers", f"{s.layers_before} → {s.layers_after}"),
+        ("parameters", f"{s.params_before / 1e6:.1f}M → {s.params_after / 1e6:.1f}M"),
+        ("dropped layers", ", ".join(map(str, s.dropped))),
+        ("calibration prompts", s.calibration_prompts),
+        ("saved", s.out_dir),
+    ]
+    Console().print(key_values(f"sft prune ({s.method})", rows))
+
+
 @recipe_command(app, "publish", recipe_help="The YAML recipe whose trained student to publish.", runtime=False)
 def publish(
     recipe: Recipe,

@@ -29,6 +29,7 @@ from synth.specs import (
     ModelSpec,
     OpenAISettings,
     PromptsSpec,
+    PruneSpec,
     RuntimeSpec,
     Strict,
     TeacherSpec,
@@ -63,6 +64,7 @@ class Recipe(Strict):
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
     curate: CurateSpec = Field(default_factory=CurateSpec)
     review: ReviewSpec = Field(default_factory=ReviewSpec)
+    prune: PruneSpec | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     publish: PublishSpec = Field(default_factory=PublishSpec)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -153,6 +153,28 @@ class TrainSpec(Strict):
     def folder(self) -> str:
         """The output folder under train/ (and the name `sft eval` shows): kd runs say their source."""
         return f"kd-{self.kd.source}" if self.objective == "kd" else self.objective
+
+
+class PruneSpec(Strict):
+    """`sft prune`: a smaller student made from a model by removing its least important layers."""
+
+    source: str = Field("self", description="the model to prune: 'self' = teacher.path (else model.path), or a model")
+    out: str = Field(..., description="the folder to write (a plain transformers model); name it in model.path")
+    drop: int | None = Field(None, ge=1, description="layers to remove")
+    keep_ratio: float | None = Field(None, gt=0, lt=1, description="or: the share of layers to keep")
+    method: Literal["block_influence", "block_distance"] = Field(
+        "block_influence",
+        description="block_influence: the layers that change the hidden state least (ShortGPT); "
+        "block_distance: one contiguous block (angular distance)",
+    )
+    calibration: PromptsSpec = Field(default_factory=PromptsSpec, description="prompts the importance is measured on")
+    max_length: int = Field(256, ge=8)
+
+    @model_validator(mode="after")
+    def _one_size(self) -> PruneSpec:
+        if (self.drop is None) == (self.keep_ratio is None):
+            raise ValueError("give exactly one of drop or keep_ratio")
+        return self
 
 
 class EvalSpec(Strict):
