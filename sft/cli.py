@@ -31,12 +31,15 @@ def run(
     run_dir: Path,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in RUN_DIR/train/."),
 ) -> None:
-    """Train the student (SFT, or on-policy logit distillation) on RUN_DIR/curated/kept.parquet.
+    """Train the student (hard labels, soft labels or on-policy distillation) on RUN_DIR/curated/kept.parquet.
 
     `train.objective=sft` runs TRL's SFTTrainer on the curated answers (loss on the completion
-    only); `train.objective=gkd` runs TRL's GKDTrainer with the teacher (by default the student's own
-    initial weights) reading `teacher_prompt`, the privileged view. LoRA by default
-    (`train.lora.enabled=false` for a full fine-tune). Writes RUN_DIR/train/OBJECTIVE/: checkpoints,
+    only); `train.objective=kd` adds the teacher's probabilities (soft labels): the top-k
+    log-probabilities `synth generate` stored (`train.kd.source=stored`) or a teacher model run
+    alongside (`train.kd.source=model`); `train.objective=gkd` runs TRL's GKDTrainer with the
+    teacher (by default the student's own initial weights) reading `teacher_prompt`, the privileged
+    view. LoRA by default (`train.lora.enabled=false` for a full fine-tune). Writes
+    RUN_DIR/train/OBJECTIVE/ (kd: kd-stored or kd-model): checkpoints,
     `final/` (adapter or model + tokenizer), `log.json`. Several processes:
     `accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml -m sft.cli run RECIPE`.
     """
@@ -154,7 +157,7 @@ def publish(
     repo_id: str = typer.Option(None, "--repo-id", help="Model repo ORG/NAME (default: publish.model_repo_id)."),
     private: bool = typer.Option(None, "--private/--public", help="Repo visibility (default: publish.private)."),
     objective: str = typer.Option(
-        None, "--objective", help="Which trained student: sft or gkd (default: train.objective)."
+        None, "--objective", help="Which trained student: sft, gkd, kd-stored or kd-model (default: the recipe's)."
     ),
     dataset: str = typer.Option(None, "--dataset", help="Dataset repo the card links (default: publish.repo_id)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only write RUN_DIR/publish/model/, the exact upload."),

@@ -189,7 +189,13 @@ def model_body(recipe: Recipe, run_dir: Path, repo_id: str, base: str, adapter: 
         else "- Training data: the run's curated set (not published)",
         f"- Objective: `{t.objective}` ({'LoRA adapter' if adapter else 'full fine-tune'}) with TRL; "
         f"epochs {t.epochs}, learning rate {t.learning_rate}, batch size {t.batch_size}, max length {t.max_length}"
-        + (f", lmbda {t.lmbda}, beta {t.beta}, teacher `{t.teacher}`" if t.objective == "gkd" else ""),
+        + (f", lmbda {t.lmbda}, beta {t.beta}, teacher `{t.teacher}`" if t.objective == "gkd" else "")
+        + (
+            f", soft labels from {'the stored top-k' if t.kd.source == 'stored' else f'the model `{t.teacher}`'}: "
+            f"alpha {t.kd.alpha}, temperature {t.kd.temperature}, beta {t.kd.beta}"
+            if t.objective == "kd"
+            else ""
+        ),
         "",
         "```python",
         *load,

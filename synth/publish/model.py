@@ -45,7 +45,7 @@ def run_publish_model(
     spec = recipe.publish
     repo_id = check_repo_id(repo_id or spec.model_repo_id, "model_repo_id")
     private = spec.private if private is None else private
-    objective = objective or recipe.train.objective
+    objective = objective or recipe.train.folder
     final = run_dir / "train" / objective / "final"
     if not final.is_dir():
         raise UserError(f"no trained model in {final}", f"run `sft run` with train.objective={objective} first")
