@@ -272,7 +272,7 @@ def test_disk_full_during_a_write_keeps_complete_shards(tmp_path: Path, server: 
         capture_output=True,
         text=True,
         timeout=300,
-        preexec_fn=lambda: _limit_file_size(2000),  # the recipe fits; a shard does not
+        preexec_fn=lambda: _limit_file_size(6000),  # the resolved recipe (~2.5 kB) fits; a shard (~11 kB) does not
     )
     fails_with(res, str(run / "generations"), "ulimit")
     assert not list((run / "generations").glob("shard-*")) and not list((run / "generations").glob(".*.tmp"))

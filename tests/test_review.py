@@ -136,7 +136,7 @@ def test_review_loop_end_to_end(curated_run: Path, argilla_server: Any, tmp_path
     assert set(kept) | set(rejected) == set(kept0) | set(rejected0) and not set(kept) & set(rejected)
     for row_id in (discard, ui_discard):
         assert rejected[row_id]["rejected_by"] == "human" and rejected[row_id]["reason"] == "human: discard"
-    assert _text(kept[correct]) == fixed and kept[correct]["original_completion"] == _text(kept0[correct])
+    assert _text(kept[correct]) == fixed and kept[correct]["original_completion"] == kept0[correct]["completion"]
     human = {v["name"]: v for v in kept[correct]["verdicts"]}["human"]
     assert human["score"] == 5.0 and "fixed the tone" in human["reason"]
     assert {v["name"]: v for v in kept[rated]["verdicts"]}["human"]["score"] == 3.5
