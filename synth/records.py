@@ -37,10 +37,10 @@ TEACHER = pa.struct(
     [("model", pa.string()), ("revision", pa.string()), ("engine", pa.string()), ("sampling", SAMPLING)]
 )
 # The teacher's top-k per generated token, compactly: int32 ids and float16 log-probabilities
-# (about 25 bytes per token at k = 8 in zstd parquet). `token_id` / `top_ids` are set where the
-# engine knows the ids (transformers, vLLM, llama.cpp's server); an OpenAI-compatible server that
-# gives only token strings leaves them null and `top_tokens` holds the strings, which `sft run`
-# maps with the tokenizer (rows that do not map are reported, never guessed).
+# (44 bytes per generated token at k = 8 in the shards, the chosen token included). `token_id` and
+# `top_ids` are set where the engine knows the ids (transformers, vLLM, llama.cpp's server); an
+# OpenAI-compatible server that gives only token strings leaves them null and `top_tokens` holds the
+# strings, which `sft run` maps with the tokenizer (rows that do not map are reported, never guessed).
 TOKEN_LOGPROBS = pa.struct(
     [
         ("token", pa.string()),

@@ -254,6 +254,15 @@ def test_eval_keeps_every_answer_and_judges_each_one(tmp_path: Path) -> None:
     assert set(rep["models"]["base_student"]) >= {"relevance", "distinct_2", "repeated_3gram_share"}
     assert set(rep["models"]["base_student"]["judge_mean_score"]) == {"judge"}
     assert set(rep["verdict"]) == {"sft"} and (run / "eval/report.png").is_file()
+    # fidelity: the teacher is at zero; the base student (no system prompt) and the trained one are not
+    fid = rep["fidelity"]
+    assert list(fid) == ["teacher", "base_student", "sft"] and fid["teacher"]["kl"] == 0.0
+    for name in ("base_student", "sft"):
+        f = fid[name]
+        assert len(f["kl_per_prompt"]) == len(f["nll_per_prompt"]) == 4 and f["kl"] > 0
+        assert f["kl"] == pytest.approx(sum(f["kl_per_prompt"]) / 4) and f["kl_ci"][0] <= f["kl"] <= f["kl_ci"][1]
+        assert f["params"] == fid["teacher"]["params"] and f["tokens_per_s"] > 0
+    assert set(rep["fidelity_paired"]) == {"sft - base_student"}
     saved = json.loads((run / "eval/report.json").read_text())
     assert saved["models"]["sft"]["behaviour"] == rep["models"]["sft"]["behaviour"]
     greedy = [(r["model"], r["answer"]) for r in rows if r["sample_index"] == 0]
