@@ -82,6 +82,8 @@ def test_cli_openai_engine_n_logprobs_and_no_secret_leak(
     for r in rows:
         assert r["completion_tokens"] == len(r["logprobs"]) > 0
         assert all(len(t["top_tokens"]) == 2 for t in r["logprobs"])
+        # llama.cpp's server gives token ids too: stored exactly, no string mapping needed at training
+        assert all(len(t["top_ids"]) == 2 and isinstance(t["token_id"], int) for t in r["logprobs"])
     everything = res.stdout + res.stderr + "".join(Path(f).read_bytes().decode("latin-1") for f in files)
     everything += "".join(p.read_text() for p in run.rglob("*.json")) + (run / "recipe.resolved.yaml").read_text()
     assert SECRET not in everything
