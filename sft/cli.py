@@ -74,8 +74,10 @@ def evaluate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     (every `eval.behaviour_check` passes), clean (every other curate check passes), joint (both)
     and relevance (prompt↔answer embedding similarity, English answers, `relevance` extra). Prints a
     WARNING, and marks the student "regressed", when a trained student's clean or relevance rate
-    falls below 0.9× the base student's. Writes RUN_DIR/eval/: answers.parquet (every answer with
-    its verdicts), report.json, report.md and report.png.
+    falls below 0.9× the base student's. Fidelity to the teacher, per model: KL(teacher ‖ model) and
+    perplexity on the teacher's greedy answers (teacher-forced, bootstrap intervals, paired
+    differences between students), parameter count and greedy tokens/s. Writes RUN_DIR/eval/:
+    answers.parquet (every answer with its verdicts), report.json, report.md and report.png.
     """
     from sft.eval_report import HEADLINE, headline_rows
     from sft.evaluate import run_eval
@@ -115,15 +117,15 @@ def prune(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     from synth.errors import UserError
     from synth.models import resolve_model
     from synth.prompts import load_prompts
+    from synth.recipe import teacher_path
+    from synth.runtime import check_device
 
     spec = recipe.prune
     if spec is None:
         raise UserError(
             "the recipe has no prune: section", "add prune: {out: FOLDER, drop: N}; see recipes/compress-smollm2.yaml"
         )
-    source = spec.source
-    if source == "self":
-        source = recipe.model.path if recipe.teacher.path == "self" else recipe.teacher.path
+    source = teacher_path(recipe) if spec.source == "self" else spec.source
     if Path(spec.out).expanduser().resolve() == Path(resolve_model(source)[0]).resolve():
         raise UserError(f"prune.out {spec.out!r} is the model being pruned", "write the student to another folder")
     items, _ = load_prompts(spec.calibration, recipe.teacher, recipe_dir, field="prune.calibration.path")
@@ -138,6 +140,7 @@ def prune(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
         keep_ratio=spec.keep_ratio,
         method=spec.method,
         max_length=spec.max_length,
+        device=check_device(recipe.runtime.device),
     )
     rows = [
         ("source", source),

@@ -147,7 +147,7 @@ def build_report(
         n: model_summary([r for r in rows if r["model"] == n], threshold, relevance_measured, judges) for n in names
     }
     for n in names:
-        models[n]["agreement_top1_with_teacher"] = fidelity.get(n, {}).pop("agreement_top1", None)
+        models[n]["agreement_top1_with_teacher"] = fidelity.get(n, {}).get("agreement_top1")
         models[n]["seconds"] = seconds.get(n)
         greedy = [r for r in rows if r["model"] == n and r["sample_index"] == 0]
         models[n]["examples"] = [
@@ -168,9 +168,13 @@ def build_report(
         "ratio_to_teacher": {n: (m["behaviour"]["rate"] / teacher if teacher else None) for n, m in models.items()},
         "verdict": {n: ("regressed" if found[n] else "ok") for n in trained},
         "warnings": warnings,
-        "fidelity": {n: fidelity[n] for n in names if n in fidelity},
+        "fidelity": {n: _without(fidelity[n], "agreement_top1") for n in names if n in fidelity},
         "fidelity_paired": fidelity_pairs(fidelity, trained),
     }
+
+
+def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
 
 
 def fidelity_pairs(fidelity: dict[str, dict[str, Any]], trained: list[str]) -> dict[str, dict[str, Any]]:

@@ -37,7 +37,7 @@ from synth.errors import UserError
 from synth.generate import progress_bar
 from synth.models import loading_model, resolve_model
 from synth.prompts import load_prompts
-from synth.recipe import Recipe
+from synth.recipe import Recipe, objective_overrides
 from synth.records import Messages, PromptItem, assistant
 from synth.specs import PromptsSpec
 
@@ -101,7 +101,7 @@ def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
     for obj in objectives:
         final = run_dir / "train" / obj / "final"
         if not final.is_dir():
-            raise UserError(f"no trained model at {final}", f"run `sft run` with objective {obj}")
+            raise UserError(f"no trained model at {final}", f"run `sft run` with {objective_overrides(obj)}")
         if problem := weights_problem(final):  # before minutes of answering with the other models
             raise UserError(f"{final}: not a complete model or adapter: {problem}", f"run `sft run` again for {obj}")
     m = recipe.model
@@ -230,14 +230,13 @@ def run_eval(
     seconds: dict[str, float] = {}
     fidelity: dict[str, dict[str, Any]] = {}
     answers: TeacherAnswers | None = None
-    teacher: tuple[Any, Any] | None = None  # the teacher's (model, tokenizer), kept for the KL of the others
+    teacher_engine: TransformersEngine | None = None  # kept loaded for the KL of the other models
     student_prompts = [it.prompt for it in items]
     console = console or Console(stderr=True)
     try:
         for m in models:
             t0 = time.perf_counter()
             engine = m.engine()
-            keep = False
             try:
                 prompts = [it.teacher_prompt for it in items] if m.teacher_view else student_prompts
                 with progress_bar(console) as bar:
@@ -252,19 +251,21 @@ def run_eval(
                     answers = TeacherAnswers(
                         [it.teacher_prompt for it in items], student_prompts, [c[0].text for c in comps]
                     )
-                    keep = isinstance(engine, TransformersEngine)
-                    teacher = (engine.model, engine.tokenizer) if keep else None
+                    if isinstance(engine, TransformersEngine):
+                        teacher_engine = engine
                 if isinstance(engine, TransformersEngine) and answers is not None:
+                    teacher = None if teacher_engine is None else (teacher_engine.model, teacher_engine.tokenizer)
                     fidelity[m.name] = measure(engine.model, engine.tokenizer, answers, teacher, m.name == "teacher")
                     fidelity[m.name]["tokens_per_s"] = tokens_per_s
             finally:
-                if not keep:
+                if engine is not teacher_engine:
                     engine.close()
                 del engine
             seconds[m.name] = round(time.perf_counter() - t0, 1)
-        teacher = None
         _judge(rows, checks, behaviour)
     finally:
+        if teacher_engine is not None:
+            teacher_engine.close()
         for check in checks:
             check.close()
     _relevance(rows)

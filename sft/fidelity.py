@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from sft.teacher_view import teacher_prompt_ids
 from synth.records import Messages
 from synth.stats import bootstrap_ci, mean
 
@@ -35,15 +36,11 @@ class TeacherAnswers:
     answers: list[str]
 
 
-def _ids(tokenizer: Any, messages: Messages) -> list[int]:
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-
-
 def _answer_log_probs(model: Any, tokenizer: Any, messages: Messages, answer_ids: list[int]) -> Any:
     """The model's log-probabilities (float32, [answer tokens, vocabulary]) at each answer position."""
     import torch
 
-    prompt_ids = _ids(tokenizer, messages)
+    prompt_ids = teacher_prompt_ids(tokenizer, messages)
     ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
     logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
     return torch.log_softmax(logits, dim=-1)
@@ -53,9 +50,15 @@ def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | Non
     """Per-prompt KL and NLL of `model` on the teacher's answers, with means, intervals and top-1 agreement.
 
     `teacher` is the teacher's (model, tokenizer), or None when the teacher is not a local model (a
-    server): then `kl` is None and only the NLL of the teacher's answers is measured.
+    server): then `kl` is None and only the NLL of the teacher's answers is measured. So it is when
+    the two vocabularies differ (a KL over token ids needs the same ids on both sides).
     """
     import torch
+
+    from synth.tokenizers import vocab_hash
+
+    if teacher is not None and not is_teacher and vocab_hash(teacher[1]) != vocab_hash(tokenizer):
+        teacher = None
 
     kl_pp: list[float | None] = []
     nll_pp: list[float | None] = []

@@ -166,7 +166,11 @@ class KDTrainer(SFTTrainer):
     """SFT's data preparation and loop; the loss is alpha·CE + (1 − alpha)·T²·D (see the module docstring).
 
     Give `teacher_model` for a full-vocabulary teacher; otherwise every row must carry the stored top-k.
-    `data_collator` defaults to `KDCollator`. Logs `ce_loss` and `kd_loss` (per-token means, kd with T²).
+    With a teacher model, `hidden_weight` > 0 adds that weight × the mean squared difference of the
+    hidden states of each (student layer, teacher layer) pair in `layer_map` (e.g. a pruned student's
+    layers and the teacher layers they were copied from).
+    `data_collator` defaults to `KDCollator`. Logs `ce_loss` and `kd_loss` (per-token means, kd with T²),
+    and `hidden_loss`.
     """
 
     loss_is_scaled_for_ga = True  # compute_loss divides by num_items_in_batch itself
@@ -180,9 +184,18 @@ class KDTrainer(SFTTrainer):
         beta: float = 0.0,
         tail: bool = True,
         stop_token_stored: bool = True,
+        hidden_weight: float = 0.0,
+        layer_map: list[tuple[int, int]] | None = None,
+        drop_misaligned: bool = False,
         **kwargs: Any,
     ) -> None:
         self.alpha, self.temperature, self.beta, self.tail = alpha, temperature, beta, tail
+        # hidden-state loss: (student layer, teacher layer) pairs whose outputs should match, e.g. a
+        # pruned student's layers and the teacher layers they were copied from
+        self.hidden_weight, self.layer_map = hidden_weight, layer_map or []
+        self.misaligned: list[Misaligned] = []  # rows left out (drop_misaligned), for the caller to report
+        if hidden_weight and (teacher_model is None or not self.layer_map):
+            raise ValueError("hidden_weight needs teacher_model and a layer_map")
         train = kwargs.get("train_dataset")
         if train is not None and hasattr(train, "add_column") and ROW not in train.column_names:
             kwargs["train_dataset"] = train.add_column(ROW, list(range(len(train))))
@@ -207,8 +220,13 @@ class KDTrainer(SFTTrainer):
             if IDS not in self.train_dataset.column_names:
                 raise ValueError(f"no teacher: give teacher_model, or rows with {IDS} and {LOGPROBS}")
             bad = misaligned(self.data_collator, self.train_dataset)
-            if bad:
+            if bad and (not drop_misaligned or len(bad) == len(self.train_dataset)):
                 raise MisalignedRows(bad)
+            if bad:  # reported by the caller (self.misaligned), trained without
+                skip = {m.row for m in bad}
+                aligned = [i for i, r in enumerate(self.train_dataset) if r.get(ROW, i) not in skip]
+                self.train_dataset = self.train_dataset.select(aligned)
+            self.misaligned = bad
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -216,7 +234,13 @@ class KDTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        hidden = bool(self.hidden_weight) and self.teacher_model is not None
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            use_cache=False,
+            output_hidden_states=hidden,
+        )
         logits = outputs.logits
         target = inputs["labels"][:, 1:]
         ce_mask = target != -100
@@ -233,7 +257,9 @@ class KDTrainer(SFTTrainer):
                 self.tail,
             )
         elif self.teacher_model is not None:
-            kd_sum, kd_n = self._dense_kd(inputs, logits, ce_mask)
+            kd_sum, kd_n, hidden_sum = self._dense_kd(
+                inputs, logits, ce_mask, outputs.hidden_states if hidden else None
+            )
         else:
             raise ValueError(f"a batch without {IDS} and no teacher_model to distil from")
         ce_n = ce_mask.sum()
@@ -241,33 +267,60 @@ class KDTrainer(SFTTrainer):
         # KD positions are a subset of the label positions: dividing both by the label count keeps every
         # token's weight the same in the two terms and across gradient-accumulation micro-batches
         loss = combined_loss(ce_sum / denom, kd_sum / denom, self.alpha)
+        if hidden and "teacher_ids" not in inputs:
+            loss = loss + self.hidden_weight * hidden_sum / denom
+            self._metrics[mode]["hidden_loss"].append((hidden_sum.detach() / kd_n.clamp(min=1)).item())
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every rank's tokens
         self._log_terms(mode, ce_sum, ce_n, kd_sum, kd_n)
         return (loss, outputs) if return_outputs else loss
 
     def _dense_kd(
-        self, inputs: dict[str, Any], logits: torch.Tensor, ce_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, inputs: dict[str, Any], logits: torch.Tensor, ce_mask: torch.Tensor, student_hidden: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """KD against the local teacher (sum, tokens), and the summed hidden-state loss (0 unless asked).
+
+        The hidden-state loss is, per completion token, the mean over `layer_map` of the mean squared
+        difference between the student layer's output and its teacher layer's, summed over tokens.
+        """
+        want_hidden = student_hidden is not None
         with torch.no_grad():
             if "teacher_prompt_ids" in inputs:
                 pad = self._tokenizer.pad_token_id
                 t_ids, t_mask, pairs = teacher_view(
                     inputs["input_ids"], inputs["labels"], inputs["teacher_prompt_ids"], pad
                 )
-                t_logits = self.teacher_model(input_ids=t_ids, attention_mask=t_mask, use_cache=False).logits
+                t_out = self.teacher_model(
+                    input_ids=t_ids, attention_mask=t_mask, use_cache=False, output_hidden_states=want_hidden
+                )
                 rows_s, pos_s, rows_t, pos_t = (torch.tensor(x, device=logits.device) for x in zip(*pairs, strict=True))
-                teacher = t_logits[rows_t, pos_t].unsqueeze(0)
+                teacher = t_out.logits[rows_t, pos_t].unsqueeze(0)
             else:
-                full = self.teacher_model(
-                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
-                ).logits
-                teacher = full[:, :-1]
+                t_out = self.teacher_model(
+                    input_ids=inputs["input_ids"],
+                    attention_mask=inputs["attention_mask"],
+                    use_cache=False,
+                    output_hidden_states=want_hidden,
+                )
+                teacher = t_out.logits[:, :-1]
         if "teacher_prompt_ids" in inputs:
             student = logits[rows_s, pos_s].unsqueeze(0)
             every = torch.ones(student.shape[:2], dtype=torch.bool, device=student.device)
-            return dense_kd_loss(student, teacher, every, self.temperature, self.beta)
-        return dense_kd_loss(logits[:, :-1], teacher, ce_mask, self.temperature, self.beta)
+            kd_sum, kd_n = dense_kd_loss(student, teacher, every, self.temperature, self.beta)
+        else:
+            kd_sum, kd_n = dense_kd_loss(logits[:, :-1], teacher, ce_mask, self.temperature, self.beta)
+        hidden_sum = logits.new_zeros(())
+        if want_hidden:
+            # hidden_states[i + 1] is layer i's output, except the last, which transformers gives after
+            # the final norm on both sides (so a last-to-last pair compares normed states)
+            for s_layer, t_layer in self.layer_map:
+                s_h, t_h = student_hidden[s_layer + 1], t_out.hidden_states[t_layer + 1]
+                if "teacher_prompt_ids" in inputs:
+                    diff = s_h[rows_s, pos_s] - t_h[rows_t, pos_t]
+                else:
+                    diff = (s_h[:, :-1] - t_h[:, :-1])[ce_mask]
+                hidden_sum = hidden_sum + diff.float().pow(2).mean(-1).sum() / len(self.layer_map)
+        return kd_sum, kd_n, hidden_sum
 
     def _log_terms(
         self, mode: str, ce_sum: torch.Tensor, ce_n: torch.Tensor, kd_sum: torch.Tensor, kd_n: torch.Tensor

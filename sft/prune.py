@@ -340,14 +340,21 @@ def prune_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from synth.models import loading_model
+
     if method not in ("block_influence", "block_distance"):
         raise UserError(f"unknown pruning method {method!r}", "use 'block_influence' or 'block_distance'")
     out = Path(out_dir)
     _check_out_dir(out)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    model = AutoModelForCausalLM.from_pretrained(teacher_dir).to(device)
+    with loading_model("prune.source", str(teacher_dir)):
+        tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+        model = AutoModelForCausalLM.from_pretrained(teacher_dir).to(device)
     n_layers = len(_decoder_layers(model))
     k = _n_drop(n_layers, n_drop, keep_ratio)
+    if k == 0:
+        raise UserError(
+            f"prune: keep_ratio {keep_ratio} of {n_layers} layers removes none", "use a smaller keep_ratio or drop: N"
+        )
     params_before = _params(model)
     importance = layer_importance(model, tokenizer, prompts, max_length, batch_size)
     distances = None

@@ -28,7 +28,7 @@ from sft.lengths import LengthReport, length_report
 from sft.train_args import config as trl_config
 from sft.train_args import user_args as checked_user_args
 from synth.errors import UserError, first_line
-from synth.io import atomic_write_text, read_parquet
+from synth.io import atomic_write_text, read_json, read_parquet
 from synth.models import loading_model, resolve_model
 from synth.recipe import Recipe, dump_resolved
 from synth.records import KEPT_SCHEMA
@@ -178,14 +178,28 @@ def _teacher_model(recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
         return AutoModelForCausalLM.from_pretrained(path)
 
 
-def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any, unusable: set[int]) -> Any:
-    """The rows KD trains on: for stored soft labels, the tokenizer checked and the top-k as columns."""
+def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[Any, bool]:
+    """The rows KD trains on, and whether their stored tokens include the stop token's step.
+
+    Stored soft labels: the tokenizer checked against the manifest's, the top-k as columns, rows
+    without usable ones reported and left out. A model teacher: refused when it would teach nothing
+    (the student's own initial weights, reading the same prompt, with no hard-label term).
+    """
+    from sft.kd import KD_COLUMNS
     from sft.kd_data import check_tokenizer, with_topk
 
-    ds = ds.select(sorted(set(range(len(ds))) - unusable))  # the collator would fail on them mid-run
-    if recipe.train.kd.source == "model":
-        return ds.select_columns(["prompt", "completion", "teacher_prompt"])
-    check_tokenizer(run_dir, tokenizer, recipe.model.path)
+    kd = recipe.train.kd
+    if kd.source == "model":
+        same_view = all(r["teacher_prompt"] == r["prompt"] for r in ds.select_columns(["prompt", "teacher_prompt"]))
+        if recipe.train.teacher == "self" and same_view and kd.alpha == 0:
+            raise UserError(
+                "train.kd.source=model with train.teacher=self: the teacher is the student's own starting "
+                "weights reading the same prompt, so with train.kd.alpha=0 there is nothing to learn",
+                "set train.teacher to another model, give the teacher a privileged view "
+                "(teacher.system_prompt), or set train.kd.alpha > 0",
+            )
+        return ds.select_columns(["prompt", "completion", "teacher_prompt"]), True
+    info = check_tokenizer(run_dir, tokenizer, recipe.model.path)
     out, dropped = with_topk(ds, tokenizer)
     for i, why in dropped[:5]:
         _say(f"warning: curated row {i} ({ds[i]['id']}) left out of kd: {why}")
@@ -196,24 +210,61 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any, unusable: s
             "no curated row has usable stored log-probabilities",
             "generate with generate.logprobs=K on an engine that gives token ids (transformers, vllm, llama.cpp)",
         )
-    keep = [
-        "prompt",
-        "completion",
-        *(c for c in out.column_names if c.startswith("teacher_top") or c == "teacher_token_ids"),
-    ]
-    return out.select_columns(keep)
+    columns = [c for c in out.column_names if c in ("prompt", "completion", *KD_COLUMNS)]
+    return out.select_columns(columns), bool(info.get("includes_stop_token", True))
+
+
+def _layer_map(student_path: str, model: Any, teacher: Any) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs for train.kd.hidden_weight: a pruned student's own record of
+    which teacher layer each of its layers is, else layer i to layer i when the depths are equal."""
+    if teacher is None:
+        raise UserError("train.kd.hidden_weight needs a teacher model", "set train.kd.source=model")
+    s_cfg, t_cfg = model.config, teacher.config
+    if s_cfg.hidden_size != t_cfg.hidden_size:
+        raise UserError(
+            f"train.kd.hidden_weight: the student's hidden size {s_cfg.hidden_size} is not the teacher's "
+            f"{t_cfg.hidden_size}",
+            "set train.kd.hidden_weight=0 (a hidden-state loss needs layers of the same width)",
+        )
+    pruned = Path(student_path) / "prune.json"
+    if pruned.is_file():
+        record = read_json(pruned, "the pruned student's prune.json", hint="run `sft prune` again")
+        record = record if isinstance(record, dict) else {}
+        kept = record.get("kept")
+        if not isinstance(kept, list) or record.get("layers_before") != t_cfg.num_hidden_layers:
+            raise UserError(
+                f"train.kd.hidden_weight: {pruned} does not map this student onto a teacher of "
+                f"{t_cfg.num_hidden_layers} layers (it was pruned from {record.get('teacher', '?')})",
+                "set train.teacher to the model the student was pruned from",
+            )
+        return list(enumerate(kept))
+    if s_cfg.num_hidden_layers != t_cfg.num_hidden_layers:
+        raise UserError(
+            f"train.kd.hidden_weight: the student has {s_cfg.num_hidden_layers} layers, the teacher "
+            f"{t_cfg.num_hidden_layers}, and no prune.json says which teacher layer each student layer is",
+            "make the student with `sft prune`, or set train.kd.hidden_weight=0",
+        )
+    return [(i, i) for i in range(s_cfg.num_hidden_layers)]
 
 
 def _kd_trainer(
-    recipe: Recipe, model: Any, config: Any, ds: Any, tokenizer: Any, peft_config: Any, student_path: str
+    recipe: Recipe,
+    model: Any,
+    config: Any,
+    data: tuple[Any, bool],
+    tokenizer: Any,
+    peft_config: Any,
+    student_path: str,
 ) -> Any:
     """sft.kd.KDTrainer with the stored top-k or a local teacher model (misaligned rows are a clear error)."""
     from sft.kd import KDTrainer, MisalignedRows
 
     kd = recipe.train.kd
+    ds, stop_token_stored = data
     teacher = _teacher_model(recipe, student_path, tokenizer) if kd.source == "model" else None
+    layer_map = _layer_map(student_path, model, teacher) if kd.hidden_weight else None
     try:
-        return KDTrainer(
+        trainer = KDTrainer(
             model=model,
             args=config,
             train_dataset=ds,
@@ -224,16 +275,24 @@ def _kd_trainer(
             temperature=kd.temperature,
             beta=kd.beta,
             tail=kd.tail,
-            stop_token_stored=recipe.teacher.engine != "openai",
+            stop_token_stored=stop_token_stored,
+            hidden_weight=kd.hidden_weight,
+            layer_map=layer_map,
+            drop_misaligned=True,
         )
     except MisalignedRows as exc:
         first = exc.rows[0]
         raise UserError(
-            f"{len(exc.rows)} curated rows' stored log-probabilities do not line up with the completion's tokens "
-            f"(first: row {first.row}: {first.why})",
-            "the completions were re-tokenised differently from how the teacher generated them; generate "
+            f"none of the {len(exc.rows)} curated rows' stored log-probabilities line up with the completion's "
+            f"tokens (first: row {first.row}: {first.why})",
+            "the completions were tokenised differently from how the teacher generated them; generate "
             "again with the student's tokenizer, or use train.kd.source=model",
         ) from None
+    for m in trainer.misaligned[:5]:
+        _say(f"warning: kd row {m.row} left out: {m.why}")
+    if trainer.misaligned:
+        _say(f"warning: {len(trainer.misaligned)} rows whose stored tokens do not line up were left out")
+    return trainer
 
 
 def _model_card(trainer: Any, recipe: Recipe, final: Path) -> None:
@@ -286,6 +345,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     ds = _kept(run_dir)
     student_path, tokenizer = _student(recipe)
     lengths, unusable = length_report(ds, tokenizer, t.objective, args, user_args)
+    usable = ds.select(sorted(set(range(len(ds))) - set(unusable)))  # KD's and GKD's collators would fail on them
+    kd_data = _kd_rows(recipe, run_dir, usable, tokenizer) if t.objective == "kd" else None  # before any write
     out.mkdir(parents=True, exist_ok=True)
     dump_resolved(recipe, out / "recipe.resolved.yaml")
     from transformers import AutoModelForCausalLM
@@ -293,11 +354,9 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     with loading_model("model.path", recipe.model.path):
         model = AutoModelForCausalLM.from_pretrained(student_path)
     peft_config = _lora_config(recipe, model)
-    if t.objective == "kd":
-        ds = _kd_rows(recipe, run_dir, ds, tokenizer, set(unusable))
     try:
-        if t.objective == "kd":
-            trainer = _kd_trainer(recipe, model, config, ds, tokenizer, peft_config, student_path)
+        if kd_data is not None:
+            trainer = _kd_trainer(recipe, model, config, kd_data, tokenizer, peft_config, student_path)
         elif t.objective == "sft":
             from trl import SFTTrainer
 
@@ -311,8 +370,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
         else:
             from sft.gkd import SelfDistillGKDTrainer, TeacherViewCollator
 
-            keep = sorted(set(range(len(ds))) - set(unusable))  # TRL's collator would fail on them mid-run
-            train = ds.select(keep).map(
+            train = usable.map(
                 lambda r: {"messages": r["prompt"] + r["completion"]},
                 remove_columns=[c for c in ds.column_names if c != "teacher_prompt"],
             )

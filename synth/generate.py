@@ -37,7 +37,7 @@ from synth.engines import Engine, SamplingParams, build_engine, sampling_params,
 from synth.errors import UserError
 from synth.io import atomic_write_parquet, atomic_write_text, read_parquet, sweep_temp_files
 from synth.prompts import load_prompts, teacher_view
-from synth.recipe import Recipe, dump_resolved
+from synth.recipe import Recipe, dump_resolved, teacher_path
 from synth.records import SCHEMA, Completion, PromptItem, make_rows, rows_to_table
 from synth.shards import ShardSet, shard_index
 from synth.tables import key_values
@@ -177,7 +177,7 @@ def logprob_info(recipe: Recipe) -> dict[str, Any] | None:
     k = recipe.generate.logprobs
     if not k:
         return None
-    path = recipe.model.path if recipe.teacher.path == "self" else recipe.teacher.path
+    path = teacher_path(recipe)
     return {
         "k": k,
         "temperature": recipe.generate.temperature,

@@ -87,8 +87,13 @@ def resolve_model(path: str) -> tuple[str, str]:
         if not (p / "config.json").is_file():
             raise UserError(f"model folder {p} has no config.json", "point at a transformers model folder")
         return str(p), str(p.resolve())
-    if "/" in path and not path.startswith((".", "/")):
-        return path, path  # a hub id; loading it fails clearly later if offline
+    if path.count("/") == 1 and not path.startswith((".", "/", "~")) and not path.endswith("/"):
+        return path, path  # a hub id (org/name); loading it fails clearly later if offline
+    if "/" in path or path.startswith((".", "~")):
+        raise UserError(
+            f"model {path!r}: no such folder (relative paths start in the folder you run in)",
+            "check the path; a student made by `sft prune` exists once that has run",
+        )
     raise UserError(
         f"model {path!r} is neither an existing folder, a hub id (org/name), nor 'smollm2' (the embedded model)"
     )

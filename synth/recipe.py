@@ -75,6 +75,18 @@ class Recipe(Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def objective_overrides(folder: str) -> str:
+    """The overrides that train into train/<folder>: `kd-stored` is `train.objective=kd train.kd.source=stored`."""
+    if folder.startswith("kd-"):
+        return f"train.objective=kd train.kd.source={folder.removeprefix('kd-')}"
+    return f"train.objective={folder}"
+
+
+def teacher_path(recipe: Recipe) -> str:
+    """The teacher's model path, `self` resolved to the student's (model.path)."""
+    return recipe.model.path if recipe.teacher.path == "self" else recipe.teacher.path
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into its path and a YAML-typed value (numbers, booleans, null, lists)."""
     if "=" not in text:

@@ -120,6 +120,12 @@ class KDSpec(Strict):
     temperature: float = Field(1.0, gt=0, description="T: both distributions softened by T, the loss scaled by T²")
     beta: float = Field(0.0, ge=0, le=1, description="D: 0 = forward KL, 1 = reverse KL, between: generalized JSD")
     tail: bool = Field(True, description="stored: the mass outside the top-k as one extra bucket")
+    hidden_weight: float = Field(
+        0.0,
+        ge=0,
+        description="model: weight of a hidden-state loss between each student layer and the teacher layer it "
+        "maps onto (a pruned student's prune.json says which; else the same layer count is required)",
+    )
 
 
 class TrainSpec(Strict):

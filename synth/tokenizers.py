@@ -29,7 +29,8 @@ def describe(tokenizer: Any, name: str) -> dict[str, Any]:
 
 
 def load_local(path: str) -> Any | None:
-    """The tokenizer of a local model folder or the embedded model; None for a server-only model."""
+    """The tokenizer of a model folder, the embedded model or a Hub id (from the Hub cache, or
+    downloaded); None when there is none to load (a server's model name that is no such model)."""
     from transformers import AutoTokenizer
 
     from synth.errors import UserError
@@ -41,5 +42,5 @@ def load_local(path: str) -> Any | None:
         return None
     try:
         return AutoTokenizer.from_pretrained(load_path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, ImportError):  # ImportError: a tokenizer needing an absent package
         return None

@@ -90,7 +90,7 @@ def test_the_teacher_is_at_zero_and_a_copy_seeing_the_teacher_view_is_too(tokeni
 
 
 def test_paired_difference_skips_missing_prompts() -> None:
-    d = paired([1.0, 2.0, None, 4.0], [2.0, 2.5, 1.0, 5.0])
-    assert d is not None and d["prompts"] == 3 and d["mean"] == pytest.approx(-2.5 / 3)
-    assert d["ci"][1] <= 0
+    d = paired([1.0, 2.0, None, 4.0, 3.0], [2.0, 2.5, 1.0, 5.0, 2.0])  # differences -1, -0.5, -1, +1
+    assert d is not None and d["prompts"] == 4 and d["mean"] == pytest.approx(-1.5 / 4)
+    assert -1 <= d["ci"][0] < d["mean"] < d["ci"][1] <= 1 and d["ci"][1] > 0  # one prompt the other way
     assert paired([None], [1.0]) is None

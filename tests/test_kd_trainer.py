@@ -185,6 +185,15 @@ def test_misaligned_rows_are_reported_by_dataset_row(tmp_path: Path, smollm2: tu
         KDTrainer(model=tiny_student(tok), args=config(tmp_path), train_dataset=dataset(rows), processing_class=tok)
     assert [m.row for m in info.value.rows] == [1, 3]
     assert "row 1:" in str(info.value) and "stored tokens" in str(info.value)
+    # what `sft run` does: train on the rows that line up, and report the others
+    trainer = KDTrainer(
+        model=tiny_student(tok),
+        args=config(tmp_path),
+        train_dataset=dataset(rows),
+        processing_class=tok,
+        drop_misaligned=True,
+    )
+    assert [m.row for m in trainer.misaligned] == [1, 3] and trainer.train_dataset["kd_row"] == [0, 2]
     # an engine that does not report the stop token: the shortened row is the aligned one
     rows = stored_rows(tok, teacher)
     for r in rows[:3]:
@@ -234,3 +243,40 @@ def test_local_teacher_model_dense_and_teacher_view(tmp_path: Path, smollm2: tup
     trainer.train()
     logs = [e for e in trainer.state.log_history if "kd_loss" in e]
     assert logs and all(e["kd_loss"] > 1e-4 for e in logs)
+
+
+def test_hidden_state_loss_matches_mapped_layers(tmp_path: Path, smollm2: tuple[Any, Any]) -> None:
+    """train.kd.hidden_weight: zero when each student layer equals its mapped teacher layer, positive
+    under a crossed map, falling with training; the map decides which layers are compared."""
+    tok, _ = smollm2
+    rows = [
+        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+        for q, a in ANSWERS.items()
+    ]
+
+    def train(student: Any, teacher: Any, layer_map: list[tuple[int, int]], lr: float, steps: int) -> list[float]:
+        trainer = KDTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=config(tmp_path, learning_rate=lr, max_steps=steps),
+            train_dataset=dataset(rows),
+            processing_class=tok,
+            hidden_weight=1.0,
+            layer_map=layer_map,
+        )
+        trainer.train()
+        return [e["hidden_loss"] for e in trainer.state.log_history if "hidden_loss" in e]
+
+    assert max(train(tiny_student(tok, 1), tiny_student(tok, 1), [(0, 0), (1, 1)], 0.0, 2)) < 1e-10
+    # the same twin under a crossed map compares layer 0 with layer 1: the map decides what is compared
+    assert min(train(tiny_student(tok, 1), tiny_student(tok, 1), [(0, 1), (1, 0)], 0.0, 2)) > 1e-6
+    losses = train(tiny_student(tok, 2), tiny_student(tok, 1), [(0, 0), (1, 1)], 1e-2, 8)
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="hidden_weight needs teacher_model"):
+        KDTrainer(
+            model=tiny_student(tok),
+            args=config(tmp_path),
+            train_dataset=dataset(stored_rows(tok, smollm2[1])),
+            processing_class=tok,
+            hidden_weight=1.0,
+        )

@@ -19,7 +19,7 @@ from synth.models import resolve_model
 from synth.publish import cards
 from synth.publish.dataset import PublishSummary
 from synth.publish.hub import authenticated_api, check_repo_id, hub_errors, import_hub, model_id
-from synth.recipe import Recipe
+from synth.recipe import Recipe, objective_overrides
 
 LEFT_OUT = {"training_args.bin", "README.md"}
 
@@ -48,7 +48,7 @@ def run_publish_model(
     objective = objective or recipe.train.folder
     final = run_dir / "train" / objective / "final"
     if not final.is_dir():
-        raise UserError(f"no trained model in {final}", f"run `sft run` with train.objective={objective} first")
+        raise UserError(f"no trained model in {final}", f"run `sft run` with {objective_overrides(objective)} first")
     hub = import_hub()
     api = None if dry_run else authenticated_api()
     start = time.perf_counter()
