@@ -111,3 +111,37 @@ def with_topk(ds: Any, tokenizer: Any) -> tuple[Any, list[tuple[int, str]]]:
             continue
         out = out.add_column(k, values)
     return out, dropped
+
+
+def with_sampled_tokens(ds: Any, tokenizer: Any) -> Any:
+    """Rows tokenised from the teacher's own sampled token ids instead of the completion's text.
+
+    Decoding the sampled ids and tokenising the text again does not always give the same ids (a
+    byte-level BPE has several spellings of one text; about one row in eight on SmolLM2's answers),
+    and the stored top-k belong to the sampled ids. So the row becomes TRL's pre-tokenised form:
+    `input_ids` = the prompt as the chat template renders it + the sampled ids + the template's
+    closing tokens (those the teacher did not generate: "<|im_end|>" after an answer cut at
+    max_new_tokens, the "\\n" after it), and `completion_mask` marks everything after the prompt.
+    """
+    probe = [{"role": "user", "content": "x"}]
+    prompt = _template(tokenizer, probe, generation_prompt=True)
+    full = _template(tokenizer, [*probe, {"role": "assistant", "content": "y"}], generation_prompt=False)
+    content = tokenizer("y", add_special_tokens=False)["input_ids"]
+    suffix = full[len(prompt) + len(content) :]  # e.g. ["<|im_end|>", "\n"]
+
+    def tokenise(row: dict[str, Any]) -> dict[str, Any]:
+        prompt_ids = _template(tokenizer, row["prompt"], generation_prompt=True)
+        sampled = list(row[TOKENS])
+        closing = suffix[1:] if suffix and sampled and sampled[-1] == suffix[0] else suffix
+        completion = sampled + closing
+        return {"input_ids": prompt_ids + completion, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion)}
+
+    return ds.map(tokenise, remove_columns=[c for c in ds.column_names if c in ("prompt", "completion")])
+
+
+def _template(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    return list(
+        tokenizer.apply_chat_template(
+            messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=False
+        )
+    )

@@ -185,8 +185,8 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[An
     without usable ones reported and left out. A model teacher: refused when it would teach nothing
     (the student's own initial weights, reading the same prompt, with no hard-label term).
     """
-    from sft.kd import KD_COLUMNS
-    from sft.kd_data import check_tokenizer, with_topk
+    from sft.kd import KD_COLUMNS, TOKENS
+    from sft.kd_data import check_tokenizer, with_sampled_tokens, with_topk
 
     kd = recipe.train.kd
     if kd.source == "model":
@@ -211,7 +211,10 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[An
             "generate with generate.logprobs=K on an engine that gives token ids (transformers, vllm, llama.cpp)",
         )
     columns = [c for c in out.column_names if c in ("prompt", "completion", *KD_COLUMNS)]
-    return out.select_columns(columns), bool(info.get("includes_stop_token", True))
+    out = out.select_columns(columns)
+    if TOKENS in out.column_names:  # train on the very tokens the stored top-k belong to
+        out = with_sampled_tokens(out, tokenizer)
+    return out, bool(info.get("includes_stop_token", True))
 
 
 def _layer_map(student_path: str, model: Any, teacher: Any) -> list[tuple[int, int]]:
@@ -327,7 +330,9 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
     if t.objective in ("sft", "kd"):
         from trl import SFTConfig
 
-        config = trl_config(SFTConfig, args, user_args)
+        # kd may hand TRL pre-tokenised rows (the teacher's sampled ids): the loss stays on the completion
+        kd_args = {"completion_only_loss": True} if t.objective == "kd" else {}
+        config = trl_config(SFTConfig, {**kd_args, **args}, user_args)
     else:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.gkd import GKDConfig
