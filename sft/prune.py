@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from synth.errors import UserError
+from synth.io import swap_in_folder
 
 Prompt = list[dict[str, Any]] | str  # chat messages (templated with the tokenizer) or plain text
 MARKER = "prune.json"  # written into every prune output; its presence lets a rerun replace the folder
@@ -306,16 +307,6 @@ def _check_out_dir(out: Path) -> None:
         )
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Put the finished tmp folder at out. A previous output is moved aside first and removed only
-    after the rename, so a crash leaves either the old folder or the new one, never a half-written one."""
-    old = out.parent / f".{out.name}.{os.getpid()}.old"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def prune_model(
     teacher_dir: str | Path,
     out_dir: str | Path,
@@ -388,7 +379,7 @@ def prune_model(
         tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
         _check_out_dir(out)  # again: something may have appeared there while we measured
-        _replace_dir(tmp, out)
+        swap_in_folder(tmp, out)  # a crash leaves the old folder or the new one, never half of one
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary

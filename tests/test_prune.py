@@ -211,7 +211,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, teacher_dir: Path,
     def crash(tmp: Path, out: Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(sft.prune, "_replace_dir", crash)
+    monkeypatch.setattr(sft.prune, "swap_in_folder", crash)
     with pytest.raises(OSError, match="disk full"):
         prune_model(teacher_dir, tmp_path / "student", PROMPTS, n_drop=1, max_length=32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]
