@@ -126,14 +126,15 @@ def prune(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
             "the recipe has no prune: section", "add prune: {out: FOLDER, drop: N}; see recipes/compress-smollm2.yaml"
         )
     source = teacher_path(recipe) if spec.source == "self" else spec.source
-    if Path(spec.out).expanduser().resolve() == Path(resolve_model(source)[0]).resolve():
+    source_dir = resolve_model(source)[0]
+    if Path(spec.out).expanduser().resolve() == Path(source_dir).resolve():
         raise UserError(f"prune.out {spec.out!r} is the model being pruned", "write the student to another folder")
     items, _ = load_prompts(spec.calibration, recipe.teacher, recipe_dir, field="prune.calibration.path")
     prompts = [it.prompt for it in items if it.error is None]
     if not prompts:
         raise UserError("prune.calibration: no usable prompt", "point prune.calibration.path at a prompts file")
     s = prune_model(
-        resolve_model(source)[0],
+        source_dir,
         spec.out,
         prompts,
         n_drop=spec.drop,

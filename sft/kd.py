@@ -284,41 +284,39 @@ class KDTrainer(SFTTrainer):
         difference between the student layer's output and its teacher layer's, summed over tokens.
         """
         want_hidden = student_hidden is not None
-        with torch.no_grad():
-            if "teacher_prompt_ids" in inputs:
-                pad = self._tokenizer.pad_token_id
-                t_ids, t_mask, pairs = teacher_view(
-                    inputs["input_ids"], inputs["labels"], inputs["teacher_prompt_ids"], pad
-                )
-                t_out = self.teacher_model(
-                    input_ids=t_ids, attention_mask=t_mask, use_cache=False, output_hidden_states=want_hidden
-                )
-                rows_s, pos_s, rows_t, pos_t = (torch.tensor(x, device=logits.device) for x in zip(*pairs, strict=True))
-                teacher = t_out.logits[rows_t, pos_t].unsqueeze(0)
-            else:
-                t_out = self.teacher_model(
-                    input_ids=inputs["input_ids"],
-                    attention_mask=inputs["attention_mask"],
-                    use_cache=False,
-                    output_hidden_states=want_hidden,
-                )
-                teacher = t_out.logits[:, :-1]
+        # the teacher reads its own prompt before the same completion tokens, or the same input ids
         if "teacher_prompt_ids" in inputs:
-            student = logits[rows_s, pos_s].unsqueeze(0)
-            every = torch.ones(student.shape[:2], dtype=torch.bool, device=student.device)
-            kd_sum, kd_n = dense_kd_loss(student, teacher, every, self.temperature, self.beta)
+            pad = self._tokenizer.pad_token_id
+            t_ids, t_mask, pairs = teacher_view(
+                inputs["input_ids"], inputs["labels"], inputs["teacher_prompt_ids"], pad
+            )
+            rows_s, pos_s, rows_t, pos_t = (torch.tensor(x, device=logits.device) for x in zip(*pairs, strict=True))
+
+            def student_at(x: torch.Tensor) -> torch.Tensor:
+                return x[rows_s, pos_s]
+
+            def teacher_at(x: torch.Tensor) -> torch.Tensor:
+                return x[rows_t, pos_t]
         else:
-            kd_sum, kd_n = dense_kd_loss(logits[:, :-1], teacher, ce_mask, self.temperature, self.beta)
+            t_ids, t_mask = inputs["input_ids"], inputs["attention_mask"]
+
+            def student_at(x: torch.Tensor) -> torch.Tensor:
+                return x[:, :-1][ce_mask]
+
+            teacher_at = student_at
+        with torch.no_grad():
+            t_out = self.teacher_model(
+                input_ids=t_ids, attention_mask=t_mask, use_cache=False, output_hidden_states=want_hidden
+            )
+        student = student_at(logits).unsqueeze(0)
+        every = torch.ones(student.shape[:2], dtype=torch.bool, device=student.device)
+        kd_sum, kd_n = dense_kd_loss(student, teacher_at(t_out.logits).unsqueeze(0), every, self.temperature, self.beta)
         hidden_sum = logits.new_zeros(())
         if want_hidden:
             # hidden_states[i + 1] is layer i's output, except the last, which transformers gives after
             # the final norm on both sides (so a last-to-last pair compares normed states)
             for s_layer, t_layer in self.layer_map:
-                s_h, t_h = student_hidden[s_layer + 1], t_out.hidden_states[t_layer + 1]
-                if "teacher_prompt_ids" in inputs:
-                    diff = s_h[rows_s, pos_s] - t_h[rows_t, pos_t]
-                else:
-                    diff = (s_h[:, :-1] - t_h[:, :-1])[ce_mask]
+                diff = student_at(student_hidden[s_layer + 1]) - teacher_at(t_out.hidden_states[t_layer + 1])
                 hidden_sum = hidden_sum + diff.float().pow(2).mean(-1).sum() / len(self.layer_map)
         return kd_sum, kd_n, hidden_sum
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.kd import IDS, LOGPROBS, TOKENS
+from sft.lengths import chat_ids
 from synth.errors import UserError
 from synth.io import read_json
 from synth.tokenizers import vocab_hash
@@ -124,24 +125,16 @@ def with_sampled_tokens(ds: Any, tokenizer: Any) -> Any:
     max_new_tokens, the "\\n" after it), and `completion_mask` marks everything after the prompt.
     """
     probe = [{"role": "user", "content": "x"}]
-    prompt = _template(tokenizer, probe, generation_prompt=True)
-    full = _template(tokenizer, [*probe, {"role": "assistant", "content": "y"}], generation_prompt=False)
+    prompt = chat_ids(tokenizer, probe, generation_prompt=True)
+    full = chat_ids(tokenizer, [*probe, {"role": "assistant", "content": "y"}])
     content = tokenizer("y", add_special_tokens=False)["input_ids"]
     suffix = full[len(prompt) + len(content) :]  # e.g. ["<|im_end|>", "\n"]
 
     def tokenise(row: dict[str, Any]) -> dict[str, Any]:
-        prompt_ids = _template(tokenizer, row["prompt"], generation_prompt=True)
+        prompt_ids = chat_ids(tokenizer, row["prompt"], generation_prompt=True)
         sampled = list(row[TOKENS])
         closing = suffix[1:] if suffix and sampled and sampled[-1] == suffix[0] else suffix
         completion = sampled + closing
         return {"input_ids": prompt_ids + completion, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion)}
 
     return ds.map(tokenise, remove_columns=[c for c in ds.column_names if c in ("prompt", "completion")])
-
-
-def _template(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
-    return list(
-        tokenizer.apply_chat_template(
-            messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=False
-        )
-    )

@@ -36,7 +36,8 @@ class LengthReport:
         return text + (f": {self.why_dropped})" if self.dropped and self.why_dropped else ")")
 
 
-def _ids(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool = False) -> list[int]:
+def chat_ids(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool = False) -> list[int]:
+    """Token ids of chat messages as TRL's SFT tokenises them (the chat template, special tokens in)."""
     out = tokenizer.apply_chat_template(
         messages, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
     )
@@ -49,7 +50,7 @@ def _upper_bound(tokenizer: Any, messages: list[dict[str, Any]], overheads: dict
     tokenizer never spends more than one token on a byte."""
     roles = tuple(m["role"] for m in messages)
     if roles not in overheads:
-        overheads[roles] = len(_ids(tokenizer, [{"role": r, "content": ""} for r in roles]))
+        overheads[roles] = len(chat_ids(tokenizer, [{"role": r, "content": ""} for r in roles]))
     return overheads[roles] + sum(len(m["content"].encode("utf-8")) for m in messages)
 
 
@@ -86,12 +87,12 @@ def length_report(
         messages = row["prompt"] + row["completion"]
         if _upper_bound(tokenizer, messages, overheads) <= max_length:
             continue  # cannot be too long: no need to tokenize it (most rows, on a big set)
-        full = _ids(tokenizer, messages)
+        full = chat_ids(tokenizer, messages)
         longest = max(longest, len(full))
         if len(full) <= max_length:
             continue
         longer += 1
-        start = _common_prefix(_ids(tokenizer, row["prompt"], generation_prompt=True), full)
+        start = _common_prefix(chat_ids(tokenizer, row["prompt"], generation_prompt=True), full)
         prompts.append(start)
         completions.append(len(full) - start)
         # GKD: no prompt token left to generate from; SFT: no completion token left to learn

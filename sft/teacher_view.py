@@ -9,10 +9,12 @@ from typing import Any
 
 import torch
 
+from sft.lengths import chat_ids
+
 
 def teacher_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
     """The teacher's view of the prompt, tokenised as a prompt awaiting the assistant's turn."""
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    return chat_ids(tokenizer, messages, generation_prompt=True)
 
 
 def teacher_view(

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,17 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def tiny_llama(vocab_size: int, layers: int = 2, seed: int = 0, **config: Any) -> Any:
+    """A random Llama (hidden 32) for fast unit tests, in eval mode; `config` adds LlamaConfig fields."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}
+    llama = LlamaConfig(vocab_size=vocab_size, num_hidden_layers=layers, max_position_embeddings=256, **shape, **config)
+    return LlamaForCausalLM(llama).eval()
 
 
 def shard_rows(run: Path) -> list[dict]:

@@ -8,25 +8,9 @@ from typing import Any
 import pytest
 
 from sft.fidelity import TeacherAnswers, measure, paired
+from tests.conftest import tiny_llama
 
 SYSTEM = {"role": "system", "content": "Answer in French."}
-
-
-def _tiny(seed: int, vocab: int) -> Any:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +46,7 @@ def _manual(model: Any, teacher: Any, tokenizer: Any, s_view: list, t_view: list
 def test_kl_and_nll_match_the_plain_computation_per_prompt(tokenizer: Any) -> None:
     import torch
 
-    teacher, student = _tiny(0, len(tokenizer)), _tiny(1, len(tokenizer))
+    teacher, student = tiny_llama(len(tokenizer), seed=0), tiny_llama(len(tokenizer), seed=1)
     with torch.no_grad():  # a peaked teacher: near-uniform random models make KL(t‖s) ≈ KL(s‖t)
         teacher.lm_head.weight.mul_(40)
     data = _data()
@@ -80,7 +64,7 @@ def test_kl_and_nll_match_the_plain_computation_per_prompt(tokenizer: Any) -> No
 
 
 def test_the_teacher_is_at_zero_and_a_copy_seeing_the_teacher_view_is_too(tokenizer: Any) -> None:
-    teacher = _tiny(0, len(tokenizer))
+    teacher = tiny_llama(len(tokenizer), seed=0)
     data = _data()
     assert measure(teacher, tokenizer, data, (teacher, tokenizer), is_teacher=True)["kl"] == 0.0
     # the same weights reading the student's view (no system prompt) are NOT at zero: the view matters

@@ -15,6 +15,7 @@ import torch
 
 from sft.kd import KDTrainer, MisalignedRows
 from sft.kd_loss import sparse_kd_loss
+from tests.conftest import tiny_llama
 
 ANSWERS = {
     "Name a colour.": "Blue is a lovely colour.",
@@ -62,22 +63,8 @@ def stored_rows(tok: Any, teacher: Any, k: int = K) -> list[dict[str, Any]]:
 
 
 def tiny_student(tok: Any, seed: int = 0) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
-    return LlamaForCausalLM(config)
+    special = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id}
+    return tiny_llama(len(tok), seed=seed, **special)
 
 
 def config(tmp_path: Path, **kw: Any) -> Any:

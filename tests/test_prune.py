@@ -37,22 +37,9 @@ def tokenizer(smollm2_dir: Path):
 
 def tiny_llama(vocab_size: int, layers: int = 6, seed: int = 0, dropout: float = 0.0):
     """A random Llama small enough for unit tests; a larger init scale so every layer turns the stream."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.conftest import tiny_llama as llama
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.2,
-        tie_word_embeddings=True,
-        attention_dropout=dropout,
-    )
-    return LlamaForCausalLM(config).eval()
+    return llama(vocab_size, layers, seed, initializer_range=0.2, tie_word_embeddings=True, attention_dropout=dropout)
 
 
 def make_identity(model, i: int) -> None:
