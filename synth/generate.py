@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from synth.engines import Engine, SamplingParams, build_engine, sampling_params, teacher_provenance
+from synth.engines.base import ProgressFn
 from synth.errors import UserError
 from synth.io import atomic_write_parquet, atomic_write_text, read_parquet, sweep_temp_files
 from synth.prompts import load_prompts, teacher_view
@@ -66,6 +68,8 @@ class GenerateSummary:
     completion_tokens: int = 0
     seconds: float = 0.0
     shards_written: list[str] = field(default_factory=list)
+    workers: int = 0  # Ray workers (engine replicas); 0 for the local executor
+    shards_redone: int = 0  # shards dispatched again because their Ray worker died
 
     @property
     def all_failed(self) -> bool:
@@ -247,16 +251,44 @@ def drop_failed_prompts(gen_dir: Path) -> int:
     return len(dropped)
 
 
-def _prepare(
-    items: list[PromptItem], engine: Engine, params: SamplingParams
-) -> tuple[list[PromptItem], list[PromptItem]]:
-    """Split prompts into those to generate and those rejected up front (empty, too long)."""
-    good, bad = [], []
-    for item in items:
+@dataclass
+class ShardResult:
+    """One shard's rows and what the summary needs to know about them (a worker's return value)."""
+
+    table: pa.Table
+    engine_rows: int  # rows of prompts sent to the engine (the others were rejected up front)
+    engine_failures: int
+    first_error: str | None
+
+
+def generate_shard(
+    engine: Engine,
+    chunk: list[PromptItem],
+    params: SamplingParams,
+    teacher: dict[str, Any],
+    recipe_hash: str,
+    on_progress: ProgressFn | None = None,
+) -> ShardResult:
+    """The rows of one shard: prompts the engine rejects up front (empty, too long) get a failed row
+    with the reason, the rest are generated. The same function runs in-process and on a Ray worker."""
+    for item in chunk:
         if item.error is None:
             item.error = engine.check_prompt(item.teacher_prompt, params)
-        (bad if item.error else good).append(item)
-    return good, bad
+    gen = [it for it in chunk if it.error is None]
+    outputs = engine.generate([it.teacher_prompt for it in gen], params, on_progress) if gen else []
+    by_id = {it.prompt_id: comps for it, comps in zip(gen, outputs, strict=True)}
+    rows: list[dict[str, Any]] = []
+    for it in chunk:
+        rows += make_rows(
+            it, by_id.get(it.prompt_id) or [Completion.failed(it.error or "not generated")], teacher, recipe_hash
+        )
+    sent = [r for r in rows if r["prompt_id"] in by_id]
+    return ShardResult(
+        rows_to_table(rows),
+        engine_rows=len(sent),
+        engine_failures=sum(r["error"] is not None for r in sent),
+        first_error=next((r["error"] for r in sent if r["error"]), None),
+    )
 
 
 def run_generate(
@@ -335,7 +367,6 @@ def _run_generate(
     start = time.perf_counter()
     try:
         if todo:
-            engine = engine or build_engine(recipe)
             _generate_shards(recipe, todo, engine, params, teacher, recipe_hash, gen_dir, shards, summary, console)
     finally:
         # Also after Ctrl-C: the manifest always describes the complete shards on disk.
@@ -349,7 +380,7 @@ def _run_generate(
 def _generate_shards(
     recipe: Recipe,
     todo: list[PromptItem],
-    engine: Engine,
+    engine: Engine | None,
     params: SamplingParams,
     teacher: dict[str, Any],
     recipe_hash: str,
@@ -358,41 +389,103 @@ def _generate_shards(
     summary: GenerateSummary,
     console: Console,
 ) -> None:
-    """Generate `todo` shard by shard; each shard is on disk, complete, before the next starts."""
-    good, bad = _prepare(todo, engine, params)
+    """Cut `todo` into shards and have the executor generate them; each is written, complete, by this
+    process alone (atomically), whichever executor computed it."""
     # Longest first: similar lengths share a shard, and a too-large batch fails early.
-    good.sort(key=lambda it: -sum(len(m["content"]) for m in it.teacher_prompt))
+    todo = sorted(todo, key=lambda it: -sum(len(m["content"]) for m in it.teacher_prompt))
     per_shard = recipe.generate.prompts_per_shard
-    chunks = [good[i : i + per_shard] for i in range(0, len(good), per_shard)] or [[]]
-    chunks[0] = bad + chunks[0]
-    next_index = 1 + max((i for s in shards if (i := shard_index(s["file"])) is not None), default=-1)
+    chunks = [todo[i : i + per_shard] for i in range(0, len(todo), per_shard)]
+    first = 1 + max((i for s in shards if (i := shard_index(s["file"])) is not None), default=-1)
+    names = [f"shard-{first + i:05d}.parquet" for i in range(len(chunks))]
     with progress_bar(console) as progress:
-        task = progress.add_task("generating", total=len(good) * params.n, tokens=0)
+        task = progress.add_task("generating", total=len(todo) * params.n, tokens=0)
 
         def on_progress(rows: int, tokens: int) -> None:
             progress.update(task, advance=rows, tokens=progress.tasks[task].fields["tokens"] + tokens)
 
-        for chunk in chunks:
-            gen = [it for it in chunk if it.error is None]
-            outputs = engine.generate([it.teacher_prompt for it in gen], params, on_progress) if gen else []
-            by_id = {it.prompt_id: comps for it, comps in zip(gen, outputs, strict=True)}
-            rows: list[dict[str, Any]] = []
-            for it in chunk:
-                comps = by_id.get(it.prompt_id) or [Completion.failed(it.error or "not generated")]
-                rows += make_rows(it, comps, teacher, recipe_hash)
-            name = f"shard-{next_index:05d}.parquet"
-            atomic_write_parquet(gen_dir / name, rows_to_table(rows))
-            next_index += 1
+        def write(name: str, result: ShardResult, reported: int) -> None:
+            table = result.table
+            atomic_write_parquet(gen_dir / name, table)
+            tokens = pc.sum(table["completion_tokens"]).as_py() or 0
+            on_progress(table.num_rows - reported, 0 if reported else tokens)
             summary.shards_written.append(name)
-            summary.rows_written += len(rows)
-            summary.failures += sum(r["error"] is not None for r in rows)
-            sent = {it.prompt_id for it in gen}
-            sent_rows = [r for r in rows if r["prompt_id"] in sent]
-            summary.engine_rows += len(sent_rows)
-            summary.engine_failures += sum(r["error"] is not None for r in sent_rows)
-            summary.first_error = summary.first_error or next((r["error"] for r in sent_rows if r["error"]), None)
-            summary.prompt_tokens += sum(r["prompt_tokens"] or 0 for r in rows if r["sample_index"] == 0)
-            summary.completion_tokens += sum(r["completion_tokens"] or 0 for r in rows)
+            summary.rows_written += table.num_rows
+            summary.failures += table.num_rows - table["error"].null_count
+            summary.engine_rows += result.engine_rows
+            summary.engine_failures += result.engine_failures
+            summary.first_error = summary.first_error or result.first_error
+            first_samples = pc.equal(table["sample_index"], 0)
+            summary.prompt_tokens += pc.sum(pc.filter(table["prompt_tokens"], first_samples)).as_py() or 0
+            summary.completion_tokens += tokens
+
+        if recipe.runtime.executor == "ray":
+            _on_ray(recipe, chunks, names, params, teacher, recipe_hash, summary, write)
+            return
+        engine = engine or build_engine(recipe)
+        for chunk, name in zip(chunks, names, strict=True):
+            reported = [0]
+
+            def counted(rows: int, tokens: int, reported: list[int] = reported) -> None:
+                reported[0] += rows
+                on_progress(rows, tokens)
+
+            write(name, generate_shard(engine, chunk, params, teacher, recipe_hash, counted), reported[0])
+
+
+class GenerateWorker:
+    """One teacher engine replica on a Ray worker: the model loads once, then shard after shard."""
+
+    def __init__(self, recipe: Recipe, cwd: str) -> None:
+        from synth import runtime
+        from synth.cluster import enter_folder
+
+        enter_folder(cwd)
+        self.engine: Engine | None = None
+        self.error: tuple[str, str | None] | None = None
+        try:
+            runtime.configure(recipe.runtime)
+            self.engine = build_engine(recipe)
+        except UserError as exc:  # shown by the driver as one line, not as the actor's traceback
+            self.error = (exc.message, exc.hint)
+
+    def ready(self) -> tuple[str, str | None] | None:
+        return self.error
+
+    def shard(self, job: tuple[list[PromptItem], SamplingParams, dict[str, Any], str]) -> ShardResult:
+        assert self.engine is not None  # `ready` reported the set-up error before any shard was sent
+        return generate_shard(self.engine, *job)
+
+
+def _on_ray(
+    recipe: Recipe,
+    chunks: list[list[PromptItem]],
+    names: list[str],
+    params: SamplingParams,
+    teacher: dict[str, Any],
+    recipe_hash: str,
+    summary: GenerateSummary,
+    write: Callable[[str, ShardResult, int], None],
+) -> None:
+    """The shards on a pool of Ray workers, one engine replica each; this process writes every file."""
+    from synth.cluster import ActorPool, ray_session, replica_count, worker_gpus
+
+    spec = recipe.runtime.ray
+    with ray_session(spec) as ray:
+        resources = ray.cluster_resources()
+        gpus = worker_gpus(
+            recipe.runtime, recipe.teacher.engine, recipe.teacher.vllm.tensor_parallel_size, resources.get("GPU", 0)
+        )
+        replicas = replica_count(spec, resources, gpus, len(chunks))
+        pool = ActorPool(ray, GenerateWorker, (recipe, os.getcwd()), replicas, spec.num_cpus, gpus, spec.max_restarts)
+        summary.workers = replicas
+        try:
+            jobs = [(chunk, params, teacher, recipe_hash) for chunk in chunks]
+            describe = lambda i: f"shard {names[i]} ({len(chunks[i])} prompts)"  # noqa: E731
+            for i, result in pool.map("shard", len(jobs), jobs.__getitem__, describe):
+                write(names[i], result, 0)
+                summary.shards_redone = pool.redone
+        finally:
+            pool.close()
 
 
 def progress_bar(console: Console) -> Progress:
@@ -413,6 +506,7 @@ def progress_bar(console: Console) -> Progress:
 def summary_table(s: GenerateSummary) -> Table:
     """The table printed at the end of `synth generate`."""
     retried = [("failed prompts retried", s.prompts_retried)] if s.prompts_retried else []
+    ray = [("Ray workers", s.workers), ("shards redone (worker died)", s.shards_redone)] if s.workers else []
     return key_values(
         f"synth generate: {s.run_dir / 'generations'}",
         [
@@ -427,5 +521,6 @@ def summary_table(s: GenerateSummary) -> Table:
             ("completion tokens", f"{s.completion_tokens:,}"),
             ("time", f"{s.seconds:,.1f} s"),
             ("completion tokens/s", f"{s.tokens_per_s:,.1f}"),
+            *ray,
         ],
     )

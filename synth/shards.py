@@ -96,12 +96,16 @@ class ShardSet:
                 return batch.to_pylist()[0]
         return None
 
+    def rows(self, path: Path, columns: list[str] | None = None) -> pa.Table:
+        """One shard's rows that no earlier shard holds, with `columns` (default: all, in SCHEMA order)."""
+        table = self._read(path, columns)
+        keep = self._keep[path]
+        return table if keep is None else table.filter(pa.array(keep, pa.bool_()))
+
     def tables(self, columns: list[str] | None = None) -> Iterator[tuple[Path, pa.Table]]:
-        """Each shard's rows that no earlier shard holds, with `columns` (default: all, in SCHEMA order)."""
+        """`rows` of each shard in turn."""
         for path in self.paths:
-            table = self._read(path, columns)
-            keep = self._keep[path]
-            yield path, table if keep is None else table.filter(pa.array(keep, pa.bool_()))
+            yield path, self.rows(path, columns)
 
     def table(self, columns: list[str] | None = None) -> pa.Table:
         """All rows at once (each id once), for small runs and publishing."""

@@ -17,11 +17,35 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RaySpec(Strict):
+    """The Ray cluster `runtime.executor: ray` runs generate's and curate's workers on."""
+
+    address: str | None = Field(
+        None, description="cluster address (ray://host:10001 or host:6379); default $RAY_ADDRESS, else a local cluster"
+    )
+    replicas: int | None = Field(
+        None, ge=1, le=4096, description="workers (engine replicas); default: as many as the cluster's CPUs/GPUs fit"
+    )
+    num_cpus: float = Field(1, gt=0, description="CPUs each worker reserves")
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs each worker reserves; default: the vLLM tensor-parallel size, 1 for a "
+        "transformers engine on a cluster with GPUs, 0 otherwise",
+    )
+    max_restarts: int = Field(3, ge=0, le=100, description="times a killed worker is restarted (its shard is redone)")
+    local_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster started when no address is set")
+
+
 class RuntimeSpec(Strict):
-    """Where and how models run on this machine."""
+    """Where and how models run: this machine's device and threads, and the executor that spreads the work."""
 
     threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads; on a busy 2-core box 1 can beat 2")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    executor: Literal["local", "ray"] = Field(
+        "local", description="'ray': generate's shards and curate's row checks run on a pool of Ray workers"
+    )
+    ray: RaySpec = Field(default_factory=RaySpec)
 
 
 class ModelSpec(Strict):
@@ -45,13 +69,23 @@ class OpenAISettings(Strict):
 
 
 class VLLMSettings(Strict):
-    """Settings for vLLM's offline engine (GPU only)."""
+    """Settings for vLLM's offline engine (one `vllm.LLM` per worker; GPU, or vLLM's CPU build)."""
 
     tensor_parallel_size: int = Field(1, ge=1)
-    data_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int | None = Field(None, ge=1)
     engine_args: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM as they are")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_data_parallel(cls, data: Any) -> Any:
+        """`vllm.LLM` refuses data_parallel_size > 1 outside its external launcher: replicas are Ray workers."""
+        if isinstance(data, dict) and "data_parallel_size" in data:
+            raise ValueError(
+                "data_parallel_size is not a vllm.LLM setting here: data parallelism is one engine replica per "
+                "Ray worker; set runtime.executor: ray and runtime.ray.replicas instead"
+            )
+        return data
 
 
 class TeacherSpec(Strict):

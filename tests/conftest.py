@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "answer-in-french.yaml"
 
+# tests/vllm/ runs on the real vLLM, in its own virtualenv (`make test-vllm`); elsewhere it is not collected
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
@@ -21,6 +26,17 @@ def smollm2_dir() -> Path:
     from synth.models import embedded_model_dir
 
     return embedded_model_dir()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster of 2 CPUs for the session (about 5 s to start); yields its address, which a
+    `synth` subprocess reaches through $RAY_ADDRESS. In-process runs reuse this session."""
+    import ray
+
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
 
 
 def run_cli(

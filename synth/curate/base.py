@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,15 @@ class RowCheck(ABC):
     def __init__(self, spec: Any) -> None:
         self.spec = spec
         self.name: str = spec.label
+        self.tally: Counter[tuple[str, str]] = Counter()
+        """What the check found, counted by (item, text): decontamination's matched eval items. The
+        curate report lists it; per shard it travels in the shard's stats (`drain`), so it adds up the
+        same whether the check ran here or on Ray workers."""
+
+    def drain(self) -> Counter[tuple[str, str]]:
+        """The tally since the last call, and a fresh one."""
+        out, self.tally = self.tally, Counter()
+        return out
 
     def setup(self, ctx: Context) -> None:
         """Load what the check needs (models, eval sets, user code) before any row is read."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ class CheckStats:
     seconds: float = 0.0
     scores: list[float] = field(default_factory=list)
     examples: list[dict[str, str]] = field(default_factory=list)
+    tally: Counter[tuple[str, str]] = field(default_factory=Counter)  # see RowCheck.tally
 
     def add(self, v: Verdict) -> None:
         self.evaluated += 1
@@ -37,6 +39,15 @@ class CheckStats:
     def example(self, row_id: str, text: str, reason: str) -> None:
         if len(self.examples) < EXAMPLES:
             self.examples.append({"id": row_id, "completion": snippet(text, 120), "reason": reason})
+
+    def merge(self, shard: CheckStats) -> None:
+        """Add one shard's stats; merged in shard order, the result is what one pass over all rows gives."""
+        self.evaluated += shard.evaluated
+        self.failed += shard.failed
+        self.seconds += shard.seconds
+        self.scores += shard.scores
+        self.examples += shard.examples[: max(0, EXAMPLES - len(self.examples))]
+        self.tally.update(shard.tally)
 
 
 def histogram(values: list[float], bins: int = 10) -> list[dict[str, Any]]:
@@ -60,7 +71,6 @@ def build_report(summary: CurateSummary, curator: Curator) -> dict[str, Any]:
     per_prompt: dict[str, int] = {}
     for n in curator.kept_per_prompt.values():
         per_prompt[str(n)] = per_prompt.get(str(n), 0) + 1
-    decontam = [c.report() for c in curator.row_checks if hasattr(c, "report")]
     return {
         "rows_in": summary.rows_in,
         "prompts": summary.prompts,
@@ -95,7 +105,11 @@ def build_report(summary: CurateSummary, curator: Curator) -> dict[str, Any]:
             for s in summary.stats.values()
             if s.scores
         },
-        "decontamination": [m for d in decontam for m in d],
+        "decontamination": [
+            {"eval_item": item, "text": text, "rows": n}
+            for s in summary.stats.values()
+            for (item, text), n in s.tally.most_common()
+        ],
     }
 
 

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ class CurateSummary:
     seconds: float = 0.0
     score_name: str | None = None
     stats: dict[str, CheckStats] = field(default_factory=dict)
+    workers: int = 0  # Ray workers; 0 for the local executor
+    shards_redone: int = 0  # shards checked again because their Ray worker died
 
     @property
     def rows_per_s(self) -> float:
@@ -63,52 +66,57 @@ def _verdict_dict(name: str, v: Verdict) -> dict[str, Any]:
     return {"name": name, "passed": v.passed, "score": v.score, "reason": v.reason}
 
 
-class Curator:
-    """Holds the checks and the cross-shard state of one curate run."""
+@dataclass
+class CheckedShard:
+    """One shard after the row checks: what `ShardChecker.check` returns (here or from a Ray worker)
+    and the `Curator` absorbs, in shard order."""
+
+    table: pa.Table  # the shard with each row's verdicts so far, and rejected_by / reason
+    stats: dict[str, CheckStats]  # this shard's counts, timings, scores, examples, tallies
+    alive: list[tuple[str, float | None, int, str]]  # rows that passed: (id, score, sample_index, prompt_id)
+    prompts: list[str]  # prompt ids in the order first seen
+    keys: dict[str, Any]  # per group check: what its `insert` needs of the alive rows
+
+
+class ShardChecker:
+    """The per-shard work of curate: the row checks (set up once: models, eval sets, user code) and the
+    group checks' per-row keys (hashes, MinHash signatures). Runs in this process or on a Ray worker."""
 
     def __init__(self, recipe: Recipe, recipe_dir: Path | None) -> None:
         spec = recipe.curate
-        self.spec = spec
         self.row_checks: list[RowCheck] = [c.runner(c) for c in spec.checks if c.per_row]
         self.group_checks: list[GroupCheck] = [c.runner(c) for c in spec.checks if not c.per_row]
         self.score_name = spec.ranking_check()
-        self.stats: dict[str, CheckStats] = {"generate": CheckStats("generate", "generate")}
-        for c in spec.checks:
-            self.stats[c.label] = CheckStats(c.label, c.type)
-        self.stats["select"] = CheckStats("select", spec.select.strategy)
         ctx = Context(recipe, recipe_dir)
         for check in self.row_checks:  # load models, eval sets and user code before any row is read
             check.setup(ctx)
-        # id -> (score, sample_index, order, prompt_id) for rows alive after the row checks
-        self.alive: dict[str, tuple[float | None, int, int, str]] = {}
-        self.order = 0
-        self.prompts: dict[str, int] = {}
-        self.kept_per_prompt: dict[str, int] = {}  # filled when the outputs are written
 
-    def _reject(self, row: Row, name: str, v: Verdict) -> None:
-        row["rejected_by"] = name
-        row["reason"] = v.reason or f"{name} failed"
-        self.stats[name].example(row["id"], completion_text(row), row["reason"])
+    def check(self, table: pa.Table) -> CheckedShard:
+        rows = _rows(table)
+        stats = {"generate": CheckStats("generate", "generate")}
+        stats |= {c.name: CheckStats(c.name, c.spec.type) for c in [*self.row_checks, *self.group_checks]}
 
-    def row_pass(self, rows: list[Row]) -> None:
-        """Run the row checks on one shard's rows (in place) and feed the survivors to dedup."""
+        def reject(row: Row, name: str, v: Verdict) -> None:
+            row["rejected_by"] = name
+            row["reason"] = v.reason or f"{name} failed"
+            stats[name].example(row["id"], completion_text(row), row["reason"])
+
         for r in rows:
             r["verdicts"] = list(r["verdicts"] or [])
             r["rejected_by"] = r["reason"] = None
-            self.prompts.setdefault(r["prompt_id"], len(self.prompts))
-            gen = self.stats["generate"]
-            gen.evaluated += 1
+            stats["generate"].evaluated += 1
             if r["error"] is not None:
-                gen.failed += 1
-                self._reject(r, "generate", Verdict(False, reason=r["error"]))
+                stats["generate"].failed += 1
+                reject(r, "generate", Verdict(False, reason=r["error"]))
         alive = [r for r in rows if r["rejected_by"] is None]
         for check in self.row_checks:
             if not alive:
                 break
-            st = self.stats[check.name]
+            st = stats[check.name]
             t0 = time.perf_counter()
             verdicts = check.run(alive)
             st.seconds += time.perf_counter() - t0
+            st.tally = check.drain()
             survivors = []
             for r, v in zip(alive, verdicts, strict=True):
                 r["verdicts"].append(_verdict_dict(check.name, v))
@@ -116,15 +124,66 @@ class Curator:
                 if v.passed:
                     survivors.append(r)
                 else:
-                    self._reject(r, check.name, v)
+                    reject(r, check.name, v)
             alive = survivors
+        keys = {}
         for g in self.group_checks:
             t0 = time.perf_counter()
-            g.add(alive)
+            keys[g.name] = g.keys(alive)
+            stats[g.name].seconds += time.perf_counter() - t0
+        return CheckedShard(
+            _with_decisions(table, rows),
+            stats,
+            [
+                (
+                    r["id"],
+                    next((v["score"] for v in r["verdicts"] if v["name"] == self.score_name), None),
+                    r["sample_index"],
+                    r["prompt_id"],
+                )
+                for r in alive
+            ],
+            list(dict.fromkeys(r["prompt_id"] for r in rows)),
+            keys,
+        )
+
+    def close(self) -> None:
+        for c in self.row_checks:
+            c.close()
+
+
+class Curator:
+    """The cross-shard state of one curate run, kept by this process: stats, the dedup indexes, the
+    rows alive after the row checks; then dedup resolution and selection."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        spec = recipe.curate
+        self.spec = spec
+        self.group_checks: list[GroupCheck] = [c.runner(c) for c in spec.checks if not c.per_row]
+        self.score_name = spec.ranking_check()
+        self.stats: dict[str, CheckStats] = {"generate": CheckStats("generate", "generate")}
+        for c in spec.checks:
+            self.stats[c.label] = CheckStats(c.label, c.type)
+        self.stats["select"] = CheckStats("select", spec.select.strategy)
+        # id -> (score, sample_index, order, prompt_id) for rows alive after the row checks
+        self.alive: dict[str, tuple[float | None, int, int, str]] = {}
+        self.order = 0
+        self.prompts: dict[str, int] = {}
+        self.kept_per_prompt: dict[str, int] = {}  # filled when the outputs are written
+
+    def absorb(self, shard: CheckedShard) -> None:
+        """Take in one checked shard; called in shard order, so every run gives the same result."""
+        for name, st in shard.stats.items():
+            self.stats[name].merge(st)
+        for pid in shard.prompts:
+            self.prompts.setdefault(pid, len(self.prompts))
+        ids = [a[0] for a in shard.alive]
+        for g in self.group_checks:
+            t0 = time.perf_counter()
+            g.insert(ids, shard.keys[g.name])
             self.stats[g.name].seconds += time.perf_counter() - t0
-        for r in alive:
-            score = next((v["score"] for v in r["verdicts"] if v["name"] == self.score_name), None)
-            self.alive[r["id"]] = (score, r["sample_index"], self.order, r["prompt_id"])
+        for row_id, score, sample_index, prompt_id in shard.alive:
+            self.alive[row_id] = (score, sample_index, self.order, prompt_id)
             self.order += 1
 
     def _rank(self, row_id: str) -> tuple[float, int, int]:
@@ -174,10 +233,6 @@ class Curator:
             return Verdict(True, score)
         return Verdict(False, score, f"{sel.strategy}: ranked {rank + 1} of its prompt ({shown}; best {best})")
 
-    def close(self) -> None:
-        for c in self.row_checks:
-            c.close()
-
 
 def run_curate(
     recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None, console: Console | None = None
@@ -193,7 +248,7 @@ def run_curate(
     for stale in run_dir.glob(".curated*"):
         shutil.rmtree(stale, ignore_errors=True)
     start = time.perf_counter()
-    curator = Curator(recipe, recipe_dir)
+    curator = Curator(recipe)
     summary = CurateSummary(run_dir, score_name=curator.score_name, stats=curator.stats)
     tmp = run_dir / f".curated.tmp-{os.getpid()}"
     work = tmp / "work"
@@ -209,11 +264,10 @@ def run_curate(
             console=console,
         ) as progress:
             task = progress.add_task("curate", total=len(shard_set.paths), rate="")
-            for i, (_, table) in enumerate(shard_set.tables()):
-                rows = _rows(table)
-                summary.rows_in += len(rows)
-                curator.row_pass(rows)
-                pq.write_table(_with_decisions(table, rows), work / f"part-{i:05d}.parquet")
+            for i, shard in enumerate(_checked_shards(recipe, recipe_dir, shard_set, summary)):
+                summary.rows_in += shard.table.num_rows
+                curator.absorb(shard)
+                pq.write_table(shard.table, work / f"part-{i:05d}.parquet")
                 rate = summary.rows_in / max(time.perf_counter() - start, 1e-9)
                 progress.update(task, advance=1, rate=f"{rate:,.0f} rows/s")
         late, late_rejected = curator.group_pass()
@@ -225,9 +279,77 @@ def run_curate(
         write_reports(tmp, summary, curator)
         swap_in_folder(tmp, run_dir / "curated")
     finally:
-        curator.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return summary
+
+
+def _checked_shards(
+    recipe: Recipe, recipe_dir: Path | None, shard_set: ShardSet, summary: CurateSummary
+) -> Iterator[CheckedShard]:
+    """Each shard after the row checks, in shard order: checked here, or on Ray workers (`runtime.executor`)."""
+    if recipe.runtime.executor == "ray":
+        yield from _checked_on_ray(recipe, recipe_dir, shard_set, summary)
+        return
+    checker = ShardChecker(recipe, recipe_dir)
+    try:
+        for _, table in shard_set.tables():
+            yield checker.check(table)
+    finally:
+        checker.close()
+
+
+class CurateWorker:
+    """A `ShardChecker` on a Ray worker: its checks set up once, then shard after shard."""
+
+    def __init__(self, recipe: Recipe, recipe_dir: Path | None, cwd: str) -> None:
+        from synth import runtime
+        from synth.cluster import enter_folder
+
+        enter_folder(cwd)
+        self.checker: ShardChecker | None = None
+        self.error: tuple[str, str | None] | None = None
+        try:
+            runtime.configure(recipe.runtime)
+            self.checker = ShardChecker(recipe, recipe_dir)
+        except UserError as exc:  # shown by the driver as one line, not as the actor's traceback
+            self.error = (exc.message, exc.hint)
+
+    def ready(self) -> tuple[str, str | None] | None:
+        return self.error
+
+    def check(self, table: pa.Table) -> CheckedShard:
+        assert self.checker is not None  # `ready` reported the set-up error before any shard was sent
+        return self.checker.check(table)
+
+
+def _checked_on_ray(
+    recipe: Recipe, recipe_dir: Path | None, shard_set: ShardSet, summary: CurateSummary
+) -> Iterator[CheckedShard]:
+    """Row checks and dedup keys on a pool of Ray workers; results are handed on in shard order, so the
+    global dedup and selection (here) see exactly what a local run sees."""
+    from synth.cluster import ActorPool, ray_session, replica_count
+
+    spec = recipe.runtime.ray
+    paths = shard_set.paths
+    with ray_session(spec) as ray:
+        gpus = spec.num_gpus or 0.0
+        replicas = replica_count(spec, ray.cluster_resources(), gpus, len(paths))
+        pool = ActorPool(
+            ray, CurateWorker, (recipe, recipe_dir, os.getcwd()), replicas, spec.num_cpus, gpus, spec.max_restarts
+        )
+        summary.workers = replicas
+        try:
+            done: dict[int, CheckedShard] = {}
+            ready = 0
+            results = pool.map("check", len(paths), lambda i: shard_set.rows(paths[i]), lambda i: str(paths[i]))
+            for i, shard in results:
+                done[i] = shard
+                summary.shards_redone = pool.redone
+                while ready in done:
+                    yield done.pop(ready)
+                    ready += 1
+        finally:
+            pool.close()
 
 
 CHECKED_COLUMNS = [
@@ -323,5 +445,7 @@ def summary_table(s: CurateSummary) -> Table:
         ["rejected", "", s.rejected, "", ""],
         ["total", f"{s.seconds:.1f} s", s.rows_in, "", f"{s.rows_per_s:,.0f}"],
     ]
+    if s.workers:
+        rows.append([f"on {s.workers} Ray workers", f"{s.shards_redone} shards redone", "", "", ""])
     columns = ("check", "type", "evaluated", "rejected", "rows/s")
     return tables.summary_table(f"synth curate: {s.run_dir / 'curated'}", columns, rows, left={"type"})

@@ -73,7 +73,7 @@ def build_engine_for(t: TeacherSpec, recipe: Recipe, batch_size: int, seed: int 
     if t.engine == "vllm":
         from synth.engines.vllm import VLLMEngine
 
-        return VLLMEngine(load_path, model_id, revision, t.vllm, dtype=t.dtype, seed=seed)
+        return VLLMEngine(load_path, model_id, revision, t.vllm, dtype=t.dtype, seed=seed, field=f"{field}.vllm")
     from synth.engines.hf import TransformersEngine
 
     return TransformersEngine(

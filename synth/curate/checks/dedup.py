@@ -12,7 +12,7 @@ import hashlib
 import re
 import zlib
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -61,8 +61,17 @@ class GroupCheck:
         self.uf = UnionFind()
         self.ids: list[str] = []
 
-    def add(self, rows: list[Row]) -> None:
+    def keys(self, rows: list[Row]) -> Any:
+        """What `insert` needs of these rows (hashes, signatures): computed per shard, in-process or on a
+        Ray worker, without the index."""
         raise NotImplementedError
+
+    def insert(self, ids: list[str], keys: Any) -> None:
+        """Add rows (their ids, with what `keys` computed) to the index, in the order the run reads them."""
+        raise NotImplementedError
+
+    def add(self, rows: list[Row]) -> None:
+        self.insert([r["id"] for r in rows], self.keys(rows))
 
     def resolve(self, alive: set[str], rank: RankKey) -> dict[str, Verdict]:
         """Verdicts for every alive row seen: the best of each cluster passes, the rest fail."""
@@ -91,15 +100,19 @@ class ExactDedup(GroupCheck):
         super().__init__(spec)
         self.first: dict[bytes, str] = {}
 
-    def add(self, rows: list[Row]) -> None:
-        for r in rows:
-            text = NONWORD.sub(" ", completion_text(r).lower()).strip()
-            key = hashlib.blake2b(text.encode(), digest_size=16).digest()
-            self.ids.append(r["id"])
+    def keys(self, rows: list[Row]) -> list[bytes]:
+        return [
+            hashlib.blake2b(NONWORD.sub(" ", completion_text(r).lower()).strip().encode(), digest_size=16).digest()
+            for r in rows
+        ]
+
+    def insert(self, ids: list[str], keys: list[bytes]) -> None:
+        for row_id, key in zip(ids, keys, strict=True):
+            self.ids.append(row_id)
             if key in self.first:
-                self.uf.union(self.first[key], r["id"])
+                self.uf.union(self.first[key], row_id)
             else:
-                self.first[key] = r["id"]
+                self.first[key] = row_id
 
 
 class _WordHash(dict):
@@ -181,16 +194,20 @@ class NearDedup(GroupCheck):
             row = end
         return out
 
-    def add(self, rows: list[Row]) -> None:
+    def keys(self, rows: list[Row]) -> np.ndarray:
+        """The rows' MinHash signatures, [rows, num_perm] uint32."""
         if not rows:
-            return
+            return np.empty((0, len(self.template.permutations[0])), dtype=np.uint32)
+        return self._signatures(rows)
+
+    def insert(self, ids: list[str], keys: np.ndarray) -> None:
         from datasketch import MinHash
 
         perms = self.template.permutations
-        for r, hv in zip(rows, self._signatures(rows), strict=True):
+        for row_id, hv in zip(ids, keys, strict=True):
             m = MinHash(seed=1, hashvalues=hv, permutations=perms, scheme="affine32")
-            self.lsh.insert(r["id"], m, check_duplication=False)
-            self.ids.append(r["id"])
+            self.lsh.insert(row_id, m, check_duplication=False)
+            self.ids.append(row_id)
 
     def resolve(self, alive: set[str], rank: RankKey) -> dict[str, Verdict]:
         for table in self.lsh.hashtables:

@@ -1,0 +1,164 @@
+"""`runtime.executor: ray`: a pool of Ray actors that compute shards while the driver alone writes.
+
+Why Ray Core and not Ray Data's LLM processor: that processor keeps only the first of `n` samples
+and writes its output without an atomic rename, which would break the promise the local executor
+keeps (every row exactly once, complete shards only, resume after any kill). Here a worker is an
+actor that loads its model once and returns each shard's result (Arrow tables, small summaries);
+the driver keeps the shard bookkeeping, writes every file atomically and updates the manifest.
+A worker that dies mid-shard (OOM killer, SIGKILL, a lost node) is restarted by Ray and its shard
+is dispatched again; the first result of a shard is the only one the driver ever sees, so nothing
+is written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from synth.errors import UserError
+from synth.specs import RaySpec, RuntimeSpec
+
+INSTALL_HINT = "install it with: pip install 'distillery[dist]' (or set runtime.executor: local)"
+MAX_ATTEMPTS = 3  # dispatches of one shard: a shard that kills its worker every time stops the run
+
+
+@contextmanager
+def ray_session(spec: RaySpec) -> Iterator[Any]:
+    """Connect to the cluster (`runtime.ray.address`, else `$RAY_ADDRESS`, else start a local one).
+
+    A session the caller already opened (`ray.init` in a notebook or a test) is used as it is and
+    left open; one opened here is shut down at the end.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise UserError("runtime.executor=ray needs Ray, which is not installed", INSTALL_HINT) from None
+    if ray.is_initialized():
+        yield ray
+        return
+    address = spec.address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(
+            address=address,
+            num_cpus=spec.local_cpus if address is None else None,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        raise UserError(
+            f"could not connect to {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            "start it (`ray start --head`), or fix runtime.ray.address / $RAY_ADDRESS; "
+            "leave both unset to start a local cluster",
+        ) from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def enter_folder(path: str) -> None:
+    """Run a worker in the driver's working folder, where it exists (one machine, or a shared file
+    system), so that relative paths and users' check modules resolve as they do for the driver."""
+    if os.path.isdir(path):
+        os.chdir(path)
+
+
+def worker_gpus(runtime: RuntimeSpec, engine: str | None, tensor_parallel: int, cluster_gpus: float) -> float:
+    """GPUs one worker reserves: vLLM needs its tensor-parallel size, a transformers model one GPU."""
+    if runtime.ray.num_gpus is not None:
+        return runtime.ray.num_gpus
+    if engine == "vllm":
+        return float(tensor_parallel)
+    if engine == "transformers" and runtime.device in ("auto", "cuda") and cluster_gpus > 0:
+        return 1.0
+    return 0.0
+
+
+def replica_count(spec: RaySpec, resources: dict[str, float], num_gpus: float, shards: int) -> int:
+    """Workers to start: `runtime.ray.replicas`, else as many as the cluster fits, never more than shards."""
+    if spec.replicas:
+        wanted = spec.replicas
+    elif num_gpus > 0:
+        wanted = int(resources.get("GPU", 0) // num_gpus)
+    else:
+        wanted = int(resources.get("CPU", 1) // spec.num_cpus)
+    return max(1, min(wanted, shards))
+
+
+class ActorPool:
+    """Replicas of one worker class, each built once; payloads go to whichever replica is idle.
+
+    The worker class must offer `ready() -> str | None` (None, or the one-line error its set-up met,
+    so that a wrong model path is one clear line, not an actor's traceback) and the method named in
+    `map`. Ray restarts a killed replica (`max_restarts`); its payload is sent again, at most
+    `MAX_ATTEMPTS` times in all.
+    """
+
+    def __init__(
+        self,
+        ray: Any,
+        worker: type,
+        args: tuple[Any, ...],
+        replicas: int,
+        num_cpus: float,
+        num_gpus: float,
+        max_restarts: int,
+    ) -> None:
+        self.ray = ray
+        remote = ray.remote(worker).options(
+            num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0
+        )
+        self.actors = [remote.remote(*args) for _ in range(replicas)]
+        self.redone = 0  # payloads dispatched again after their worker died
+        for error in ray.get([a.ready.remote() for a in self.actors]):
+            if error:
+                self.close()
+                raise UserError(*error)
+
+    def map(
+        self, method: str, count: int, payload: Callable[[int], Any], describe: Callable[[int], str]
+    ) -> Iterator[tuple[int, Any]]:
+        """(i, result) for payloads 0..count-1, as they finish (not in order). `payload(i)` is built when
+        it is sent (a shard is read only then, and again if its worker died); `describe(i)` names it."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        pending = deque(range(count))
+        attempts = [0] * count
+        busy: dict[Any, tuple[int, int]] = {}
+        idle = list(range(len(self.actors)))
+        while pending or busy:
+            while pending and idle:
+                actor, i = idle.pop(), pending.popleft()
+                attempts[i] += 1
+                busy[getattr(self.actors[actor], method).remote(payload(i))] = (actor, i)
+            [ref], _ = self.ray.wait(list(busy), num_returns=1)
+            actor, i = busy.pop(ref)
+            idle.append(actor)
+            try:
+                result = self.ray.get(ref)
+            except RayActorError as exc:
+                if attempts[i] >= MAX_ATTEMPTS:
+                    raise UserError(
+                        f"{describe(i)}: its Ray worker died {attempts[i]} times ({str(exc).splitlines()[0][:200]})",
+                        "look for out-of-memory kills in the worker logs (ray logs), lower generate.batch_size "
+                        "or generate.prompts_per_shard, then run the same command again: finished shards are kept",
+                    ) from None
+                self.redone += 1
+                pending.appendleft(i)
+                continue
+            except RayTaskError as exc:
+                if isinstance(exc.cause, UserError):
+                    raise exc.cause from None
+                raise
+            yield i, result
+
+    def close(self) -> None:
+        """Stop the replicas (frees their models and GPU memory now, not when the session ends)."""
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)

