@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from synth.specs import RaySpec, RuntimeSpec
 
 INSTALL_HINT = "install it with: pip install 'distillery[dist]' (or set runtime.executor: local)"
 MAX_ATTEMPTS = 3  # dispatches of one shard: a shard that kills its worker every time stops the run
+PROBE_S = 0.5  # pause between probes of a replica Ray is restarting
+RESTART_WAIT_S = 300.0  # a replica silent for longer (restarts used up, node gone) gets no more work
 
 
 @contextmanager
@@ -41,6 +44,8 @@ def ray_session(spec: RaySpec) -> Iterator[Any]:
         yield ray
         return
     address = spec.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
     try:
         ray.init(
             address=address,
@@ -60,6 +65,25 @@ def ray_session(spec: RaySpec) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a cluster's address (`ray.init` keeps
+    retrying an unreachable head for a long time before it gives up)."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            return
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"could not connect to the Ray cluster at {address}: {exc}",
+            "start it (`ray start --head`), or fix runtime.ray.address / $RAY_ADDRESS (host:port of the head); "
+            "leave both unset to start a local cluster",
+        ) from None
 
 
 def enter_folder(path: str) -> None:
@@ -125,38 +149,59 @@ class ActorPool:
         self, method: str, count: int, payload: Callable[[int], Any], describe: Callable[[int], str]
     ) -> Iterator[tuple[int, Any]]:
         """(i, result) for payloads 0..count-1, as they finish (not in order). `payload(i)` is built when
-        it is sent (a shard is read only then, and again if its worker died); `describe(i)` names it."""
+        it is sent (a shard is read only then, and again if its worker died); `describe(i)` names it.
+
+        A replica whose call failed because it died is probed with `ready` until Ray has restarted it
+        (calls to a restarting actor fail at once), and only then gets work again; one that stays down
+        for `RESTART_WAIT_S` (its restarts used up, its node gone) is left out.
+        """
         from ray.exceptions import RayActorError, RayTaskError
 
         pending = deque(range(count))
         attempts = [0] * count
-        busy: dict[Any, tuple[int, int]] = {}
+        busy: dict[Any, tuple[int, int | None]] = {}  # call -> (replica, payload index; None for a probe)
         idle = list(range(len(self.actors)))
+        down_since: dict[int, float] = {}  # replica -> when a call to it first failed
         while pending or busy:
             while pending and idle:
                 actor, i = idle.pop(), pending.popleft()
                 attempts[i] += 1
                 busy[getattr(self.actors[actor], method).remote(payload(i))] = (actor, i)
+            if not busy:
+                raise UserError(
+                    f"every Ray worker died for good; {len(pending)} shard(s) were not done",
+                    "see the worker logs (ray logs), then run the same command again: finished shards are kept",
+                )
             [ref], _ = self.ray.wait(list(busy), num_returns=1)
             actor, i = busy.pop(ref)
-            idle.append(actor)
             try:
                 result = self.ray.get(ref)
             except RayActorError as exc:
-                if attempts[i] >= MAX_ATTEMPTS:
-                    raise UserError(
-                        f"{describe(i)}: its Ray worker died {attempts[i]} times ({str(exc).splitlines()[0][:200]})",
-                        "look for out-of-memory kills in the worker logs (ray logs), lower generate.batch_size "
-                        "or generate.prompts_per_shard, then run the same command again: finished shards are kept",
-                    ) from None
-                self.redone += 1
-                pending.appendleft(i)
+                if i is not None:
+                    if attempts[i] >= MAX_ATTEMPTS:
+                        raise UserError(
+                            f"{describe(i)}: its Ray worker died {attempts[i]} times "
+                            f"({str(exc).splitlines()[0][:200]})",
+                            "look for out-of-memory kills in the worker logs (ray logs), lower generate.batch_size "
+                            "or generate.prompts_per_shard, then run the same command again: finished shards are kept",
+                        ) from None
+                    self.redone += 1
+                    pending.appendleft(i)
+                down_since.setdefault(actor, time.monotonic())
+                if time.monotonic() - down_since[actor] < RESTART_WAIT_S:  # Ray may be restarting it: probe
+                    time.sleep(PROBE_S)
+                    busy[self.actors[actor].ready.remote()] = (actor, None)
                 continue
             except RayTaskError as exc:
                 if isinstance(exc.cause, UserError):
                     raise exc.cause from None
                 raise
-            yield i, result
+            if i is None and result:  # the restarted replica's set-up failed
+                raise UserError(*result)
+            down_since.pop(actor, None)
+            idle.append(actor)
+            if i is not None:
+                yield i, result
 
     def close(self) -> None:
         """Stop the replicas (frees their models and GPU memory now, not when the session ends)."""

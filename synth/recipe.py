@@ -70,8 +70,10 @@ class Recipe(Strict):
     publish: PublishSpec = Field(default_factory=PublishSpec)
 
     def content_hash(self) -> str:
-        """Hash of everything the recipe says (not where it was read from)."""
-        data = self.model_dump(mode="json")
+        """Hash of what the recipe makes: everything it says but `runtime` (threads, device, executor,
+        cluster), which changes where the work runs, not its rows; a run moved to a Ray cluster, or
+        resumed there, keeps its hash. Not where the recipe was read from either."""
+        data = self.model_dump(mode="json", exclude={"runtime"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -24,6 +24,9 @@ def test_default_recipe_loads_and_overrides_apply() -> None:
     assert (r2.generate.n, r2.prompts.path, r2.teacher.system_prompt) == (7, "my.jsonl", None)
     assert r.content_hash() == load_recipe(RECIPE).content_hash()
     assert r.content_hash() != r2.content_hash()
+    # where it runs is not what it makes: a run moved to a Ray cluster keeps its hash
+    moved = load_recipe(RECIPE, ["runtime.executor=ray", "runtime.threads=1", "runtime.ray.replicas=4"])
+    assert moved.content_hash() == r.content_hash()
 
 
 def test_unknown_field_names_file_line_and_allowed(tmp_path: Path) -> None:
