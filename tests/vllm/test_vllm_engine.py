@@ -21,7 +21,6 @@ from synth.specs import VLLMSettings
 from tests import engine_contract
 from tests.conftest import RECIPE
 
-import vllm  # noqa: E402,F401  collected only where vLLM is installed (tests/conftest.py)
 CONTEXT = 1024  # small: a too-long prompt is cheap to make, and the KV cache small
 
 
