@@ -67,16 +67,20 @@ def ray_session(spec: RaySpec) -> Iterator[Any]:
         ray.shutdown()
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 def _check_reachable(address: str) -> None:
     """Fail in seconds, not minutes, when nothing listens at a cluster's address (`ray.init` keeps
     retrying an unreachable head for a long time before it gives up)."""
     import socket
 
-    if address == "auto":
+    if address in ("auto", "local"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=5):
             return
     except (OSError, ValueError) as exc:
         raise UserError(
@@ -94,22 +98,25 @@ def enter_folder(path: str) -> None:
 
 
 def worker_gpus(runtime: RuntimeSpec, engine: str | None, tensor_parallel: int, cluster_gpus: float) -> float:
-    """GPUs one worker reserves: vLLM needs its tensor-parallel size, a transformers model one GPU."""
+    """GPUs one worker reserves: `runtime.ray.num_gpus`, else on a cluster with GPUs (and a device that
+    is not the CPU) vLLM's tensor-parallel size or one for a transformers model; else none."""
     if runtime.ray.num_gpus is not None:
         return runtime.ray.num_gpus
+    if cluster_gpus <= 0 or runtime.device == "cpu":
+        return 0.0
     if engine == "vllm":
         return float(tensor_parallel)
-    if engine == "transformers" and runtime.device in ("auto", "cuda") and cluster_gpus > 0:
-        return 1.0
-    return 0.0
+    return 1.0 if engine == "transformers" else 0.0
 
 
 def replica_count(spec: RaySpec, resources: dict[str, float], num_gpus: float, shards: int) -> int:
     """Workers to start: `runtime.ray.replicas`, else as many as the cluster fits; never more than the
     cluster fits now (the others would wait for resources forever) nor than there are shards."""
-    fits = int(resources.get("GPU", 0) // num_gpus) if num_gpus > 0 else int(resources.get("CPU", 1) // spec.num_cpus)
+    fits = int(resources.get("CPU", 0) // spec.num_cpus)
+    if num_gpus > 0:
+        fits = min(fits, int(resources.get("GPU", 0) // num_gpus))
     if fits < 1:
-        need = f"{num_gpus:g} GPU(s)" if num_gpus > 0 else f"{spec.num_cpus:g} CPU(s)"
+        need = f"{spec.num_cpus:g} CPU(s)" + (f" and {num_gpus:g} GPU(s)" if num_gpus > 0 else "")
         raise UserError(
             f"the Ray cluster has room for no worker: each needs {need}, the cluster has "
             f"{resources.get('GPU', 0):g} GPU(s) and {resources.get('CPU', 0):g} CPU(s)",
@@ -122,9 +129,9 @@ class ActorPool:
     """Replicas of one worker class, each built once; payloads go to whichever replica is idle.
 
     The worker class must offer `ready()`, which returns None or the (message, hint) of the UserError
-    its set-up met (a wrong model path is then one clear line, not an actor's traceback), and the method named in
-    `map`. Ray restarts a killed replica (`max_restarts`); its payload is sent again, at most
-    `MAX_ATTEMPTS` times in all.
+    its set-up met (a wrong model path is then one clear line, not an actor's traceback), and the
+    method named in `map`. Ray restarts a killed replica (`max_restarts`); its payload is sent
+    again, at most `MAX_ATTEMPTS` times in all.
     """
 
     def __init__(
@@ -137,62 +144,90 @@ class ActorPool:
         num_gpus: float,
         max_restarts: int,
     ) -> None:
+        from ray.exceptions import RayError
+
         self.ray = ray
         remote = ray.remote(worker).options(
             num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0
         )
         self.actors = [remote.remote(*args) for _ in range(replicas)]
         self.redone = 0  # payloads dispatched again after their worker died
-        for error in ray.get([a.ready.remote() for a in self.actors]):
+        try:
+            errors = ray.get([a.ready.remote() for a in self.actors])
+        except RayError as exc:  # a set-up that crashed (not a UserError): one line, and no actor left behind
+            self.close()
+            raise UserError(
+                f"a Ray worker failed to start: {_first_line(exc)}",
+                "see the worker logs (ray logs); every node needs Distillery and the model installed",
+            ) from None
+        for error in errors:
             if error:
                 self.close()
                 raise UserError(*error)
 
     def map(
-        self, method: str, count: int, payload: Callable[[int], Any], describe: Callable[[int], str]
+        self,
+        method: str,
+        count: int,
+        payload: Callable[[int], Any],
+        describe: Callable[[int], str],
+        ordered: bool = False,
     ) -> Iterator[tuple[int, Any]]:
-        """(i, result) for payloads 0..count-1, as they finish (not in order). `payload(i)` is built when
-        it is sent (a shard is read only then, and again if its worker died); `describe(i)` names it.
+        """(i, result) for payloads 0..count-1. `payload(i)` is built when it is sent (a shard is read
+        only then, and again if its worker died); `describe(i)` names it in errors.
 
-        A replica whose call failed because it died is probed with `ready` until Ray has restarted it
-        (calls to a restarting actor fail at once), and only then gets work again; one that stays down
-        for `RESTART_WAIT_S` (its restarts used up, its node gone) is left out.
+        Results come as they finish, or with `ordered` in index order; then no payload more than two
+        per replica ahead of the next one due is sent, so few results wait in memory.
+        A replica whose call failed because Ray is restarting it is probed with `ready` until it
+        answers (calls to a restarting actor fail at once), and only then gets work again; one that
+        is dead for good, or silent for `RESTART_WAIT_S`, gets no more work.
         """
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError, RayTaskError
 
         pending = deque(range(count))
         attempts = [0] * count
         busy: dict[Any, tuple[int, int | None]] = {}  # call -> (replica, payload index; None for a probe)
         idle = list(range(len(self.actors)))
         down_since: dict[int, float] = {}  # replica -> when a call to it first failed
-        while pending or busy:
-            while pending and idle:
+        done: dict[int, Any] = {}  # results waiting for their turn (ordered)
+        due = 0  # the next index to hand on (ordered)
+        window = 2 * len(self.actors)
+
+        def in_flight() -> int:
+            return sum(i is not None for _, i in busy.values())
+
+        while pending or in_flight():
+            while pending and idle and (not ordered or pending[0] < due + window):
                 actor, i = idle.pop(), pending.popleft()
                 attempts[i] += 1
                 busy[getattr(self.actors[actor], method).remote(payload(i))] = (actor, i)
             if not busy:
                 raise UserError(
-                    f"every Ray worker died for good; {len(pending)} shard(s) were not done",
+                    f"every Ray worker is gone; {len(pending)} shard(s) were not done",
                     "see the worker logs (ray logs), then run the same command again: finished shards are kept",
                 )
             [ref], _ = self.ray.wait(list(busy), num_returns=1)
             actor, i = busy.pop(ref)
             try:
                 result = self.ray.get(ref)
-            except RayActorError as exc:
+            except (RayActorError, ObjectLostError) as exc:
                 if i is not None:
                     if attempts[i] >= MAX_ATTEMPTS:
                         raise UserError(
-                            f"{describe(i)}: its Ray worker died {attempts[i]} times "
-                            f"({str(exc).splitlines()[0][:200]})",
+                            f"{describe(i)}: its Ray worker died {attempts[i]} times ({_first_line(exc)})",
                             "look for out-of-memory kills in the worker logs (ray logs), lower generate.batch_size "
                             "or generate.prompts_per_shard, then run the same command again: finished shards are kept",
                         ) from None
                     self.redone += 1
                     pending.appendleft(i)
+                if isinstance(exc, ObjectLostError):  # the result was lost (its node), not the worker
+                    idle.append(actor)
+                    continue
                 down_since.setdefault(actor, time.monotonic())
-                if time.monotonic() - down_since[actor] < RESTART_WAIT_S:  # Ray may be restarting it: probe
-                    time.sleep(PROBE_S)
+                # a probe told "died" (not "restarting") means for good: restarts used up, node gone
+                gone = i is None and isinstance(exc, ActorDiedError)
+                if not gone and time.monotonic() - down_since[actor] < RESTART_WAIT_S and pending:
+                    time.sleep(PROBE_S)  # Ray is restarting it: ask again shortly
                     busy[self.actors[actor].ready.remote()] = (actor, None)
                 continue
             except RayTaskError as exc:
@@ -203,8 +238,15 @@ class ActorPool:
                 raise UserError(*result)
             down_since.pop(actor, None)
             idle.append(actor)
-            if i is not None:
+            if i is None:
+                continue
+            if not ordered:
                 yield i, result
+                continue
+            done[i] = result
+            while due in done:
+                yield due, done.pop(due)
+                due += 1
 
     def close(self) -> None:
         """Stop the replicas (frees their models and GPU memory now, not when the session ends)."""

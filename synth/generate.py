@@ -364,6 +364,11 @@ def _run_generate(
         repeats_dropped=repeats,
         prompts_retried=retried,
     )
+    if engine is not None and recipe.runtime.executor == "ray":
+        raise UserError(
+            "an engine object cannot be sent to Ray workers: they build the recipe's own engine",
+            "leave `engine` out with runtime.executor=ray, or use the local executor",
+        )
     start = time.perf_counter()
     try:
         if todo:
@@ -403,10 +408,12 @@ def _generate_shards(
         def on_progress(rows: int, tokens: int) -> None:
             progress.update(task, advance=rows, tokens=progress.tasks[task].fields["tokens"] + tokens)
 
-        def write(name: str, result: ShardResult, reported: int) -> None:
+        def write(name: str, chunk: list[PromptItem], result: ShardResult, reported: int) -> None:
             table = result.table
             atomic_write_parquet(gen_dir / name, table)
             tokens = pc.sum(table["completion_tokens"]).as_py() or 0
+            # a prompt rejected up front (empty, too long) has one failed row, not n
+            progress.update(task, total=progress.tasks[task].total - (len(chunk) * params.n - table.num_rows))
             on_progress(table.num_rows - reported, 0 if reported else tokens)
             summary.shards_written.append(name)
             summary.rows_written += table.num_rows
@@ -423,13 +430,15 @@ def _generate_shards(
             return
         engine = engine or build_engine(recipe)
         for chunk, name in zip(chunks, names, strict=True):
-            reported = [0]
+            reported = 0
 
-            def counted(rows: int, tokens: int, reported: list[int] = reported) -> None:
-                reported[0] += rows
+            def counted(rows: int, tokens: int) -> None:
+                nonlocal reported
+                reported += rows
                 on_progress(rows, tokens)
 
-            write(name, generate_shard(engine, chunk, params, teacher, recipe_hash, counted), reported[0])
+            result = generate_shard(engine, chunk, params, teacher, recipe_hash, counted)
+            write(name, chunk, result, reported)
 
 
 class GenerateWorker:
@@ -464,7 +473,7 @@ def _on_ray(
     teacher: dict[str, Any],
     recipe_hash: str,
     summary: GenerateSummary,
-    write: Callable[[str, ShardResult, int], None],
+    write: Callable[[str, list[PromptItem], ShardResult, int], None],
 ) -> None:
     """The shards on a pool of Ray workers, one engine replica each; this process writes every file."""
     from synth.cluster import ActorPool, ray_session, replica_count, worker_gpus
@@ -482,9 +491,9 @@ def _on_ray(
             jobs = [(chunk, params, teacher, recipe_hash) for chunk in chunks]
             describe = lambda i: f"shard {names[i]} ({len(chunks[i])} prompts)"  # noqa: E731
             for i, result in pool.map("shard", len(jobs), jobs.__getitem__, describe):
-                write(names[i], result, 0)
-                summary.shards_redone = pool.redone
+                write(names[i], chunks[i], result, 0)
         finally:
+            summary.shards_redone = pool.redone
             pool.close()
 
 

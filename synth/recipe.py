@@ -70,9 +70,10 @@ class Recipe(Strict):
     publish: PublishSpec = Field(default_factory=PublishSpec)
 
     def content_hash(self) -> str:
-        """Hash of what the recipe makes: everything it says but `runtime` (threads, device, executor,
-        cluster), which changes where the work runs, not its rows; a run moved to a Ray cluster, or
-        resumed there, keeps its hash. Not where the recipe was read from either."""
+        """Hash of what the recipe asks for: everything it says but `runtime` (threads, device, executor,
+        cluster), which says where and how fast the work runs; a run moved to a Ray cluster, or resumed
+        there, keeps its hash. (Another thread count or device can still change float sums, hence a
+        sampled token: the rows' `teacher` provenance says how they were sampled, not on what.)"""
         data = self.model_dump(mode="json", exclude={"runtime"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -30,8 +30,8 @@ class RaySpec(Strict):
     num_gpus: float | None = Field(
         None,
         ge=0,
-        description="GPUs each worker reserves; default: the vLLM tensor-parallel size, 1 for a "
-        "transformers engine on a cluster with GPUs, 0 otherwise",
+        description="GPUs each worker reserves; default for generate: on a cluster with GPUs, the vLLM "
+        "tensor-parallel size or 1 for a transformers teacher; 0 for curate (set it for a GPU judge)",
     )
     max_restarts: int = Field(3, ge=0, le=100, description="times a killed worker is restarted (its shard is redone)")
     local_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster started when no address is set")
@@ -80,12 +80,14 @@ class VLLMSettings(Strict):
     @classmethod
     def _no_data_parallel(cls, data: Any) -> Any:
         """`vllm.LLM` refuses data_parallel_size > 1 outside its external launcher: replicas are Ray workers."""
-        if isinstance(data, dict) and "data_parallel_size" in data:
-            raise ValueError(
-                "data_parallel_size is not a vllm.LLM setting here: data parallelism is one engine replica per "
-                "Ray worker; set runtime.executor: ray and runtime.ray.replicas instead"
-            )
-        return data
+        if not isinstance(data, dict) or "data_parallel_size" not in data:
+            return data
+        if data["data_parallel_size"] == 1:  # the old default, in every recipe.resolved.yaml written before
+            return {k: v for k, v in data.items() if k != "data_parallel_size"}
+        raise ValueError(
+            "data_parallel_size is not a vllm.LLM setting here: data parallelism is one engine replica per "
+            "Ray worker; set runtime.executor: ray and runtime.ray.replicas instead"
+        )
 
 
 class TeacherSpec(Strict):

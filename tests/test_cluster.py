@@ -18,12 +18,14 @@ def test_replicas_fill_the_cluster_but_never_more_than_fits_or_shards() -> None:
     assert replica_count(RaySpec(), cpus, 0, shards=2) == 2
     gpus = {"CPU": 64.0, "GPU": 8.0}
     assert replica_count(RaySpec(), gpus, 2, shards=100) == 4  # tensor parallel 2 on 8 GPUs
-    with pytest.raises(UserError, match="room for no worker: each needs 4 GPU"):
+    assert replica_count(RaySpec(num_cpus=4), {"CPU": 16.0, "GPU": 8.0}, 1, shards=100) == 4  # CPUs bind first
+    with pytest.raises(UserError, match=r"room for no worker: each needs 1 CPU\(s\) and 4 GPU"):
         replica_count(RaySpec(), {"CPU": 8.0, "GPU": 2.0}, 4, shards=10)
 
 
 def test_worker_gpus_follow_the_engine() -> None:
     assert worker_gpus(RuntimeSpec(), "vllm", 4, cluster_gpus=8) == 4
+    assert worker_gpus(RuntimeSpec(), "vllm", 4, cluster_gpus=0) == 0  # vLLM's CPU build on a CPU cluster
     assert worker_gpus(RuntimeSpec(), "transformers", 1, cluster_gpus=8) == 1
     assert worker_gpus(RuntimeSpec(), "transformers", 1, cluster_gpus=0) == 0
     assert worker_gpus(RuntimeSpec(device="cpu"), "transformers", 1, cluster_gpus=8) == 0

@@ -42,6 +42,8 @@ def test_engine_args_may_not_repeat_a_recipe_setting(monkeypatch: pytest.MonkeyP
 def test_data_parallel_size_points_to_ray_replicas() -> None:
     with pytest.raises(UserError, match=r"runtime\.executor: ray"):
         load_recipe(RECIPE, ["teacher.engine=vllm", "teacher.vllm.data_parallel_size=2"])
+    # 1, the old default, is in every recipe.resolved.yaml written before: those still load
+    assert load_recipe(RECIPE, ["teacher.vllm.data_parallel_size=1"]).teacher.vllm.tensor_parallel_size == 1
 
 
 def test_request_seeds_differ_between_prompts_and_repeat_for_one() -> None:

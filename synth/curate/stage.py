@@ -332,23 +332,20 @@ def _checked_on_ray(
     spec = recipe.runtime.ray
     paths = shard_set.paths
     with ray_session(spec) as ray:
-        gpus = spec.num_gpus or 0.0
+        gpus = spec.num_gpus or 0.0  # row checks need no GPU unless a judge does: the user says so
         replicas = replica_count(spec, ray.cluster_resources(), gpus, len(paths))
         pool = ActorPool(
             ray, CurateWorker, (recipe, recipe_dir, os.getcwd()), replicas, spec.num_cpus, gpus, spec.max_restarts
         )
         summary.workers = replicas
         try:
-            done: dict[int, CheckedShard] = {}
-            ready = 0
-            results = pool.map("check", len(paths), lambda i: shard_set.rows(paths[i]), lambda i: str(paths[i]))
-            for i, shard in results:
-                done[i] = shard
-                summary.shards_redone = pool.redone
-                while ready in done:
-                    yield done.pop(ready)
-                    ready += 1
+            shards = pool.map(
+                "check", len(paths), lambda i: shard_set.rows(paths[i]), lambda i: str(paths[i]), ordered=True
+            )
+            for _, shard in shards:
+                yield shard
         finally:
+            summary.shards_redone = pool.redone
             pool.close()
 
 

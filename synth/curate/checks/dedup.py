@@ -51,7 +51,8 @@ class UnionFind:
 
 
 class GroupCheck:
-    """Base of dedup checks: `add` rows as they stream, then `resolve` once."""
+    """Base of dedup checks: `keys` of each shard's rows (anywhere), `insert` them in order (on the
+    driver), then `resolve` once."""
 
     kind = "duplicate"
 
@@ -69,9 +70,6 @@ class GroupCheck:
     def insert(self, ids: list[str], keys: Any) -> None:
         """Add rows (their ids, with what `keys` computed) to the index, in the order the run reads them."""
         raise NotImplementedError
-
-    def add(self, rows: list[Row]) -> None:
-        self.insert([r["id"] for r in rows], self.keys(rows))
 
     def resolve(self, alive: set[str], rank: RankKey) -> dict[str, Verdict]:
         """Verdicts for every alive row seen: the best of each cluster passes, the rest fail."""
