@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ pytestmark = pytest.mark.slow
 # The user's check kills its own worker the first time it runs (no marker yet): SIGKILL mid-shard.
 CHECK_MODULE = """
 import os, signal
+from collections.abc import Iterator
 from pathlib import Path
 
 def score(row):
@@ -62,18 +65,25 @@ def _generations(run: Path, evals: Path) -> Path:
     return write_run(run, shards)
 
 
+@pytest.fixture
+def forget_check_module() -> Iterator[None]:
+    """The local run imports the user's check module into this process: forget it afterwards."""
+    yield
+    sys.modules.pop("ray_kill_check", None)
+
+
 def test_ray_curate_is_byte_identical_to_local_even_after_a_killed_worker(
-    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forget_check_module: None
 ) -> None:
     evals = tmp_path / "eval.jsonl"
     evals.write_text(
         json.dumps({"prompt": "name the thirteen longest rivers that flow north into the arctic sea"}) + "\n"
     )
-    (tmp_path / "scoring.py").write_text(CHECK_MODULE)
+    (tmp_path / "ray_kill_check.py").write_text(CHECK_MODULE)
     checks = [
         {"type": "empty"},
         {"type": "decontaminate", "ngram": 8, "eval_sets": [{"path": str(evals), "columns": ["prompt"]}]},
-        {"type": "python", "function": "scoring:score"},
+        {"type": "python", "function": "ray_kill_check:score"},
         {"type": "exact_dedup"},
         {"type": "near_dedup", "threshold": 0.7},
     ]
