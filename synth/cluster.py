@@ -18,10 +18,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synth.errors import UserError
 from synth.specs import RaySpec, RuntimeSpec
+
+if TYPE_CHECKING:
+    from synth.recipe import Recipe
 
 INSTALL_HINT = "install it with: pip install 'distillery[ray]' (or set runtime.executor: local)"
 MAX_ATTEMPTS = 3  # dispatches of one shard: a shard that kills its worker every time stops the run
@@ -97,6 +100,29 @@ def enter_folder(path: str) -> None:
         os.chdir(path)
 
 
+class Worker:
+    """What every Ray worker shares: it runs in the driver's folder with the recipe's runtime settings
+    and builds what it works with once (`build`: an engine, the curate checks). A UserError met while
+    building is kept for `ready`, which the pool turns into one line instead of an actor's traceback."""
+
+    def __init__(self, cwd: str, recipe: Recipe, *args: Any) -> None:
+        from synth import runtime
+
+        enter_folder(cwd)
+        self.error: tuple[str, str | None] | None = None
+        try:
+            runtime.configure(recipe.runtime)
+            self.tool = self.build(recipe, *args)
+        except UserError as exc:
+            self.error = (exc.message, exc.hint)
+
+    def build(self, recipe: Recipe, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def ready(self) -> tuple[str, str | None] | None:
+        return self.error
+
+
 def worker_gpus(runtime: RuntimeSpec, engine: str | None, tensor_parallel: int, cluster_gpus: float) -> float:
     """GPUs one worker reserves: `runtime.ray.num_gpus`, else on a cluster with GPUs (and a device that
     is not the CPU) vLLM's tensor-parallel size or one for a transformers model; else none."""
@@ -128,9 +154,8 @@ def replica_count(spec: RaySpec, resources: dict[str, float], num_gpus: float, s
 class ActorPool:
     """Replicas of one worker class, each built once; payloads go to whichever replica is idle.
 
-    The worker class must offer `ready()`, which returns None or the (message, hint) of the UserError
-    its set-up met (a wrong model path is then one clear line, not an actor's traceback), and the
-    method named in `map`. Ray restarts a killed replica (`max_restarts`); its payload is sent
+    The worker class is a `Worker` subclass with the method named in `map`; its args start with the
+    driver's working folder and the recipe. Ray restarts a killed replica (`max_restarts`); its payload is sent
     again, at most `MAX_ATTEMPTS` times in all.
     """
 

@@ -34,6 +34,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from synth.cluster import Worker
 from synth.engines import Engine, SamplingParams, build_engine, sampling_params, teacher_provenance
 from synth.engines.base import ProgressFn
 from synth.errors import UserError
@@ -441,28 +442,14 @@ def _generate_shards(
             write(name, chunk, result, reported)
 
 
-class GenerateWorker:
+class GenerateWorker(Worker):
     """One teacher engine replica on a Ray worker: the model loads once, then shard after shard."""
 
-    def __init__(self, recipe: Recipe, cwd: str) -> None:
-        from synth import runtime
-        from synth.cluster import enter_folder
-
-        enter_folder(cwd)
-        self.engine: Engine | None = None
-        self.error: tuple[str, str | None] | None = None
-        try:
-            runtime.configure(recipe.runtime)
-            self.engine = build_engine(recipe)
-        except UserError as exc:  # shown by the driver as one line, not as the actor's traceback
-            self.error = (exc.message, exc.hint)
-
-    def ready(self) -> tuple[str, str | None] | None:
-        return self.error
+    def build(self, recipe: Recipe) -> Engine:
+        return build_engine(recipe)
 
     def shard(self, job: tuple[list[PromptItem], SamplingParams, dict[str, Any], str]) -> ShardResult:
-        assert self.engine is not None  # `ready` reported the set-up error before any shard was sent
-        return generate_shard(self.engine, *job)
+        return generate_shard(self.tool, *job)
 
 
 def _on_ray(
@@ -485,7 +472,7 @@ def _on_ray(
             recipe.runtime, recipe.teacher.engine, recipe.teacher.vllm.tensor_parallel_size, resources.get("GPU", 0)
         )
         replicas = replica_count(spec, resources, gpus, len(chunks))
-        pool = ActorPool(ray, GenerateWorker, (recipe, os.getcwd()), replicas, spec.num_cpus, gpus, spec.max_restarts)
+        pool = ActorPool(ray, GenerateWorker, (os.getcwd(), recipe), replicas, spec.num_cpus, gpus, spec.max_restarts)
         summary.workers = replicas
         try:
             jobs = [(chunk, params, teacher, recipe_hash) for chunk in chunks]

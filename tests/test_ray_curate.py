@@ -15,6 +15,7 @@ import pytest
 
 from synth.curate.stage import run_curate
 from synth.recipe import load_recipe
+from tests.conftest import run_cli
 from tests.curate_helpers import recipe_text, rows_for, write_run
 
 pytestmark = pytest.mark.slow
@@ -119,3 +120,21 @@ def test_ray_curate_is_byte_identical_to_local_even_after_a_killed_worker(
     assert got["rejections"].keys() >= {"empty", "decontaminate", "near_dedup", "select"}
     assert [m["rows"] for m in got["decontamination"]] == [1]
     assert not list(on_ray.glob(".curated*"))
+
+
+def test_a_worker_set_up_error_is_one_line(ray_cluster: str, tmp_path: Path) -> None:
+    """A check that cannot be set up fails on the workers, not the driver: still one line, exit 2."""
+    run = write_run(tmp_path / "run", [rows_for("p", ["an answer"])])
+    (tmp_path / "r.yaml").write_text(recipe_text([{"type": "python", "function": "no_such_module:score"}]))
+    res = run_cli(
+        "synth",
+        "curate",
+        str(tmp_path / "r.yaml"),
+        "runtime.executor=ray",
+        "--run-dir",
+        str(run),
+        env={"RAY_ADDRESS": ray_cluster},
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "cannot import 'no_such_module'" in res.stderr
+    assert not (run / "curated").exists()

@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from synth import tables
+from synth.cluster import Worker
 from synth.curate.base import Context, Row, RowCheck, Verdict
 from synth.curate.checks.dedup import GroupCheck
 from synth.curate.report import CheckStats, write_reports
@@ -298,28 +299,14 @@ def _checked_shards(
         checker.close()
 
 
-class CurateWorker:
+class CurateWorker(Worker):
     """A `ShardChecker` on a Ray worker: its checks set up once, then shard after shard."""
 
-    def __init__(self, recipe: Recipe, recipe_dir: Path | None, cwd: str) -> None:
-        from synth import runtime
-        from synth.cluster import enter_folder
-
-        enter_folder(cwd)
-        self.checker: ShardChecker | None = None
-        self.error: tuple[str, str | None] | None = None
-        try:
-            runtime.configure(recipe.runtime)
-            self.checker = ShardChecker(recipe, recipe_dir)
-        except UserError as exc:  # shown by the driver as one line, not as the actor's traceback
-            self.error = (exc.message, exc.hint)
-
-    def ready(self) -> tuple[str, str | None] | None:
-        return self.error
+    def build(self, recipe: Recipe, recipe_dir: Path | None) -> ShardChecker:
+        return ShardChecker(recipe, recipe_dir)
 
     def check(self, table: pa.Table) -> CheckedShard:
-        assert self.checker is not None  # `ready` reported the set-up error before any shard was sent
-        return self.checker.check(table)
+        return self.tool.check(table)
 
 
 def _checked_on_ray(
@@ -335,7 +322,7 @@ def _checked_on_ray(
         gpus = spec.num_gpus or 0.0  # row checks need no GPU unless a judge does: the user says so
         replicas = replica_count(spec, ray.cluster_resources(), gpus, len(paths))
         pool = ActorPool(
-            ray, CurateWorker, (recipe, recipe_dir, os.getcwd()), replicas, spec.num_cpus, gpus, spec.max_restarts
+            ray, CurateWorker, (os.getcwd(), recipe, recipe_dir), replicas, spec.num_cpus, gpus, spec.max_restarts
         )
         summary.workers = replicas
         try:
