@@ -55,6 +55,9 @@ def generate(
     `datasets.load_dataset("parquet", data_files=...)`), a `_manifest.json`, and
     RUN_DIR/recipe.resolved.yaml with the recipe's hash. Stopped runs (Ctrl-C, a crash, kill -9)
     resume: run the same command again and only the missing prompts are generated.
+
+    On a Ray cluster: `runtime.executor=ray` (a local cluster, or the one at `runtime.ray.address` /
+    $RAY_ADDRESS), one teacher replica per worker; see the README, "Running on a cluster".
     """
     from synth.generate import run_generate, summary_table
 
@@ -77,6 +80,7 @@ def curate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     writes RUN_DIR/curated/: `kept.parquet` (training-ready: TRL's prompt-completion format with all
     provenance), `rejected.parquet` (every other row, with `rejected_by` and `reason`), and
     `report.json` / `report.md` (counts per check, kept per prompt, score histograms, examples).
+    With `runtime.executor=ray` the row checks run on Ray workers, with the same output.
     """
     from synth.curate.stage import run_curate, summary_table
 

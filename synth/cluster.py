@@ -82,10 +82,16 @@ def _check_reachable(address: str) -> None:
     if address in ("auto", "local"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        raise UserError(
+            f"the Ray cluster address {address!r} has no port",
+            "write it as host:port (head-node:6379, or ray://head-node:10001 for Ray Client) in "
+            "runtime.ray.address or $RAY_ADDRESS",
+        )
     try:
         with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=5):
             return
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise UserError(
             f"could not connect to the Ray cluster at {address}: {exc}",
             "start it (`ray start --head`), or fix runtime.ray.address / $RAY_ADDRESS (host:port of the head); "
@@ -146,7 +152,8 @@ def replica_count(spec: RaySpec, resources: dict[str, float], num_gpus: float, s
         raise UserError(
             f"the Ray cluster has room for no worker: each needs {need}, the cluster has "
             f"{resources.get('GPU', 0):g} GPU(s) and {resources.get('CPU', 0):g} CPU(s)",
-            "lower runtime.ray.num_gpus / num_cpus (or teacher.vllm.tensor_parallel_size), or add nodes",
+            "lower runtime.ray.num_gpus / num_cpus (for a vLLM teacher: teacher.vllm.tensor_parallel_size), "
+            "or add nodes",
         )
     return max(1, min(spec.replicas or fits, fits, shards))
 

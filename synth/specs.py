@@ -47,6 +47,16 @@ class RuntimeSpec(Strict):
     )
     ray: RaySpec = Field(default_factory=RaySpec)
 
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> RuntimeSpec:
+        """A cluster address with the local executor would run locally without a word: say so instead."""
+        if self.ray.address and self.executor != "ray":
+            raise ValueError(
+                f"runtime.ray.address is {self.ray.address!r} but runtime.executor is {self.executor!r}: "
+                "set runtime.executor: ray to use that cluster, or remove the address"
+            )
+        return self
+
 
 class ModelSpec(Strict):
     """The student model."""
@@ -85,8 +95,8 @@ class VLLMSettings(Strict):
         if data["data_parallel_size"] == 1:  # the old default, in every recipe.resolved.yaml written before
             return {k: v for k, v in data.items() if k != "data_parallel_size"}
         raise ValueError(
-            "data_parallel_size is not a vllm.LLM setting here: data parallelism is one engine replica per "
-            "Ray worker; set runtime.executor: ray and runtime.ray.replicas instead"
+            "data_parallel_size is not a vllm.LLM setting here: remove it; several engine replicas are Ray "
+            "workers (runtime.executor: ray, runtime.ray.replicas)"
         )
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from synth.cluster import replica_count, worker_gpus
+from synth.cluster import ray_session, replica_count, worker_gpus
 from synth.errors import UserError
+from synth.recipe import load_recipe
 from synth.specs import RaySpec, RuntimeSpec
+from tests.conftest import RECIPE
 
 
 def test_replicas_fill_the_cluster_but_never_more_than_fits_or_shards() -> None:
@@ -31,3 +33,12 @@ def test_worker_gpus_follow_the_engine() -> None:
     assert worker_gpus(RuntimeSpec(device="cpu"), "transformers", 1, cluster_gpus=8) == 0
     assert worker_gpus(RuntimeSpec(), "openai", 1, cluster_gpus=8) == 0
     assert worker_gpus(RuntimeSpec(ray=RaySpec(num_gpus=0.5)), "transformers", 1, cluster_gpus=8) == 0.5
+
+
+def test_address_mistakes_are_one_line_before_any_cluster_starts() -> None:
+    with pytest.raises(UserError, match="has no port"), ray_session(RaySpec(address="notahost")):
+        pass
+    # an address with the local executor would run locally without a word
+    with pytest.raises(UserError, match=r"set runtime\.executor: ray"):
+        load_recipe(RECIPE, ["runtime.ray.address=head:6379"])
+    assert load_recipe(RECIPE, ["runtime.ray.address=head:6379", "runtime.executor=ray"]).runtime.ray.address
