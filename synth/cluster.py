@@ -20,13 +20,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 from synth.specs import RaySpec, RuntimeSpec
 
 if TYPE_CHECKING:
     from synth.recipe import Recipe
 
 INSTALL_HINT = "install it with: pip install 'distillery[ray]' (or set runtime.executor: local)"
+CONNECT_HINT = (
+    "start it (`ray start --head`), or fix runtime.ray.address / $RAY_ADDRESS (host:port of the head); "
+    "leave both unset to start a local cluster"
+)
 MAX_ATTEMPTS = 3  # dispatches of one shard: a shard that kills its worker every time stops the run
 PROBE_S = 0.5  # pause between probes of a replica Ray is restarting
 RESTART_WAIT_S = 300.0  # a replica silent for longer (restarts used up, node gone) gets no more work
@@ -60,18 +64,13 @@ def ray_session(spec: RaySpec) -> Iterator[Any]:
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise UserError(
-            f"could not connect to {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-            "start it (`ray start --head`), or fix runtime.ray.address / $RAY_ADDRESS; "
-            "leave both unset to start a local cluster",
+            f"could not connect to {where}: {first_line(exc)}",
+            CONNECT_HINT,
         ) from None
     try:
         yield ray
     finally:
         ray.shutdown()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _check_reachable(address: str) -> None:
@@ -94,8 +93,7 @@ def _check_reachable(address: str) -> None:
     except OSError as exc:
         raise UserError(
             f"could not connect to the Ray cluster at {address}: {exc}",
-            "start it (`ray start --head`), or fix runtime.ray.address / $RAY_ADDRESS (host:port of the head); "
-            "leave both unset to start a local cluster",
+            CONNECT_HINT,
         ) from None
 
 
@@ -189,7 +187,7 @@ class ActorPool:
         except RayError as exc:  # a set-up that crashed (not a UserError): one line, and no actor left behind
             self.close()
             raise UserError(
-                f"a Ray worker failed to start: {_first_line(exc)}",
+                f"a Ray worker failed to start: {first_line(exc, 200)}",
                 "see the worker logs (ray logs); every node needs Distillery and the model installed",
             ) from None
         for error in errors:
@@ -246,7 +244,7 @@ class ActorPool:
                 if i is not None:
                     if attempts[i] >= MAX_ATTEMPTS:
                         raise UserError(
-                            f"{describe(i)}: its Ray worker died {attempts[i]} times ({_first_line(exc)})",
+                            f"{describe(i)}: its Ray worker died {attempts[i]} times ({first_line(exc, 200)})",
                             "look for out-of-memory kills in the worker logs (ray logs), lower generate.batch_size "
                             "or generate.prompts_per_shard, then run the same command again: finished shards are kept",
                         ) from None

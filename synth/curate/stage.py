@@ -35,6 +35,7 @@ from synth import tables
 from synth.cluster import Worker
 from synth.curate.base import Context, Row, RowCheck, Verdict
 from synth.curate.checks.dedup import GroupCheck
+from synth.curate.config import CurateSpec
 from synth.curate.report import CheckStats, write_reports
 from synth.errors import UserError
 from synth.io import swap_in_folder
@@ -67,6 +68,14 @@ def _verdict_dict(name: str, v: Verdict) -> dict[str, Any]:
     return {"name": name, "passed": v.passed, "score": v.score, "reason": v.reason}
 
 
+def check_stats(spec: CurateSpec) -> dict[str, CheckStats]:
+    """Empty stats for generation's failures and each check, in the recipe's order: a shard's and the
+    run's start the same, so a run's are the sum of its shards'."""
+    return {"generate": CheckStats("generate", "generate")} | {
+        c.label: CheckStats(c.label, c.type) for c in spec.checks
+    }
+
+
 @dataclass
 class CheckedShard:
     """One shard after the row checks: what `ShardChecker.check` returns (here or from a Ray worker)
@@ -84,7 +93,7 @@ class ShardChecker:
     group checks' per-row keys (hashes, MinHash signatures). Runs in this process or on a Ray worker."""
 
     def __init__(self, recipe: Recipe, recipe_dir: Path | None) -> None:
-        spec = recipe.curate
+        spec = self.spec = recipe.curate
         self.row_checks: list[RowCheck] = [c.runner(c) for c in spec.checks if c.per_row]
         self.group_checks: list[GroupCheck] = [c.runner(c) for c in spec.checks if not c.per_row]
         self.score_name = spec.ranking_check()
@@ -94,8 +103,7 @@ class ShardChecker:
 
     def check(self, table: pa.Table) -> CheckedShard:
         rows = _rows(table)
-        stats = {"generate": CheckStats("generate", "generate")}
-        stats |= {c.name: CheckStats(c.name, c.spec.type) for c in [*self.row_checks, *self.group_checks]}
+        stats = check_stats(self.spec)
 
         def reject(row: Row, name: str, v: Verdict) -> None:
             row["rejected_by"] = name
@@ -162,10 +170,7 @@ class Curator:
         self.spec = spec
         self.group_checks: list[GroupCheck] = [c.runner(c) for c in spec.checks if not c.per_row]
         self.score_name = spec.ranking_check()
-        self.stats: dict[str, CheckStats] = {"generate": CheckStats("generate", "generate")}
-        for c in spec.checks:
-            self.stats[c.label] = CheckStats(c.label, c.type)
-        self.stats["select"] = CheckStats("select", spec.select.strategy)
+        self.stats = check_stats(spec) | {"select": CheckStats("select", spec.select.strategy)}
         # id -> (score, sample_index, order, prompt_id) for rows alive after the row checks
         self.alive: dict[str, tuple[float | None, int, int, str]] = {}
         self.order = 0
@@ -314,13 +319,14 @@ def _checked_on_ray(
 ) -> Iterator[CheckedShard]:
     """Row checks and dedup keys on a pool of Ray workers; results are handed on in shard order, so the
     global dedup and selection (here) see exactly what a local run sees."""
-    from synth.cluster import ActorPool, ray_session, replica_count
+    from synth.cluster import ActorPool, ray_session, replica_count, worker_gpus
 
     spec = recipe.runtime.ray
     paths = shard_set.paths
     with ray_session(spec) as ray:
-        gpus = spec.num_gpus or 0.0  # row checks need no GPU unless a judge does: the user says so
-        replicas = replica_count(spec, ray.cluster_resources(), gpus, len(paths))
+        resources = ray.cluster_resources()
+        gpus = worker_gpus(recipe.runtime, None, 0, resources.get("GPU", 0))  # none unless runtime.ray.num_gpus
+        replicas = replica_count(spec, resources, gpus, len(paths))
         pool = ActorPool(
             ray, CurateWorker, (os.getcwd(), recipe, recipe_dir), replicas, spec.num_cpus, gpus, spec.max_restarts
         )
