@@ -263,7 +263,14 @@ class KDTrainer(SFTTrainer):
         else:
             raise ValueError(f"a batch without {IDS} and no teacher_model to distil from")
         ce_n = ce_mask.sum()
-        denom = ce_n.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        if num_items_in_batch is not None:
+            denom = num_items_in_batch
+        else:
+            # no token count over the accumulated micro-batches (a model without loss kwargs): each
+            # micro-batch's mean, divided by the number accumulated, since the Trainer will not divide
+            # a loss that says it is scaled for accumulation (loss_is_scaled_for_ga)
+            accumulated = getattr(self, "current_gradient_accumulation_steps", 1) if model.training else 1
+            denom = ce_n.clamp(min=1) * accumulated
         # KD positions are a subset of the label positions: dividing both by the label count keeps every
         # token's weight the same in the two terms and across gradient-accumulation micro-batches
         loss = combined_loss(ce_sum / denom, kd_sum / denom, self.alpha)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sft.kd import KDTrainer, MisalignedRows
-from sft.kd_loss import sparse_kd_loss
+from sft.kd_loss import dense_kd_loss, sparse_kd_loss
 from tests.conftest import tiny_llama
 
 ANSWERS = {
@@ -267,3 +267,89 @@ def test_hidden_state_loss_matches_mapped_layers(tmp_path: Path, smollm2: tuple[
             processing_class=tok,
             hidden_weight=1.0,
         )
+
+
+def one_sgd_step(tmp_path: Path, tok: Any, rows: list[dict[str, Any]], batch: int, accumulate: int, **kw: Any) -> Any:
+    """The student's weights after one optimiser step (plain SGD, no clipping: the update is the gradient)."""
+    trainer = KDTrainer(
+        model=tiny_student(tok),
+        args=config(
+            tmp_path,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulate,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=0.0,
+            lr_scheduler_type="constant",
+        ),
+        train_dataset=dataset(rows),
+        processing_class=tok,
+        alpha=0.5,
+        temperature=2.0,
+    )
+    if kw.get("no_token_count"):  # as for a model that takes no loss kwargs: num_items_in_batch is None
+        trainer.model_accepts_loss_kwargs = False
+    start = torch.nn.utils.parameters_to_vector(trainer.model.parameters()).detach().clone()
+    trainer.train()
+    return torch.nn.utils.parameters_to_vector(trainer.model.parameters()).detach() - start
+
+
+def test_one_step_accumulated_over_four_equals_one_batch_four_times_as_large(
+    tmp_path: Path, smollm2: tuple[Any, Any]
+) -> None:
+    """gradient_accumulation_steps: 4 at batch 1 makes the same update as batch 4 (every token weighs the
+    same); with no token count from the Trainer, the fallback divides by the accumulated steps."""
+    tok, teacher = smollm2
+    rows = stored_rows(tok, teacher)  # 4 rows of different lengths
+    big = one_sgd_step(tmp_path / "big", tok, rows, batch=4, accumulate=1)
+    accumulated = one_sgd_step(tmp_path / "acc", tok, rows, batch=1, accumulate=4)
+    assert big.abs().max() > 1e-4
+    torch.testing.assert_close(accumulated, big, rtol=1e-4, atol=1e-7)
+
+    same = [rows[0]] * 4  # equal lengths: the per-micro-batch mean is then the batch mean
+    big = one_sgd_step(tmp_path / "big1", tok, same, batch=4, accumulate=1)
+    fallback = one_sgd_step(tmp_path / "fb", tok, same, batch=1, accumulate=4, no_token_count=True)
+    torch.testing.assert_close(fallback, big, rtol=1e-4, atol=1e-7)
+
+
+def test_teacher_view_pairs_each_student_position_with_the_teachers_for_the_same_token(
+    tmp_path: Path, smollm2: tuple[Any, Any]
+) -> None:
+    """The dense kd term with a teacher_prompt equals KD computed by hand on the teacher's own sequence
+    (its prompt + the completion tokens), and is zero when the teacher's prompt is the student's."""
+    tok, _ = smollm2
+    system = {"role": "system", "content": "Always answer in French, and at length."}
+    rows = [
+        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+        for q, a in ANSWERS.items()
+    ]
+    for teacher_prompt, expect_zero in ((lambda r: r["prompt"], True), (lambda r: [system, *r["prompt"]], False)):
+        viewed = [{**r, "teacher_prompt": teacher_prompt(r)} for r in rows]
+        trainer = KDTrainer(
+            model=tiny_student(tok, seed=1),
+            teacher_model=tiny_student(tok, seed=1),
+            args=config(tmp_path, learning_rate=0.0),
+            train_dataset=dataset(viewed),
+            processing_class=tok,
+            alpha=0.0,
+            temperature=2.0,
+        )
+        batch = batch_of_all(trainer)
+        with torch.no_grad():
+            loss = trainer.compute_loss(trainer.model, batch).item()
+            by_hand, tokens = 0.0, 0
+            for i, row in enumerate(viewed):
+                labels = batch["labels"][i]
+                where = (labels != -100).nonzero().flatten()
+                completion = batch["input_ids"][i, where]
+                s_logits = trainer.model(input_ids=batch["input_ids"][i : i + 1]).logits[0, where - 1]
+                t_prompt = tok.apply_chat_template(
+                    row["teacher_prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+                t_ids = torch.tensor([[*t_prompt, *completion.tolist()]])
+                t_logits = trainer.teacher_model(input_ids=t_ids).logits[0, len(t_prompt) - 1 : -1]
+                total, n = dense_kd_loss(s_logits[None], t_logits[None], torch.ones(1, len(where), dtype=torch.bool), 2.0)
+                by_hand, tokens = by_hand + total.item(), tokens + n.item()
+        assert loss == pytest.approx(by_hand / tokens, rel=1e-5, abs=1e-7)
+        assert (loss < 1e-6) == expect_zero
