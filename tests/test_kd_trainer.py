@@ -349,7 +349,9 @@ def test_teacher_view_pairs_each_student_position_with_the_teachers_for_the_same
                 )
                 t_ids = torch.tensor([[*t_prompt, *completion.tolist()]])
                 t_logits = trainer.teacher_model(input_ids=t_ids).logits[0, len(t_prompt) - 1 : -1]
-                total, n = dense_kd_loss(s_logits[None], t_logits[None], torch.ones(1, len(where), dtype=torch.bool), 2.0)
+                total, n = dense_kd_loss(
+                    s_logits[None], t_logits[None], torch.ones(1, len(where), dtype=torch.bool), 2.0
+                )
                 by_hand, tokens = by_hand + total.item(), tokens + n.item()
         assert loss == pytest.approx(by_hand / tokens, rel=1e-5, abs=1e-7)
         assert (loss < 1e-6) == expect_zero
