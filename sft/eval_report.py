@@ -86,6 +86,8 @@ def model_summary(
         "repeated_3gram_share": _mean([r["repeated_3gram_share"] for r in rows], g),
         "distinct_2": _mean([r["distinct_2"] for r in rows], g),
         "truncated": _rate([r["finish_reason"] == "length" for r in rows], g),
+        # finished before the token limit: a student that never stops shows here first
+        "stops": _rate([r["finish_reason"] == "stop" for r in rows], g),
         "errors": sum(r["error"] is not None for r in rows),
         "mean_completion_tokens": mean([r["completion_tokens"] for r in rows if r["completion_tokens"] is not None]),
     }
@@ -168,7 +170,9 @@ def build_report(
         "ratio_to_teacher": {n: (m["behaviour"]["rate"] / teacher if teacher else None) for n, m in models.items()},
         "verdict": {n: ("regressed" if found[n] else "ok") for n in trained},
         "warnings": warnings,
-        "fidelity": {n: _without(fidelity[n], "agreement_top1") for n in names if n in fidelity},
+        "fidelity": {
+            n: _without(fidelity[n], "agreement_top1") | {"stops": models[n]["stops"]} for n in names if n in fidelity
+        },
         "fidelity_paired": fidelity_pairs(fidelity, trained),
     }
 
@@ -215,6 +219,7 @@ def headline_rows(rep: dict[str, Any]) -> list[list[str]]:
                 name,
                 *(_cell(m[k]) for k in RATES),
                 "-" if ratio is None else f"{ratio:.2f}",
+                _cell(m["stops"]),
                 _cell(m["repeated_3gram_share"], "mean"),
                 _cell(m["distinct_2"], "mean"),
                 rep["verdict"].get(name, "-"),
@@ -223,7 +228,7 @@ def headline_rows(rep: dict[str, Any]) -> list[list[str]]:
     return out
 
 
-HEADLINE = ["model", *RATES, "behaviour × teacher", "repeated 3-grams", "distinct-2", "verdict"]
+HEADLINE = ["model", *RATES, "behaviour × teacher", "stops", "repeated 3-grams", "distinct-2", "verdict"]
 
 
 def to_markdown(rep: dict[str, Any]) -> str:
@@ -282,20 +287,23 @@ def fidelity_markdown(rep: dict[str, Any]) -> list[str]:
         "",
         "## Fidelity to the teacher (teacher-forced on its greedy answers)",
         "",
-        "KL(teacher ‖ model) per answer token and perplexity of the teacher's answers, means over prompts "
-        "[bootstrap 95% intervals]; tokens/s: greedy generation, same prompts and batch size.",
+        "KL(teacher ‖ model) per answer token and perplexity of the teacher's answers (each finished answer "
+        "with its end-of-turn token), means over prompts [bootstrap 95% intervals]; stop NLL: of that "
+        "end-of-turn token alone; stops: the model's own answers finished before the token limit; "
+        "tokens/s: greedy generation, same prompts and batch size (indicative: one timed pass).",
         "",
-        "| model | params | tokens/s | KL to teacher | NLL | perplexity | behaviour |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | params | tokens/s | KL to teacher | NLL | perplexity | stop NLL | stops | behaviour |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, f in fid.items():
         kl = "n/a" if f["kl"] is None else with_interval(f["kl"], f["kl_ci"])
         nll = "n/a" if f["nll"] is None else with_interval(f["nll"], f["nll_ci"])
         ppl = "n/a" if f["perplexity"] is None else f"{f['perplexity']:.2f}"
         speed = "n/a" if f.get("tokens_per_s") is None else f"{f['tokens_per_s']:.1f}"
+        stop = "n/a" if f.get("stop_nll") is None else with_interval(f["stop_nll"], f.get("stop_nll_ci"))
         lines.append(
-            f"| {name} | {f['params'] / 1e6:.1f}M | {speed} | {kl} | {nll} | {ppl} | "
-            f"{_cell(rep['models'][name]['behaviour'])} |"
+            f"| {name} | {f['params'] / 1e6:.1f}M | {speed} | {kl} | {nll} | {ppl} | {stop} | "
+            f"{_cell(f.get('stops'))} | {_cell(rep['models'][name]['behaviour'])} |"
         )
     pairs = rep.get("fidelity_paired") or {}
     if pairs:

@@ -249,7 +249,10 @@ def run_eval(
                 rows += _rows(m.name, items, prompts, comps)
                 if m.name == "teacher":
                     answers = TeacherAnswers(
-                        [it.teacher_prompt for it in items], student_prompts, [c[0].text for c in comps]
+                        [it.teacher_prompt for it in items],
+                        student_prompts,
+                        [c[0].text for c in comps],
+                        [c[0].finish_reason == "stop" for c in comps],
                     )
                     if isinstance(engine, TransformersEngine):
                         teacher_engine = engine

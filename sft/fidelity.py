@@ -8,7 +8,13 @@ teacher's greedy answers to the held-out prompts, teacher-forced:
   the teacher reads its own view (`teacher_prompt`), the model the student's view, so for
   self-distillation this measures how much of the privileged context the student absorbed;
 - `nll`: mean negative log-likelihood of the teacher's answer tokens under the model;
-  `perplexity = exp(nll)`.
+  `perplexity = exp(nll)`;
+- `stop_nll`: the NLL of the teacher's end-of-turn token alone, after the answers it finished.
+
+An answer the teacher finished (finish reason "stop") is scored with its end-of-turn token (the
+tokenizer's EOS, which the engines stop on) as its last token: knowing when to stop is part of the
+teacher's distribution, and "never stops" is the compressed students' commonest failure. Decoded text
+alone drops that token, which made such a student look as close to the teacher as one that stops.
 
 Both are averaged per prompt first, then over prompts (`kl_per_prompt`, `nll_per_prompt` keep the
 per-prompt values in prompt order, so two models can be compared pairwise), with a bootstrap 95%
@@ -34,6 +40,15 @@ class TeacherAnswers:
     teacher_prompts: list[Messages]
     student_prompts: list[Messages]
     answers: list[str]
+    stopped: list[bool]  # the teacher finished the answer itself (not cut at the token limit)
+
+
+def answer_token_ids(tokenizer: Any, answer: str, stopped: bool) -> list[int]:
+    """The answer's tokens, and the end-of-turn token after an answer the teacher finished."""
+    ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    if stopped and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
 
 
 def _answer_log_probs(model: Any, tokenizer: Any, messages: Messages, answer_ids: list[int]) -> Any:
@@ -62,10 +77,13 @@ def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | Non
 
     kl_pp: list[float | None] = []
     nll_pp: list[float | None] = []
+    stop_nll: list[float] = []
     hits = total = 0
     with torch.inference_mode():
-        for t_view, s_view, answer in zip(data.teacher_prompts, data.student_prompts, data.answers, strict=True):
-            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        for t_view, s_view, answer, stopped in zip(
+            data.teacher_prompts, data.student_prompts, data.answers, data.stopped, strict=True
+        ):
+            answer_ids = answer_token_ids(tokenizer, answer, stopped)
             if not answer_ids:
                 kl_pp.append(None)
                 nll_pp.append(None)
@@ -73,7 +91,10 @@ def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | Non
             view = t_view if is_teacher else s_view
             lp = _answer_log_probs(model, tokenizer, view, answer_ids)
             target = torch.tensor(answer_ids, device=lp.device)
-            nll_pp.append(float(-lp.gather(1, target[:, None]).mean()))
+            token_nll = -lp.gather(1, target[:, None])[:, 0]
+            nll_pp.append(float(token_nll.mean()))
+            if stopped:
+                stop_nll.append(float(token_nll[-1]))
             if teacher is not None and not is_teacher:
                 t_lp = _answer_log_probs(teacher[0], teacher[1], t_view, answer_ids).to(lp.device)
                 kl_pp.append(float((t_lp.exp() * (t_lp - lp)).sum(-1).mean()))
@@ -82,6 +103,8 @@ def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | Non
             hits += int((lp.argmax(-1) == target).sum())
             total += len(answer_ids)
     return summarise(kl_pp, nll_pp) | {
+        "stop_nll": mean(stop_nll),
+        "stop_nll_ci": bootstrap_ci(stop_nll),
         "params": sum(p.numel() for p in model.parameters()),
         "agreement_top1": hits / total if total else None,
     }

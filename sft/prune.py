@@ -27,6 +27,8 @@ from synth.errors import UserError
 from synth.io import swap_in_folder
 
 Prompt = list[dict[str, Any]] | str  # chat messages (templated with the tokenizer) or plain text
+RELOAD_TOLERANCE = 1e-3
+"""Max |logit difference| allowed between the pruned model and its saved copy (float32: ~1e-5 seen)."""
 MARKER = "prune.json"  # written into every prune output; its presence lets a rerun replace the folder
 FORMAT = "distillery-prune/1"
 
@@ -45,27 +47,47 @@ def _decoder_layers(model: Any) -> torch.nn.ModuleList:
     return layers
 
 
-def _token_ids(tokenizer: Any, prompt: Prompt, max_length: int) -> list[int]:
-    """Token ids of one calibration prompt, cut to `max_length`.
+def _token_ids(tokenizer: Any, prompt: Prompt, max_length: int) -> tuple[list[int], list[bool]]:
+    """Token ids of one calibration prompt, cut to `max_length`, and which of them are measured.
 
     Chat messages go through the chat template, as the model sees them in use (with the assistant
     header when the conversation ends on a user turn); the template already holds any BOS, so no
-    special tokens are added a second time. Plain text gets the tokenizer's usual special tokens.
+    special tokens are added a second time. Plain text gets the tokenizer's usual special tokens and
+    every token is measured. In a chat only the tokens of the messages' own text are measured: the
+    last assistant message's when there is one (what the model writes), else the users' (what it
+    reads). The template's markup and a default system prompt it inserts are left out: they are the
+    same in every prompt (76% of SmolLM2's calibration tokens were), and would decide which layers
+    matter for text the model never writes.
     """
     if isinstance(prompt, str):
-        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    else:
-        out = tokenizer.apply_chat_template(
-            prompt, tokenize=True, return_dict=True, add_generation_prompt=prompt[-1]["role"] != "assistant"
-        )
-        ids = out["input_ids"]
-    return list(ids)[:max_length]
+        ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])[:max_length]
+        return ids, [True] * len(ids)
+    text = tokenizer.apply_chat_template(
+        prompt, tokenize=False, add_generation_prompt=prompt[-1]["role"] != "assistant"
+    )
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    spans, cursor = [], 0
+    answers = [m for m in prompt if m["role"] == "assistant"]
+    measured = {id(answers[-1])} if answers else {id(m) for m in prompt if m["role"] == "user"}
+    for message in prompt:
+        content = message.get("content")
+        if not isinstance(content, str) or not content:
+            continue
+        at = text.find(content, cursor)
+        if at < 0:  # a template that rewrites the text (strips it, say): measure everything
+            return ids[:max_length], [True] * min(len(ids), max_length)
+        if id(message) in measured:
+            spans.append((at, at + len(content)))
+        cursor = at + len(content)
+    mask = [any(a < end and b > start for start, end in spans) for a, b in offsets]
+    return ids[:max_length], mask[:max_length]
 
 
 def _batches(
     tokenizer: Any, prompts: Sequence[Prompt], max_length: int, batch_size: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Right-padded (input_ids, attention_mask) batches in the prompts' own order.
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Right-padded (input_ids, attention_mask, measured) batches in the prompts' own order.
 
     Padding is done here rather than by the tokenizer so that a tokenizer without a pad token works
     and the caller's tokenizer settings (padding side) are left alone. Right padding keeps every real
@@ -79,13 +101,15 @@ def _batches(
     out = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        width = max(len(r) for r in chunk)
+        width = max(len(r) for r, _ in chunk)
         ids = torch.zeros(len(chunk), width, dtype=torch.long)
         mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for i, r in enumerate(chunk):
+        measured = torch.zeros(len(chunk), width, dtype=torch.bool)
+        for i, (r, m) in enumerate(chunk):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = 1
-        out.append((ids, mask))
+            measured[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
+        out.append((ids, mask, measured))
     return out
 
 
@@ -125,9 +149,10 @@ def _mean_over_tokens(
     max_length: int,
     batch_size: int,
 ) -> list[float]:
-    """For every start s, the mean over real tokens of per_token(cos(h_s, h_{s+span})).
+    """For every start s, the mean over measured tokens of per_token(cos(h_s, h_{s+span})).
 
-    Every real token of every prompt weighs the same (padding is masked out); sums are in float64 and
+    Every measured token of every prompt weighs the same (padding and template markup are left out,
+    see `_token_ids`); sums are in float64 and
     the prompts are taken in their given order, in eval mode without gradients, so the same prompts
     give the same numbers on every run.
     """
@@ -141,9 +166,9 @@ def _mean_over_tokens(
     count = 0
     try:
         with torch.no_grad():
-            for ids, mask in _batches(tokenizer, prompts, max_length, batch_size):
+            for ids, mask, measured in _batches(tokenizer, prompts, max_length, batch_size):
                 states = _residual_states(model, ids.to(device), mask.to(device))
-                real = mask.to(device).bool()
+                real = measured.to(device)
                 for s in range(len(totals)):
                     a, b = states[s].float()[real], states[s + span].float()[real]
                     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1.0, 1.0)
@@ -151,6 +176,8 @@ def _mean_over_tokens(
                 count += int(real.sum())
     finally:
         model.train(was_training)
+    if count == 0:
+        raise UserError("the calibration prompts have no text of their own to measure on", "use real prompts")
     return [float(t) / count for t in totals]
 
 
@@ -226,14 +253,45 @@ def choose_block_to_drop(distances: Sequence[float], n_drop: int, keep_first: in
 # --- cutting -----------------------------------------------------------------------------------------
 
 
-def prune_layers(model: Any, drop: Sequence[int]) -> Any:
+# Config fields that index layers rather than list one entry per layer (remapped, not cut).
+LAYER_INDEX_LISTS = ("mlp_only_layers",)  # Qwen2-MoE / Qwen3-MoE: the layers with a dense MLP
+LAYER_THRESHOLDS = ("max_window_layers", "first_k_dense_replace")  # "layers below this index are ..."
+NOT_PER_LAYER = ("architectures",)
+
+
+def _cut_config(config: Any, kept: list[int], n: int) -> list[str]:
+    """Make every per-layer field of `config` follow the kept layers; returns the fields changed.
+
+    A list with one entry per layer (`layer_types`, SmolLM3's `no_rope_layers`, ...) keeps the kept
+    layers' entries; a list of layer indices or an index threshold is renumbered. Which fields an
+    architecture has is not listed anywhere, so any list of length n is taken as per-layer; the
+    reload check in `prune_model` catches a field this gets wrong.
+    """
+    new_index = {old: new for new, old in enumerate(kept)}
+    changed = []
+    for key, value in list(vars(config).items()):
+        if key.startswith("_") or key in NOT_PER_LAYER:
+            continue
+        if key in LAYER_INDEX_LISTS and isinstance(value, list | tuple):
+            setattr(config, key, [new_index[i] for i in value if i in new_index])
+        elif key in LAYER_THRESHOLDS and isinstance(value, int) and not isinstance(value, bool):
+            setattr(config, key, sum(1 for i in kept if i < value))
+        elif isinstance(value, list | tuple) and len(value) == n:
+            setattr(config, key, type(value)(value[i] for i in kept))
+        else:
+            continue
+        changed.append(key)
+    config.num_hidden_layers = len(kept)
+    return changed
+
+
+def prune_layers(model: Any, drop: Sequence[int]) -> list[str]:
     """Remove the layers `drop` (original indices) in place and make the model consistent again.
 
-    Besides the ModuleList, three things index layers and must follow: `config.num_hidden_layers`
-    (the forward loop and the KV cache are sized from it), every attention module's `layer_idx` (the
-    cache slot it reads and writes: a gap or a duplicate silently mixes two layers' keys during
-    generation), and `config.layer_types` where the architecture has it (sliding vs full attention
-    per layer). Returns the model.
+    Besides the ModuleList, these index layers and must follow: `config.num_hidden_layers` (the
+    forward loop and the KV cache are sized from it), every attention module's `layer_idx` (the cache
+    slot it reads and writes: a gap or a duplicate silently mixes two layers' keys during generation),
+    and every per-layer field of the config (`_cut_config`). Returns the config fields changed.
     """
     layers = _decoder_layers(model)
     n = len(layers)
@@ -249,12 +307,29 @@ def prune_layers(model: Any, drop: Sequence[int]) -> Any:
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new
-    config = model.config
-    config.num_hidden_layers = len(kept)
-    types = getattr(config, "layer_types", None)
-    if isinstance(types, list) and len(types) == n:
-        config.layer_types = [types[i] for i in kept]
-    return model
+    return _cut_config(model.config, kept, n)
+
+
+def reload_difference(model: Any, folder: Path, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, list[str]]:
+    """Max |logit difference| between `model` and the model loaded back from `folder`, and the weights
+    the load did not fill or did not use: a saved model must compute what the pruned one in memory did."""
+    from transformers import AutoModelForCausalLM
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    loaded, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+    loaded = loaded.to(device).eval()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            a = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            b = loaded(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    finally:
+        model.train(was_training)
+    real = mask.to(device).bool()
+    unmatched = [f"{kind}: {k}" for kind in ("missing_keys", "unexpected_keys") for k in info.get(kind, [])]
+    return float((a[real].float() - b[real].float()).abs().max()), unmatched
 
 
 # --- the whole step ----------------------------------------------------------------------------------
@@ -277,6 +352,8 @@ class PruneSummary:
     block_distances: list[float] | None = None  # per start, for method "block_distance"
     calibration_prompts: int = 0
     max_length: int = 0
+    config_fields: list[str] = field(default_factory=list)  # per-layer config fields cut or renumbered
+    reload_max_logit_difference: float | None = None  # the saved folder against the pruned model in memory
     format: str = field(default=FORMAT)
 
 
@@ -355,7 +432,7 @@ def prune_model(
         _prunable(n_layers, k, keep_first, keep_last)  # the clear error before a measurement that cannot fit
         distances = block_distances(model, tokenizer, prompts, max(k, 1), max_length, batch_size) if k else []
         drop = choose_block_to_drop(distances, k, keep_first, keep_last) if k else []
-    prune_layers(model, drop)
+    config_fields = prune_layers(model, drop)
     summary = PruneSummary(
         teacher=str(teacher_dir),
         out_dir=str(out),
@@ -370,6 +447,7 @@ def prune_model(
         block_distances=distances,
         calibration_prompts=len(prompts),
         max_length=max_length,
+        config_fields=config_fields,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
@@ -377,6 +455,16 @@ def prune_model(
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        ids, mask, _ = _batches(tokenizer, prompts[:batch_size], max_length, batch_size)[0]
+        diff, unmatched = reload_difference(model, tmp, ids, mask)
+        summary.reload_max_logit_difference = diff
+        if unmatched or not diff <= RELOAD_TOLERANCE:
+            why = "; ".join(unmatched[:3]) if unmatched else f"logits differ by up to {diff:.3g}"
+            raise UserError(
+                f"the pruned {type(model).__name__} computes differently once saved and loaded back ({why}); "
+                f"not writing {out}",
+                "its config has a per-layer setting Distillery does not cut: please report it with the config",
+            )
         (tmp / MARKER).write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
         _check_out_dir(out)  # again: something may have appeared there while we measured
         swap_in_folder(tmp, out)  # a crash leaves the old folder or the new one, never half of one

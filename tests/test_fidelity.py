@@ -22,14 +22,17 @@ def tokenizer(smollm2_dir: Path) -> Any:
 
 def _data() -> TeacherAnswers:
     users = [[{"role": "user", "content": q}] for q in ("Name a colour.", "Say hello.", "Two plus two?")]
-    return TeacherAnswers([[SYSTEM, *u] for u in users], users, ["Rouge.", "Bonjour !", ""])
+    # the first answer was finished by the teacher, the second cut at the token limit, the third empty
+    return TeacherAnswers([[SYSTEM, *u] for u in users], users, ["Rouge.", "Bonjour !", ""], [True, False, False])
 
 
-def _manual(model: Any, teacher: Any, tokenizer: Any, s_view: list, t_view: list, answer: str) -> tuple[float, float]:
-    """KL(teacher ‖ model) and NLL, written out the plain way for one prompt."""
+def _manual(
+    model: Any, teacher: Any, tokenizer: Any, s_view: list, t_view: list, answer: str, stopped: bool
+) -> tuple[float, float, float]:
+    """KL(teacher ‖ model), NLL and the last token's NLL, written out the plain way for one prompt."""
     import torch
 
-    a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    a = tokenizer(answer, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if stopped else [])
 
     def logp(m: Any, view: list) -> torch.Tensor:
         p = list(tokenizer.apply_chat_template(view, add_generation_prompt=True, tokenize=True, return_dict=False))
@@ -40,7 +43,7 @@ def _manual(model: Any, teacher: Any, tokenizer: Any, s_view: list, t_view: list
     s, t = logp(model, s_view), logp(teacher, t_view)
     kl = sum(float((t[i].exp() * (t[i] - s[i])).sum()) for i in range(len(a))) / len(a)
     nll = -sum(float(s[i, tok]) for i, tok in enumerate(a)) / len(a)
-    return kl, nll
+    return kl, nll, -float(s[-1, a[-1]])
 
 
 def test_kl_and_nll_match_the_plain_computation_per_prompt(tokenizer: Any) -> None:
@@ -52,11 +55,19 @@ def test_kl_and_nll_match_the_plain_computation_per_prompt(tokenizer: Any) -> No
     data = _data()
     got = measure(student, tokenizer, data, (teacher, tokenizer), is_teacher=False)
     for i in range(2):
-        kl, nll = _manual(
-            student, teacher, tokenizer, data.student_prompts[i], data.teacher_prompts[i], data.answers[i]
+        kl, nll, last = _manual(
+            student,
+            teacher,
+            tokenizer,
+            data.student_prompts[i],
+            data.teacher_prompts[i],
+            data.answers[i],
+            data.stopped[i],
         )
         assert got["kl_per_prompt"][i] == pytest.approx(kl, rel=1e-4)
         assert got["nll_per_prompt"][i] == pytest.approx(nll, rel=1e-4)
+        if data.stopped[i]:  # the finished answer is scored with its end-of-turn token, also alone
+            assert got["stop_nll"] == pytest.approx(last, rel=1e-4)
     assert got["kl_per_prompt"][2] is None and got["nll_per_prompt"][2] is None  # an empty answer has no tokens
     assert got["kl"] == pytest.approx(sum(got["kl_per_prompt"][:2]) / 2) and got["kl"] > 0
     assert got["perplexity"] == pytest.approx(__import__("math").exp(got["nll"]))
@@ -69,7 +80,7 @@ def test_the_teacher_is_at_zero_and_a_copy_seeing_the_teacher_view_is_too(tokeni
     assert measure(teacher, tokenizer, data, (teacher, tokenizer), is_teacher=True)["kl"] == 0.0
     # the same weights reading the student's view (no system prompt) are NOT at zero: the view matters
     assert measure(teacher, tokenizer, data, (teacher, tokenizer), is_teacher=False)["kl"] > 1e-6
-    same_view = TeacherAnswers(data.teacher_prompts, data.teacher_prompts, data.answers)
+    same_view = TeacherAnswers(data.teacher_prompts, data.teacher_prompts, data.answers, data.stopped)
     assert measure(teacher, tokenizer, same_view, (teacher, tokenizer), is_teacher=False)["kl"] == pytest.approx(
         0.0, abs=1e-6
     )
@@ -82,3 +93,39 @@ def test_paired_difference_skips_missing_prompts() -> None:
     assert d is not None and d["prompts"] == 4 and d["mean"] == pytest.approx(-1.5 / 4)
     assert -1 <= d["ci"][0] < d["mean"] < d["ci"][1] <= 1 and d["ci"][1] > 0  # one prompt the other way
     assert paired([None], [1.0]) is None
+
+
+def test_a_student_that_does_not_stop_is_further_from_the_teacher(tokenizer: Any) -> None:
+    """Stopping is part of the teacher's distribution: against a teacher that ends its turn after a full
+    stop, the same weights without that habit score worse on an answer the teacher finished, and the
+    same as the teacher on the answer's text alone (all that fidelity scored before)."""
+    import torch
+
+    class StopsAfterFullStop(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+            self.full_stop = tokenizer.convert_tokens_to_ids(".")
+
+        @property
+        def device(self) -> torch.device:
+            return self.inner.device
+
+        def forward(self, input_ids: torch.Tensor) -> Any:
+            out = self.inner(input_ids=input_ids)
+            out.logits[input_ids == self.full_stop, tokenizer.eos_token_id] += 30.0
+            return out
+
+    base = tiny_llama(len(tokenizer), seed=0)
+    teacher = StopsAfterFullStop(base)
+    data = _data()
+    view = data.teacher_prompts[:1]
+    assert data.answers[0].endswith(".")
+    finished = TeacherAnswers(view, view, data.answers[:1], [True])
+    as_text = TeacherAnswers(view, view, data.answers[:1], [False])
+    ref = (teacher, tokenizer)
+    stops = measure(teacher, tokenizer, finished, ref, is_teacher=False)
+    runs_on = measure(base, tokenizer, finished, ref, is_teacher=False)
+    assert stops["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert runs_on["kl"] > 1.0 and runs_on["stop_nll"] > stops["stop_nll"] + 5
+    assert measure(base, tokenizer, as_text, ref, is_teacher=False)["kl"] == pytest.approx(0.0, abs=1e-6)

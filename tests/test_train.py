@@ -245,6 +245,7 @@ def test_eval_keeps_every_answer_and_judges_each_one(tmp_path: Path) -> None:
         assert m["behaviour"]["rate"] == pytest.approx(sum(r["behaviour"] for r in mine) / 8)
         assert m["joint"]["rate"] == pytest.approx(sum(r["behaviour"] and r["clean"] for r in mine) / 8)
         assert m["truncated"]["rate"] == pytest.approx(sum(r["finish_reason"] == "length" for r in mine) / 8)
+        assert m["stops"]["rate"] == pytest.approx(sum(r["finish_reason"] == "stop" for r in mine) / 8)
         lo, hi = m["clean"]["ci"]
         assert lo <= m["clean"]["rate"] <= hi
     # the teacher saw its privileged view; students did not
@@ -262,6 +263,10 @@ def test_eval_keeps_every_answer_and_judges_each_one(tmp_path: Path) -> None:
         assert len(f["kl_per_prompt"]) == len(f["nll_per_prompt"]) == 4 and f["kl"] > 0
         assert f["kl"] == pytest.approx(sum(f["kl_per_prompt"]) / 4) and f["kl_ci"][0] <= f["kl"] <= f["kl_ci"][1]
         assert f["params"] == fid["teacher"]["params"] and f["tokens_per_s"] > 0
+        assert f["stops"] == rep["models"][name]["stops"]
+    # the teacher's finished greedy answers are scored with their end-of-turn token
+    finished = [r for r in teacher_rows if r["sample_index"] == 0 and r["finish_reason"] == "stop"]
+    assert (fid["teacher"]["stop_nll"] is None) == (not finished)
     assert set(rep["fidelity_paired"]) == {"sft - base_student"}
     saved = json.loads((run / "eval/report.json").read_text())
     assert saved["models"]["sft"]["behaviour"] == rep["models"]["sft"]["behaviour"]
