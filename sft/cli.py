@@ -149,6 +149,8 @@ def prune(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
         ("parameters", f"{s.params_before / 1e6:.1f}M → {s.params_after / 1e6:.1f}M"),
         ("dropped layers", ", ".join(map(str, s.dropped))),
         ("calibration prompts", s.calibration_prompts),
+        ("per-layer config cut", ", ".join(s.config_fields) or "-"),
+        ("reloaded, max logit diff", f"{s.reload_max_logit_difference:.1e}"),
         ("saved", s.out_dir),
     ]
     Console().print(key_values(f"sft prune ({s.method})", rows))

@@ -233,3 +233,113 @@ def test_prune_smollm2_to_half_depth(tmp_path: Path, smollm2_dir: Path) -> None:
     with torch.no_grad():
         assert torch.isfinite(student(**tok("The sky is blue.", return_tensors="pt")).logits).all()
     assert time.monotonic() - start < 60
+
+
+# --- calibration on the text, and architectures with per-layer config -----------------------------------
+
+
+def test_calibration_measures_the_messages_text_not_the_template(tokenizer) -> None:
+    """76% of a templated SmolLM2 prompt is markup and the default system prompt; only the answer (or,
+    without one, the user's words) is measured."""
+    from sft.prune import _token_ids
+
+    question = [{"role": "user", "content": "Why is the sky blue?"}]
+    answered = [*question, {"role": "assistant", "content": "Because air scatters blue light most."}]
+    for prompt, text in ((question, "Why is the sky blue?"), (answered, "Because air scatters blue light most.")):
+        ids, measured = _token_ids(tokenizer, prompt, 512)
+        assert len(ids) == len(measured) > 3 * sum(measured)
+        assert tokenizer.decode([i for i, m in zip(ids, measured, strict=True) if m]) == text
+    ids, measured = _token_ids(tokenizer, "Plain text is measured whole.", 512)
+    assert all(measured) and len(ids) > 3
+
+    # and Block Influence averages over exactly those tokens
+    from sft.prune import _residual_states
+
+    model = tiny_llama(len(tokenizer))
+    ids, measured = _token_ids(tokenizer, answered, 512)
+    with torch.no_grad():
+        states = _residual_states(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    at = torch.tensor(measured)
+    by_hand = [
+        1 - torch.nn.functional.cosine_similarity(states[i][0, at], states[i + 1][0, at], dim=-1).mean().item()
+        for i in range(6)
+    ]
+    assert layer_importance(model, tokenizer, [answered]) == pytest.approx(by_hand, abs=1e-5)
+
+
+def _config(family: str, layers: int = 6) -> object:
+    """Tiny configs of three families whose per-layer settings a cut must follow."""
+    import transformers
+
+    shape = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": layers,
+        "max_position_embeddings": 256,
+        "initializer_range": 0.2,
+        "tie_word_embeddings": True,
+    }
+    if family == "smollm3":  # NoPE on some layers, a per-layer list of 0/1
+        # any two of layers 1-4 dropped leaves flags that differ from the list's first four
+        return transformers.SmolLM3Config(**shape, no_rope_layers=[1, 1, 0, 0, 1, 1])
+    if family == "qwen2":  # sliding window from a layer index on, per-layer layer_types
+        return transformers.Qwen2Config(**shape, use_sliding_window=True, sliding_window=4, max_window_layers=3)
+    if family == "qwen2_moe":  # dense MLPs on listed layer indices, experts elsewhere
+        return transformers.Qwen2MoeConfig(
+            **shape, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+            shared_expert_intermediate_size=16, mlp_only_layers=[1, 4], decoder_sparse_step=1,
+        )  # fmt: skip
+    raise ValueError(family)
+
+
+@pytest.mark.parametrize("family", ["smollm3", "qwen2", "qwen2_moe"])
+def test_pruning_cuts_every_per_layer_setting_and_checks_the_reload(
+    tmp_path: Path, tokenizer, family: str, monkeypatch
+) -> None:
+    """Each family's saved student computes what the pruned model did (prune_model checks it), its
+    per-layer settings follow the kept layers, and a cut that missed one is refused, nothing written."""
+    from transformers import AutoModelForCausalLM
+
+    import sft.prune
+
+    config = _config(family)
+    config.vocab_size = len(tokenizer)
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = (
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(config).eval()
+    folder = tmp_path / "teacher"
+    teacher.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    before = {k: v for k, v in vars(teacher.config).items() if isinstance(v, list) and len(v) == 6}
+
+    s = prune_model(folder, tmp_path / "student", PROMPTS, n_drop=2, max_length=64)
+    assert s.reload_max_logit_difference is not None and s.reload_max_logit_difference < 1e-4
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    for key, values in before.items():
+        assert getattr(student.config, key) == [values[i] for i in s.kept], key
+        assert key in s.config_fields
+    if family == "qwen2":
+        assert student.config.max_window_layers == sum(1 for i in s.kept if i < 3)
+    if family == "qwen2_moe":
+        assert student.config.mlp_only_layers == [s.kept.index(i) for i in (1, 4) if i in s.kept]
+
+    if family == "qwen2":
+        return  # layer_types alone decides its attention, so the old cut was right for it
+
+    # the old cut (layer_types only) is caught by the reload check and writes nothing
+    def old_cut(config: object, kept: list[int], n: int) -> list[str]:
+        config.num_hidden_layers = len(kept)
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = [config.layer_types[i] for i in kept]
+        return ["layer_types"]
+
+    monkeypatch.setattr(sft.prune, "_cut_config", old_cut)
+    with pytest.raises(UserError, match="computes differently once saved and loaded back"):
+        prune_model(folder, tmp_path / "student2", PROMPTS, n_drop=2, max_length=64)
+    assert not (tmp_path / "student2").exists()
