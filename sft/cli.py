@@ -40,28 +40,30 @@ def run(
     teacher (by default the student's own initial weights) reading `teacher_prompt`, the privileged
     view. LoRA by default (`train.lora.enabled=false` for a full fine-tune). Writes
     RUN_DIR/train/OBJECTIVE/ (kd: kd-stored or kd-model): checkpoints,
-    `final/` (adapter or model + tokenizer), `log.json`. Several processes:
+    `final/` (adapter or model + tokenizer), `log.json`; with `train.seeds=[0,1,2]`, one such folder
+    per seed, RUN_DIR/train/OBJECTIVE/seed-S/, for comparisons with intervals over seeds. Several processes:
     `accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml -m sft.cli run RECIPE`.
     """
-    from sft.train import run_train
+    from sft.train import train_all
 
-    s = run_train(recipe, run_dir, resume=resume)
-    skipped = [("skipped (incomplete)", ", ".join(s.skipped_checkpoints))] if s.skipped_checkpoints else []
-    rows = [
-        ("objective", s.objective),
-        ("curated rows", s.rows),
-        ("rows trained", s.rows_trained),
-        ("max_length", s.lengths.sentence() if s.lengths else "no row truncated or dropped"),
-        ("resumed_from", s.resumed_from or "-"),
-        *skipped,
-        ("steps (total)", s.steps),
-        ("steps this run", s.steps_run),
-        ("time", f"{s.seconds:.1f} s"),
-        ("seconds per step", f"{s.seconds_per_step:.1f}"),
-        ("first / last logged loss", f"{s.first_loss or 0:.4f} / {s.last_loss or 0:.4f}"),
-        ("saved", s.out_dir / "final"),
-    ]
-    Console().print(key_values(f"sft run: {s.out_dir}", rows))
+    summaries = train_all(recipe, run_dir, resume=resume)
+    for s in summaries:
+        skipped = [("skipped (incomplete)", ", ".join(s.skipped_checkpoints))] if s.skipped_checkpoints else []
+        rows = [
+            ("objective", s.objective),
+            ("curated rows", s.rows),
+            ("rows trained", s.rows_trained),
+            ("max_length", s.lengths.sentence() if s.lengths else "no row truncated or dropped"),
+            ("resumed_from", s.resumed_from or "-"),
+            *skipped,
+            ("steps (total)", s.steps),
+            ("steps this run", s.steps_run),
+            ("time", f"{s.seconds:.1f} s"),
+            ("seconds per step", f"{s.seconds_per_step:.1f}"),
+            ("first / last logged loss", f"{s.first_loss or 0:.4f} / {s.last_loss or 0:.4f}"),
+            ("saved", s.out_dir / "final"),
+        ]
+        Console().print(key_values(f"sft run: {s.out_dir}", rows))
 
 
 @recipe_command(app, "eval")

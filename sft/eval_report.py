@@ -10,6 +10,7 @@ regression: the report says WARNING and the verdict is "regressed", whatever its
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from sft.fidelity import paired
 from synth.curate.checks.relevance import RelevanceCheck
 from synth.io import atomic_write, atomic_write_parquet, atomic_write_text
 from synth.records import MESSAGE, VERDICT
-from synth.stats import bootstrap_ci, mean, with_interval
+from synth.stats import hierarchical_ci, mean, seed_mean, with_interval
 
 REGRESSION = 0.9
 """A trained student regresses when its clean or relevance rate is below this share of the base's."""
@@ -34,6 +35,7 @@ EXAMPLES = 3
 ANSWERS_SCHEMA = pa.schema(
     [
         ("model", pa.string()),
+        ("seed", pa.int64()),
         ("prompt_id", pa.string()),
         ("prompt", pa.list_(MESSAGE)),
         ("seen_prompt", pa.list_(MESSAGE)),
@@ -53,41 +55,62 @@ ANSWERS_SCHEMA = pa.schema(
         ("teacher_similarity", pa.float64()),
     ]
 )
-"""eval/answers.parquet: one row per model × prompt × sample (`prompt` = the student's view,
-`seen_prompt` = what this model read; `relevance` and `teacher_similarity` null where not English)."""
+"""eval/answers.parquet: one row per model × seed × prompt × sample (`model` = the arm, `seed` = its
+training seed under `train.seeds`, else null; `prompt` = the student's view, `seen_prompt` = what this
+model read; `relevance` and `teacher_similarity` null where not English)."""
 
 
-def _rate(values: list[bool], groups: list[str]) -> dict[str, Any]:
-    floats = [float(v) for v in values]
-    ci = bootstrap_ci(floats, groups)
-    return {"rate": mean(floats), "ci": list(ci) if ci else None, "n": len(values)}
+Row = dict[str, Any]
 
 
-def _mean(values: list[float | None], groups: list[str]) -> dict[str, Any]:
-    pairs = [(v, g) for v, g in zip(values, groups, strict=True) if v is not None]
-    ci = bootstrap_ci([v for v, _ in pairs], [g for _, g in pairs])
-    return {"mean": mean([v for v, _ in pairs]), "ci": list(ci) if ci else None, "n": len(pairs)}
+def seed_table(rows: list[Row], value: Any, prompts: list[str]) -> list[list[float | None]]:
+    """table[seed][prompt]: the mean of value(row) over one seed's answers to one prompt (None: none).
+
+    Seeds are the arm's training seeds (one row of the table for a model trained once); the prompts
+    are in the report's order for every model, so two models' tables pair up prompt by prompt.
+    """
+    cells: dict[tuple[Any, str], list[float]] = {}
+    for r in rows:
+        v = value(r)
+        if v is not None:
+            cells.setdefault((r.get("seed"), r["prompt_id"]), []).append(float(v))
+    seeds = list(dict.fromkeys(r.get("seed") for r in rows))
+    return [[mean(cells.get((s, p), [])) for p in prompts] for s in seeds]
+
+
+def _rate(rows: list[Row], value: Any, prompts: list[str]) -> dict[str, Any]:
+    """A share with its interval: over the arm's seeds and the prompts (hierarchical bootstrap)."""
+    table = seed_table(rows, lambda r: float(value(r)), prompts)
+    ci = hierarchical_ci([table]) if rows else None
+    return {"rate": seed_mean(table), "ci": list(ci) if ci else None, "n": len(rows)}
+
+
+def _mean(rows: list[Row], key: str, prompts: list[str]) -> dict[str, Any]:
+    table = seed_table(rows, lambda r: r[key], prompts)
+    n = sum(r[key] is not None for r in rows)
+    ci = hierarchical_ci([table]) if n else None
+    return {"mean": seed_mean(table), "ci": list(ci) if ci else None, "n": n}
 
 
 def model_summary(
-    rows: list[dict[str, Any]], threshold: float, relevance_measured: bool, judges: list[str]
+    rows: list[dict[str, Any]], threshold: float, relevance_measured: bool, judges: list[str], prompts: list[str]
 ) -> dict[str, Any]:
-    """Every per-model number of the report, from that model's answer rows."""
-    g = [r["prompt_id"] for r in rows]
+    """Every per-model number of the report, from that model's answer rows (all its seeds)."""
     out: dict[str, Any] = {
         "answers": len(rows),
-        "behaviour": _rate([r["behaviour"] for r in rows], g),
-        "clean": _rate([r["clean"] for r in rows], g),
-        "joint": _rate([r["behaviour"] and r["clean"] for r in rows], g),
+        "seeds": len({r.get("seed") for r in rows}),
+        "behaviour": _rate(rows, lambda r: r["behaviour"], prompts),
+        "clean": _rate(rows, lambda r: r["clean"], prompts),
+        "joint": _rate(rows, lambda r: r["behaviour"] and r["clean"], prompts),
         "relevance": None,
         "relevance_coverage": None,
         "relevance_similarity": None,
         "teacher_similarity": None,
-        "repeated_3gram_share": _mean([r["repeated_3gram_share"] for r in rows], g),
-        "distinct_2": _mean([r["distinct_2"] for r in rows], g),
-        "truncated": _rate([r["finish_reason"] == "length" for r in rows], g),
+        "repeated_3gram_share": _mean(rows, "repeated_3gram_share", prompts),
+        "distinct_2": _mean(rows, "distinct_2", prompts),
+        "truncated": _rate(rows, lambda r: r["finish_reason"] == "length", prompts),
         # finished before the token limit: a student that never stops shows here first
-        "stops": _rate([r["finish_reason"] == "stop" for r in rows], g),
+        "stops": _rate(rows, lambda r: r["finish_reason"] == "stop", prompts),
         "errors": sum(r["error"] is not None for r in rows),
         "mean_completion_tokens": mean([r["completion_tokens"] for r in rows if r["completion_tokens"] is not None]),
     }
@@ -95,9 +118,9 @@ def model_summary(
         eng = [r for r in rows if r["english"]]
         out["relevance_coverage"] = len(eng) / len(rows) if rows else None
         if eng:
-            out["relevance"] = _rate([r["relevance"] >= threshold for r in eng], [r["prompt_id"] for r in eng])
-        out["relevance_similarity"] = _mean([r["relevance"] for r in rows], g)
-        out["teacher_similarity"] = _mean([r["teacher_similarity"] for r in rows], g)
+            out["relevance"] = _rate(eng, lambda r: r["relevance"] >= threshold, prompts)
+        out["relevance_similarity"] = _mean(rows, "relevance", prompts)
+        out["teacher_similarity"] = _mean(rows, "teacher_similarity", prompts)
     names = list(dict.fromkeys(v["name"] for r in rows for v in r["verdicts"]))  # rows with an error have none
     out["checks"] = {
         n: mean([float(any(v["name"] == n and v["passed"] for v in r["verdicts"])) for r in rows]) for n in names
@@ -140,16 +163,20 @@ def build_report(
     relevance_threshold: float | None,
     relevance_measured: bool,
     judges: list[str],
-    fidelity: dict[str, dict[str, Any]],
+    fidelity: dict[str, list[tuple[int | None, dict[str, Any]]]],
     seconds: dict[str, float],
+    differences: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """report.json's content from the judged answer rows."""
+    """report.json's content from the judged answer rows; `fidelity` holds each arm's measures per seed."""
     threshold = DEFAULT_RELEVANCE if relevance_threshold is None else relevance_threshold
+    order = list(dict.fromkeys(r["prompt_id"] for r in rows))
     models = {
-        n: model_summary([r for r in rows if r["model"] == n], threshold, relevance_measured, judges) for n in names
+        n: model_summary([r for r in rows if r["model"] == n], threshold, relevance_measured, judges, order)
+        for n in names
     }
+    arms = {n: combine_seeds(fidelity[n]) for n in names if n in fidelity}
     for n in names:
-        models[n]["agreement_top1_with_teacher"] = fidelity.get(n, {}).get("agreement_top1")
+        models[n]["agreement_top1_with_teacher"] = arms.get(n, {}).get("agreement_top1")
         models[n]["seconds"] = seconds.get(n)
         greedy = [r for r in rows if r["model"] == n and r["sample_index"] == 0]
         models[n]["examples"] = [
@@ -170,11 +197,100 @@ def build_report(
         "ratio_to_teacher": {n: (m["behaviour"]["rate"] / teacher if teacher else None) for n, m in models.items()},
         "verdict": {n: ("regressed" if found[n] else "ok") for n in trained},
         "warnings": warnings,
-        "fidelity": {
-            n: _without(fidelity[n], "agreement_top1") | {"stops": models[n]["stops"]} for n in names if n in fidelity
-        },
-        "fidelity_paired": fidelity_pairs(fidelity, trained),
+        "fidelity": {n: _without(arms[n], "agreement_top1") | {"stops": models[n]["stops"]} for n in arms},
+        "fidelity_paired": fidelity_pairs(arms, trained),
+        "comparisons": comparisons(rows, arms, trained, order, differences or {}),
     }
+
+
+def combine_seeds(entries: list[tuple[int | None, dict[str, Any]]]) -> dict[str, Any]:
+    """One arm's fidelity over its seeds: today's keys (means over seeds of per-seed means over prompts,
+    intervals resampling seeds then prompts, per-prompt values averaged over seeds) plus `seeds`."""
+    kl_table = [e["kl_per_prompt"] for _, e in entries]
+    nll_table = [e["nll_per_prompt"] for _, e in entries]
+    has_kl = all(e["kl"] is not None for _, e in entries)
+    nll = seed_mean(nll_table)
+
+    def per_prompt(table: list[list[float | None]]) -> list[float | None]:
+        return [mean([v for v in col if v is not None]) for col in zip(*table, strict=True)]
+
+    def over_seeds(key: str) -> float | None:
+        values = [e[key] for _, e in entries if e.get(key) is not None]
+        return mean(values)
+
+    stop = [e["stop_nll"] for _, e in entries if e.get("stop_nll") is not None]
+    kl_ci = hierarchical_ci([kl_table]) if has_kl else None
+    nll_ci = hierarchical_ci([nll_table])
+    return {
+        "kl": seed_mean(kl_table) if has_kl else None,
+        "kl_ci": list(kl_ci) if kl_ci else None,
+        "nll": nll,
+        "nll_ci": list(nll_ci) if nll_ci else None,
+        "perplexity": None if nll is None else math.exp(nll),
+        "kl_per_prompt": per_prompt(kl_table) if has_kl else [None] * len(kl_table[0]),
+        "nll_per_prompt": per_prompt(nll_table),
+        "stop_nll": mean(stop),
+        "stop_nll_ci": entries[0][1].get("stop_nll_ci") if len(entries) == 1 else None,
+        "params": entries[0][1]["params"],
+        "tokens_per_s": over_seeds("tokens_per_s"),
+        "agreement_top1": over_seeds("agreement_top1"),
+        "seeds": [
+            {k: e.get(k) for k in ("kl", "nll", "stop_nll", "kl_per_prompt", "nll_per_prompt")} | {"seed": seed}
+            for seed, e in entries
+        ],
+    }
+
+
+COMPARED = ("kl", "nll", "behaviour")
+"""The metrics every comparison reports: KL to the teacher and NLL of its answers (lower is closer),
+and the behaviour rate."""
+
+
+def comparisons(
+    rows: list[Row],
+    arms: dict[str, dict[str, Any]],
+    trained: list[str],
+    prompts: list[str],
+    differences: dict[str, list[str]],
+) -> list[dict[str, Any]]:
+    """Paired differences a − b between every two trained arms and each trained arm and the base student:
+    intervals resample each arm's seeds and the shared prompts; `differences` names what besides the
+    method differed between the two arms' training (None for the base student, which was not trained)."""
+    pairs = [(a, b) for i, a in enumerate(trained) for b in trained[i + 1 :]] + [(a, "base_student") for a in trained]
+    out = []
+    for a, b in pairs:
+        for metric in COMPARED:
+            if metric == "behaviour":
+                ta, tb = (
+                    seed_table([r for r in rows if r["model"] == x], lambda r: r["behaviour"], prompts) for x in (a, b)
+                )
+            else:
+                if a not in arms or b not in arms or arms[a][metric] is None or arms[b][metric] is None:
+                    continue
+                ta, tb = ([s[f"{metric}_per_prompt"] for s in arms[x]["seeds"]] for x in (a, b))
+            if not ta or not tb:
+                continue
+            va, vb = seed_mean(ta), seed_mean(tb)
+            if va is None or vb is None:
+                continue
+            ci = hierarchical_ci([ta, tb], (1.0, -1.0))
+            both = sum(
+                any(row[p] is not None for row in ta) and any(row[p] is not None for row in tb)
+                for p in range(len(ta[0]))
+            )
+            out.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "metric": metric,
+                    "diff": va - vb,
+                    "ci": list(ci) if ci else None,
+                    "seeds": [len(ta), len(tb)],
+                    "prompts": both,
+                    "differences": None if b == "base_student" else differences.get(f"{a} - {b}", []),
+                }
+            )
+    return out
 
 
 def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
@@ -183,7 +299,8 @@ def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
 
 def fidelity_pairs(fidelity: dict[str, dict[str, Any]], trained: list[str]) -> dict[str, dict[str, Any]]:
     """Per-prompt paired differences "a - b" (KL and NLL; below zero: a is closer to the teacher) between
-    every two trained models and between each trained model and the base student."""
+    every two trained models and between each trained model and the base student (per-prompt values
+    averaged over seeds; `comparisons` has the intervals over seeds too)."""
     pairs = [(a, "base_student") for a in trained] + [(a, b) for i, a in enumerate(trained) for b in trained[i + 1 :]]
     out = {}
     for a, b in pairs:
@@ -238,7 +355,8 @@ def to_markdown(rep: dict[str, Any]) -> str:
         f"{rep['prompts']} held-out prompts × {rep['samples_per_prompt']} answer(s) per model (sample 0 greedy). "
         f"Behaviour: {', '.join(f'`{b}`' for b in rep['behaviour_checks'])} all pass. Clean: every other curate "
         f"check passes. Joint: both. Relevance: prompt↔answer similarity ≥ {rep['relevance_threshold']} "
-        f"(all-MiniLM-L6-v2; {rep['relevance_note']}). Brackets: bootstrap 95% intervals over prompts.",
+        f"(all-MiniLM-L6-v2; {rep['relevance_note']}). Brackets: bootstrap 95% intervals over prompts "
+        "(and over training seeds, for arms trained with several).",
         "",
     ]
     lines += [f"**{w}**" for w in rep["warnings"]] + ([""] if rep["warnings"] else [])
@@ -261,6 +379,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
             f"{'-' if agree is None else f'{agree:.3f}'} | {m['seconds']} |"
         )
     lines += fidelity_markdown(rep)
+    lines += comparisons_markdown(rep)
     names = list(next(iter(rep["models"].values()))["checks"]) if rep["models"] else []
     if names:
         lines += ["", "## Every check, as pass rates", "", "| model | " + " | ".join(names) + " |"]
@@ -313,6 +432,30 @@ def fidelity_markdown(rep: dict[str, Any]) -> list[str]:
             kl = "n/a" if d["kl"] is None else with_interval(d["kl"]["mean"], d["kl"]["ci"])
             nll = "n/a" if d["nll"] is None else with_interval(d["nll"]["mean"], d["nll"]["ci"])
             lines.append(f"| {pair} | {kl} | {nll} | {(d['nll'] or {}).get('prompts', 0)} |")
+    return lines
+
+
+def comparisons_markdown(rep: dict[str, Any]) -> list[str]:
+    """Each paired comparison with its interval over seeds and prompts, and what else differed."""
+    rows = rep.get("comparisons") or []
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Comparisons (a − b; KL and NLL below zero, behaviour above zero: a is better)",
+        "",
+        "Intervals resample each arm's training seeds and the shared prompts. A difference is about the "
+        "method only where nothing else differed.",
+        "",
+        "| a − b | metric | difference | seeds | prompts | also differed |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for c in rows:
+        other = "n/a (untrained)" if c["differences"] is None else ("; ".join(c["differences"]) or "nothing")
+        lines.append(
+            f"| {c['a']} − {c['b']} | {c['metric']} | {with_interval(c['diff'], c['ci'])} | "
+            f"{c['seeds'][0]} vs {c['seeds'][1]} | {c['prompts']} | {other} |"
+        )
     return lines
 
 

@@ -44,11 +44,35 @@ from synth.specs import PromptsSpec
 
 @dataclass
 class EvalModel:
-    """One model under evaluation: its name, how to build its engine, and the view it reads."""
+    """One model under evaluation: its arm, its training seed (None: not one of several), how to build
+    its engine, and the view it reads."""
 
-    name: str
+    arm: str
     engine: Callable[[], Engine]
     teacher_view: bool
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.arm if self.seed is None else f"{self.arm}/seed-{self.seed}"
+
+
+def arm_models(run_dir: Path, arm: str) -> list[tuple[int | None, Path]]:
+    """(seed, final folder) of each trained model of an arm: train/<arm>/final, or one per
+    train/<arm>/seed-<s>/final (`train.seeds`), in seed order."""
+    base = run_dir / "train" / arm
+    if (base / "final").is_dir():
+        return [(None, base / "final")]
+    seeded = [(int(p.parent.name.removeprefix("seed-")), p) for p in base.glob("seed-*/final") if p.is_dir()]
+    return sorted(seeded)
+
+
+def trained_arms(run_dir: Path) -> list[str]:
+    """Every arm under run_dir/train/ with a final model, single or per seed."""
+    train = run_dir / "train"
+    single = {p.parent.name for p in train.glob("*/final")}
+    seeded = {p.parent.parent.name for p in train.glob("*/seed-*/final")}
+    return sorted(single | seeded)
 
 
 def behaviour_names(recipe: Recipe) -> list[str]:
@@ -97,13 +121,18 @@ def _student_engine(final: Path, base: str, batch_size: int) -> TransformersEngi
 def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
     """Teacher, base student, then each trained student; engines are built when their turn comes."""
     ev = recipe.eval
-    objectives = ev.objectives or sorted(p.parent.name for p in (run_dir / "train").glob("*/final"))
+    objectives = ev.objectives or trained_arms(run_dir)
+    finals: dict[str, list[tuple[int | None, Path]]] = {}
     for obj in objectives:
-        final = run_dir / "train" / obj / "final"
-        if not final.is_dir():
+        finals[obj] = arm_models(run_dir, obj)
+        if not finals[obj]:
+            final = run_dir / "train" / obj / "final"
             raise UserError(f"no trained model at {final}", f"run `sft run` with {objective_overrides(obj)}")
-        if problem := weights_problem(final):  # before minutes of answering with the other models
-            raise UserError(f"{final}: not a complete model or adapter: {problem}", f"run `sft run` again for {obj}")
+        for _, final in finals[obj]:
+            if problem := weights_problem(final):  # before minutes of answering with the other models
+                raise UserError(
+                    f"{final}: not a complete model or adapter: {problem}", f"run `sft run` again for {obj}"
+                )
     m = recipe.model
 
     def base() -> Engine:
@@ -125,11 +154,66 @@ def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
         EvalModel("base_student", base, False),
     ]
     for obj in objectives:
-        final = run_dir / "train" / obj / "final"
-        models.append(
-            EvalModel(obj, lambda f=final: _student_engine(f, resolve_model(m.path)[0], ev.batch_size), False)
-        )
+        for seed, final in finals[obj]:
+            engine = lambda f=final: _student_engine(f, resolve_model(m.path)[0], ev.batch_size)  # noqa: E731
+            models.append(EvalModel(obj, engine, False, seed))
     return models
+
+
+def _arm_settings(run_dir: Path, arm: str) -> dict[str, Any]:
+    """What an arm was trained with, flattened (`train.learning_rate`: 1e-4, ...), from its resolved
+    recipe and log, for naming what differs between two compared arms."""
+    import yaml
+
+    seeds = arm_models(run_dir, arm)
+    if not seeds:
+        return {}
+    folder = seeds[0][1].parent
+    try:
+        resolved = yaml.safe_load((folder / "recipe.resolved.yaml").read_text(encoding="utf-8")) or {}
+        log = json.loads((folder / "log.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {"recipe": "unreadable (trained by an older Distillery?)"}
+    train = dict(resolved.get("train") or {})
+    objective = train.get("objective")
+    kd = dict(train.pop("kd", None) or {})
+    flat: dict[str, Any] = {"model.path": (resolved.get("model") or {}).get("path")}
+    gkd_only = ("lmbda", "beta", "temperature", "max_new_tokens", "seq_kd")
+    for key, value in train.items():
+        if key in ("objective", "seed", "seeds") or (key in gkd_only and objective != "gkd"):
+            continue
+        if key == "teacher" and not (objective == "gkd" or kd.get("source") == "model"):
+            continue
+        flat[f"train.{key}"] = value
+    if objective == "kd":
+        flat |= {f"train.kd.{k}": v for k, v in kd.items() if k != "source"}
+    # what the student is taught to reproduce: the same rows can give different targets
+    if objective == "kd" and kd.get("source") == "stored":
+        flat["targets"] = "the teacher's sampled token ids, stored top-k at each"
+    else:
+        flat["targets"] = "the completion text tokenised with the chat template (its closing tokens included)"
+    first = log[0] if log and isinstance(log[0], dict) else {}
+    flat["rows trained"] = first.get("rows_trained")
+    flat["steps"] = max((e.get("step", 0) for e in log if isinstance(e, dict)), default=None)
+    flat["seeds"] = len(seeds)
+    return flat
+
+
+def arm_differences(run_dir: Path, arms: list[str]) -> dict[str, list[str]]:
+    """For every pair of trained arms ("a - b"), each setting that differs besides the objective itself:
+    a comparison is only about the method when these lists are empty."""
+    settings = {arm: _arm_settings(run_dir, arm) for arm in dict.fromkeys(arms)}
+    names = list(settings)
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            keys = list(dict.fromkeys([*settings[a], *settings[b]]))
+            out[f"{a} - {b}"] = [
+                f"{k}: {settings[a].get(k)!r} vs {settings[b].get(k)!r}"
+                for k in keys
+                if settings[a].get(k) != settings[b].get(k)
+            ]
+    return out
 
 
 def _answer(
@@ -154,15 +238,18 @@ def _answer(
     return out, (tokens / elapsed if elapsed > 0 and tokens else None)
 
 
-def _rows(name: str, items: list[PromptItem], prompts: list[Messages], comps: list[list[Any]]) -> list[dict[str, Any]]:
+def _rows(
+    m: EvalModel, items: list[PromptItem], prompts: list[Messages], comps: list[list[Any]]
+) -> list[dict[str, Any]]:
     """One row per prompt × sample: `completion` in the pipeline's shape for the curate checks, `answer` as text."""
     rows = []
     for it, view, cs in zip(items, prompts, comps, strict=True):
         for i, c in enumerate(cs):
             rows.append(
                 {
-                    "id": f"{name}:{it.prompt_id}:{i}",
-                    "model": name,
+                    "id": f"{m.name}:{it.prompt_id}:{i}",
+                    "model": m.arm,
+                    "seed": m.seed,
                     "prompt_id": it.prompt_id,
                     "sample_index": i,
                     "prompt": it.prompt,
@@ -228,7 +315,7 @@ def run_eval(
     models = _models(recipe, run_dir)
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
-    fidelity: dict[str, dict[str, Any]] = {}
+    fidelity: dict[str, list[tuple[int | None, dict[str, Any]]]] = {}  # per arm, per seed
     answers: TeacherAnswers | None = None
     teacher_engine: TransformersEngine | None = None  # kept loaded for the KL of the other models
     student_prompts = [it.prompt for it in items]
@@ -246,7 +333,7 @@ def run_eval(
                         bar.update(task, advance=rows, tokens=bar.tasks[task].fields["tokens"] + tokens)
 
                     comps, tokens_per_s = _answer(engine, prompts, recipe, advance)
-                rows += _rows(m.name, items, prompts, comps)
+                rows += _rows(m, items, prompts, comps)
                 if m.name == "teacher":
                     answers = TeacherAnswers(
                         [it.teacher_prompt for it in items],
@@ -258,13 +345,13 @@ def run_eval(
                         teacher_engine = engine
                 if isinstance(engine, TransformersEngine) and answers is not None:
                     teacher = None if teacher_engine is None else (teacher_engine.model, teacher_engine.tokenizer)
-                    fidelity[m.name] = measure(engine.model, engine.tokenizer, answers, teacher, m.name == "teacher")
-                    fidelity[m.name]["tokens_per_s"] = tokens_per_s
+                    measured = measure(engine.model, engine.tokenizer, answers, teacher, m.name == "teacher")
+                    fidelity.setdefault(m.arm, []).append((m.seed, measured | {"tokens_per_s": tokens_per_s}))
             finally:
                 if engine is not teacher_engine:
                     engine.close()
                 del engine
-            seconds[m.name] = round(time.perf_counter() - t0, 1)
+            seconds[m.arm] = round(seconds.get(m.arm, 0.0) + time.perf_counter() - t0, 1)
         _judge(rows, checks, behaviour)
     finally:
         if teacher_engine is not None:
@@ -275,7 +362,7 @@ def run_eval(
     threshold = next((c.min_similarity for c in recipe.curate.checks if c.type == "relevance"), None)
     report = build_report(
         rows,
-        [m.name for m in models],
+        list(dict.fromkeys(m.arm for m in models)),
         behaviour=behaviour,
         prompts=len(items),
         samples=ev.samples,
@@ -284,6 +371,7 @@ def run_eval(
         judges=[c.name for c in checks if c.spec.judge],
         fidelity=fidelity,
         seconds=seconds,
+        differences=arm_differences(run_dir, [m.arm for m in models if m.arm not in ("teacher", "base_student")]),
     )
     write_outputs(run_dir / "eval", report, rows)
     return report

@@ -317,14 +317,15 @@ def _model_card(trainer: Any, recipe: Recipe, final: Path) -> None:
         config._name_or_path, trainer.hub_model_id = local, hub_id
 
 
-def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSummary:
-    """Train `recipe.train.objective` on run_dir/curated/kept.parquet; see the module docstring."""
+def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str | None = None) -> TrainSummary:
+    """Train `recipe.train.objective` on run_dir/curated/kept.parquet into run_dir/train/`folder` (by
+    default the arm's folder; `train.seeds` runs pass one per seed, see `train_all`)."""
     from synth.runtime import check_device
 
     t = recipe.train
     # the cheap checks first: device, train.args, checkpoints, data; then the tokenizer, then the weights
     device = check_device(recipe.runtime.device)
-    out = run_dir / "train" / t.folder
+    out = run_dir / "train" / (folder or t.folder)
     user_args, secrets = checked_user_args(recipe)
     args = _common_args(recipe, out, device, user_args)
     if t.objective in ("sft", "kd"):
@@ -446,7 +447,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
         atomic_write_text(out / "log.json", json.dumps(log, indent=1) + "\n")
     steps_run = result.global_step - (int(last.name.split("-")[-1]) if last else 0)
     return TrainSummary(
-        t.folder,
+        folder or t.folder,
         out,
         result.global_step,
         steps_run,
@@ -459,6 +460,22 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False) -> TrainSumma
         [p.name for p, _ in skipped],
         lengths,
     )
+
+
+def train_all(recipe: Recipe, run_dir: Path, resume: bool = False) -> list[TrainSummary]:
+    """Every model of the arm: one, or one per `train.seeds` entry, each with `train.seed` set to it.
+
+    Seeds are trained one after another into train/<arm>/seed-<s>/; the only thing that differs
+    between them is the seed (weights of new layers such as LoRA's, data order, dropout), so their
+    spread is what one training run of the method can land on.
+    """
+    summaries = []
+    for seed, folder in recipe.train.runs():
+        one = recipe.model_copy(update={"train": recipe.train.model_copy(update={"seed": seed})})
+        if recipe.train.seeds is not None:
+            _say(f"training seed {seed} into train/{folder}")
+        summaries.append(run_train(one, run_dir, resume=resume, folder=folder))
+    return summaries
 
 
 def _start_watch() -> Any:

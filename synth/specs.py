@@ -6,7 +6,7 @@ them without importing the whole recipe.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -193,6 +193,12 @@ class TrainSpec(Strict):
     max_length: int = Field(256, ge=16)
     save_steps: int = Field(10, ge=1, description="a checkpoint every N steps (--resume continues from the last)")
     seed: int = Field(0, ge=0, lt=2**32)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(
+        None,
+        min_length=1,
+        description="train one model per seed, each in train/<arm>/seed-<s>/ (replaces seed); `sft eval` "
+        "then reports each arm over its seeds, with intervals over seeds and prompts",
+    )
     # gkd (TRL GKDTrainer) parameters
     lmbda: float = Field(0.5, ge=0, le=1, description="share of steps trained on the student's own samples")
     beta: float = Field(0.5, ge=0, le=1, description="generalized JSD: 0 = forward KL, 1 = reverse KL")
@@ -205,6 +211,18 @@ class TrainSpec(Strict):
     def folder(self) -> str:
         """The output folder under train/ (and the name `sft eval` shows): kd runs say their source."""
         return f"kd-{self.kd.source}" if self.objective == "kd" else self.objective
+
+    def runs(self) -> list[tuple[int, str]]:
+        """(seed, folder under train/) of every model `sft run` trains: one, or one per `seeds` entry."""
+        if self.seeds is None:
+            return [(self.seed, self.folder)]
+        return [(s, f"{self.folder}/seed-{s}") for s in self.seeds]
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> TrainSpec:
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"train.seeds repeats a seed: {self.seeds}")
+        return self
 
 
 class PruneSpec(Strict):

@@ -47,3 +47,52 @@ def bootstrap_ci(
     lo = stats[int((1 - level) / 2 * (len(stats) - 1))]
     hi = stats[int((1 + level) / 2 * (len(stats) - 1))]
     return lo, hi
+
+
+Table = Sequence[Sequence[float | None]]
+"""table[s][p]: one training seed's value on one prompt (None where that prompt has none)."""
+
+
+def seed_mean(table: Table, prompts: Sequence[int] | None = None) -> float | None:
+    """Mean over seeds of each seed's mean over `prompts` (all by default), skipping missing values."""
+    means = []
+    for row in table:
+        picked = [row[p] for p in (range(len(row)) if prompts is None else prompts)]
+        vals = [v for v in picked if v is not None]
+        if vals:
+            means.append(sum(vals) / len(vals))
+    return mean(means)
+
+
+def hierarchical_ci(
+    tables: Sequence[Table], signs: Sequence[float] = (1.0,), level: float = 0.95, seed: int = 0
+) -> tuple[float, float] | None:
+    """Interval of Σ sign·seed_mean(table) resampling training seeds within each table, then prompts.
+
+    One table is an arm's mean; two with signs (1, −1) are a paired difference of arms: prompts are
+    resampled once for both (they answered the same prompts), seeds separately (they are separate
+    training runs). With one seed per arm this is the usual bootstrap over prompts; with several, the
+    interval also holds the run-to-run spread that one checkpoint per arm cannot show.
+    """
+    if not tables or any(not t for t in tables):
+        return None
+    n_prompts = len(tables[0][0])
+    if n_prompts == 0 or any(len(row) != n_prompts for t in tables for row in t):
+        return None
+    rng = random.Random(seed)
+    stats = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        prompts = [rng.randrange(n_prompts) for _ in range(n_prompts)]
+        total = 0.0
+        for table, sign in zip(tables, signs, strict=True):
+            seeds = [table[rng.randrange(len(table))] for _ in range(len(table))]
+            value = seed_mean(seeds, prompts)
+            if value is None:
+                break
+            total += sign * value
+        else:
+            stats.append(total)
+    if not stats:
+        return None
+    stats.sort()
+    return stats[int((1 - level) / 2 * (len(stats) - 1))], stats[int((1 + level) / 2 * (len(stats) - 1))]

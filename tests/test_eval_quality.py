@@ -54,6 +54,33 @@ def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_prompts() ->
     assert grouped is not None and grouped[1] - grouped[0] > (hi2 - lo2) * 2
 
 
+def test_hierarchical_interval_holds_the_spread_between_training_seeds() -> None:
+    """Two seeds that disagree by far more than the prompts vary: the interval over seeds and prompts
+    is wide, the one over prompts of either seed alone is not; a difference of an arm with itself
+    brackets zero, and one between clearly separated arms excludes it."""
+    import random
+
+    from synth.stats import hierarchical_ci, seed_mean
+
+    rng = random.Random(0)
+    noise = [rng.gauss(0, 0.05) for _ in range(40)]
+    seed_a = [1.0 + e for e in noise]
+    seed_b = [2.0 + e for e in noise]
+    assert seed_mean([seed_a, seed_b]) == pytest.approx(1.5 + sum(noise) / 40)
+    lo, hi = hierarchical_ci([[seed_a, seed_b]])
+    alone = hierarchical_ci([[seed_a]])
+    assert alone is not None and alone[1] - alone[0] < 0.05
+    assert lo <= 1.1 and hi >= 1.9  # resampling two seeds gives both, either one, or a mix
+    assert hierarchical_ci([[seed_a, seed_b]]) == (lo, hi)  # seeded
+    same = hierarchical_ci([[seed_a, seed_b], [seed_a, seed_b]], (1.0, -1.0))
+    assert same is not None and same[0] < 0 < same[1]
+    apart = hierarchical_ci([[seed_b, [v + 0.1 for v in seed_b]], [seed_a, [v + 0.1 for v in seed_a]]], (1.0, -1.0))
+    assert apart is not None and 0.8 < apart[0] <= apart[1] < 1.2
+    # missing values (a prompt without an answer) are skipped, not counted as zero
+    assert seed_mean([[1.0, None, 3.0]]) == pytest.approx(2.0)
+    assert hierarchical_ci([]) is None and hierarchical_ci([[[]]]) is None
+
+
 def _report(student: list[tuple[bool, bool, str]], student_relevance: float = 0.5) -> dict[str, Any]:
     teacher = [(i % 2 == 0, True, CLEAN) for i in range(20)]
     base = [(False, True, CLEAN) for _ in range(20)]

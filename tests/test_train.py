@@ -292,3 +292,52 @@ def test_shipped_accelerate_configs_parse() -> None:
     for path in sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")):
         config = load_config_from_file(str(path))
         assert config.num_processes >= 2, path
+
+
+@pytest.mark.slow
+def test_seeds_train_one_model_each_and_eval_compares_arms_over_seeds(tmp_path: Path) -> None:
+    """train.seeds: one model per seed under train/<arm>/seed-<s>/; `sft eval` reports the arm once,
+    with each seed's fidelity, and compares arms with intervals over seeds and prompts, naming what
+    else differed in their training."""
+    import datasets
+    import yaml
+
+    from sft.evaluate import run_eval
+    from sft.train import train_all
+
+    run = curated_run(tmp_path)
+    summaries = train_all(recipe(tmp_path, max_steps=1, seeds=[0, 1]), run)
+    assert [s.out_dir for s in summaries] == [run / "train/sft/seed-0", run / "train/sft/seed-1"]
+    for s, seed in zip(summaries, (0, 1), strict=True):
+        assert (s.out_dir / "final").is_dir()
+        assert yaml.safe_load((s.out_dir / "recipe.resolved.yaml").read_text())["train"]["seed"] == seed
+    train_all(recipe(tmp_path, objective="gkd", lmbda=0.0, max_steps=1, learning_rate=2e-3), run)
+
+    body = json.loads(eval_recipe(tmp_path, limit=3, max_new_tokens=8).read_text())
+    body["curate"]["checks"] = [
+        {"type": "length", "min_chars": 2},
+        {"type": "language", "name": "french", "languages": ["fr"]},
+    ]
+    (tmp_path / "ev2.yaml").write_text(json.dumps(body))
+    rep = run_eval(load_recipe(tmp_path / "ev2.yaml"), run)
+
+    assert list(rep["models"]) == ["teacher", "base_student", "gkd", "sft"]
+    assert rep["models"]["sft"]["seeds"] == 2 and rep["models"]["sft"]["answers"] == 2 * 3
+    fid = rep["fidelity"]["sft"]
+    assert [s["seed"] for s in fid["seeds"]] == [0, 1] and len(fid["seeds"][0]["kl_per_prompt"]) == 3
+    assert fid["kl"] == pytest.approx((fid["seeds"][0]["kl"] + fid["seeds"][1]["kl"]) / 2)
+    assert fid["seeds"][0]["kl_per_prompt"] != fid["seeds"][1]["kl_per_prompt"]  # two different models
+    answers = datasets.load_dataset("parquet", data_files=str(run / "eval/answers.parquet"), split="train")
+    assert sorted({(r["model"], r["seed"]) for r in answers.to_list()}, key=str) == sorted(
+        {("teacher", None), ("base_student", None), ("gkd", None), ("sft", 0), ("sft", 1)}, key=str
+    )
+    by_pair = {(c["a"], c["b"], c["metric"]): c for c in rep["comparisons"]}
+    gkd_sft = by_pair[("gkd", "sft", "kl")]
+    assert gkd_sft["seeds"] == [1, 2] and gkd_sft["prompts"] == 3
+    assert gkd_sft["diff"] == pytest.approx(rep["fidelity"]["gkd"]["kl"] - fid["kl"])
+    assert gkd_sft["ci"][0] <= gkd_sft["diff"] <= gkd_sft["ci"][1]
+    # what else differed: the learning rate and the number of seeds, named beside the comparison
+    assert any(d.startswith("train.learning_rate: 0.002 vs 0.001") for d in gkd_sft["differences"])
+    assert "seeds: 1 vs 2" in gkd_sft["differences"]
+    assert by_pair[("sft", "base_student", "behaviour")]["differences"] is None
+    assert "## Comparisons" in (run / "eval/report.md").read_text()
