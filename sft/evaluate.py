@@ -187,11 +187,17 @@ def _arm_settings(run_dir: Path, arm: str) -> dict[str, Any]:
         flat[f"train.{key}"] = value
     if objective == "kd":
         flat |= {f"train.kd.{k}": v for k, v in kd.items() if k != "source"}
-    # what the student is taught to reproduce: the same rows can give different targets
-    if objective == "kd" and kd.get("source") == "stored":
-        flat["targets"] = "the teacher's sampled token ids, stored top-k at each"
-    else:
-        flat["targets"] = "the completion text tokenised with the chat template (its closing tokens included)"
+    # what the student is taught to reproduce: the same rows can give different tokens and positions
+    stored_rows = train.get("targets") == "stored" or (objective == "kd" and kd.get("source") == "stored")
+    at_stored = train.get("targets") == "stored" or (
+        objective == "kd" and kd.get("source") == "stored" and not kd.get("alpha")
+    )
+    flat["targets"] = (
+        ("the teacher's sampled token ids" if stored_rows else "the completion text, tokenised again")
+        + (", loss where the teacher generated" if at_stored else ", loss at every completion token and the "
+           "template's closing tokens")
+    )  # fmt: skip
+    flat.pop("train.targets", None)  # said by `targets`
     first = log[0] if log and isinstance(log[0], dict) else {}
     flat["rows trained"] = first.get("rows_trained")
     flat["steps"] = max((e.get("step", 0) for e in log if isinstance(e, dict)), default=None)

@@ -84,6 +84,9 @@ class KDCollator:
     stop_token_stored: bool = True
     tokenizer: Any = None  # only for rows with `teacher_prompt`
     pad_to_multiple_of: int | None = None
+    # labels only where a stored teacher token is (`train.targets: stored`): no loss on the template's
+    # closing tokens the teacher never generated, so CE and KD see exactly the same tokens
+    labels_at_stored_only: bool = False
 
     def positions(self, example: dict[str, Any]) -> list[int] | str:
         """The label positions of the stored tokens 0..n-1, or why they cannot be placed."""
@@ -120,6 +123,8 @@ class KDCollator:
         batch = lm([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
         if IDS in examples[0]:
             batch.update(self._teacher_topk(examples, batch["input_ids"].shape[1]))
+            if self.labels_at_stored_only:
+                batch["labels"] = batch["labels"].masked_fill(~batch["teacher_mask"], -100)
         if "teacher_prompt" in examples[0]:
             batch["teacher_prompt_ids"] = [teacher_prompt_ids(self.tokenizer, e["teacher_prompt"]) for e in examples]
         return batch
@@ -187,6 +192,7 @@ class KDTrainer(SFTTrainer):
         hidden_weight: float = 0.0,
         layer_map: list[tuple[int, int]] | None = None,
         drop_misaligned: bool = False,
+        labels_at_stored_only: bool = False,
         **kwargs: Any,
     ) -> None:
         self.alpha, self.temperature, self.beta, self.tail = alpha, temperature, beta, tail
@@ -211,6 +217,7 @@ class KDTrainer(SFTTrainer):
                 stop_token_stored=stop_token_stored,
                 tokenizer=self._tokenizer,
                 pad_to_multiple_of=self.args.pad_to_multiple_of,
+                labels_at_stored_only=labels_at_stored_only,
             )
         self.teacher_model = None
         if teacher_model is not None:

@@ -189,7 +189,7 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[An
     from sft.kd_data import check_tokenizer, with_sampled_tokens, with_topk
 
     kd = recipe.train.kd
-    if kd.source == "model":
+    if recipe.train.objective == "kd" and kd.source == "model":
         same_view = all(r["teacher_prompt"] == r["prompt"] for r in ds.select_columns(["prompt", "teacher_prompt"]))
         if recipe.train.teacher == "self" and same_view and kd.alpha == 0:
             raise UserError(
@@ -263,9 +263,10 @@ def _kd_trainer(
     from sft.kd import KDTrainer, MisalignedRows
 
     kd = recipe.train.kd
+    hard_only = recipe.train.objective == "sft"  # train.targets=stored: cross-entropy on the stored tokens
     ds, stop_token_stored = data
-    teacher = _teacher_model(recipe, student_path, tokenizer) if kd.source == "model" else None
-    layer_map = _layer_map(student_path, model, teacher) if kd.hidden_weight else None
+    teacher = _teacher_model(recipe, student_path, tokenizer) if kd.source == "model" and not hard_only else None
+    layer_map = _layer_map(student_path, model, teacher) if kd.hidden_weight and not hard_only else None
     try:
         trainer = KDTrainer(
             model=model,
@@ -274,14 +275,15 @@ def _kd_trainer(
             processing_class=tokenizer,
             peft_config=peft_config,
             teacher_model=teacher,
-            alpha=kd.alpha,
+            alpha=1.0 if hard_only else kd.alpha,
             temperature=kd.temperature,
             beta=kd.beta,
             tail=kd.tail,
             stop_token_stored=stop_token_stored,
-            hidden_weight=kd.hidden_weight,
+            hidden_weight=0.0 if hard_only else kd.hidden_weight,
             layer_map=layer_map,
             drop_misaligned=True,
+            labels_at_stored_only=recipe.train.targets == "stored",
         )
     except MisalignedRows as exc:
         first = exc.rows[0]
@@ -332,7 +334,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
         from trl import SFTConfig
 
         # kd may hand TRL pre-tokenised rows (the teacher's sampled ids): the loss stays on the completion
-        kd_args = {"completion_only_loss": True} if t.objective == "kd" else {}
+        kd_args = {"completion_only_loss": True} if t.objective == "kd" or t.targets == "stored" else {}
         config = trl_config(SFTConfig, {**kd_args, **args}, user_args)
     else:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -352,7 +354,13 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
     student_path, tokenizer = _student(recipe)
     lengths, unusable = length_report(ds, tokenizer, t.objective, args, user_args)
     usable = ds.select(sorted(set(range(len(ds))) - set(unusable)))  # KD's and GKD's collators would fail on them
-    kd_data = _kd_rows(recipe, run_dir, usable, tokenizer) if t.objective == "kd" else None  # before any write
+    kd_path = t.objective == "kd" or t.targets == "stored"  # KDTrainer (sft: cross-entropy alone)
+    if t.targets == "stored" and (t.objective == "gkd" or (t.objective == "kd" and t.kd.source == "model")):
+        raise UserError(
+            "train.targets=stored is for sft and kd with train.kd.source=stored",
+            "set train.targets=text for this objective (its comparisons then name the difference)",
+        )
+    kd_data = _kd_rows(recipe, run_dir, usable, tokenizer) if kd_path else None  # before any write
     out.mkdir(parents=True, exist_ok=True)
     dump_resolved(recipe, out / "recipe.resolved.yaml")
     from transformers import AutoModelForCausalLM

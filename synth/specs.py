@@ -193,6 +193,12 @@ class TrainSpec(Strict):
     max_length: int = Field(256, ge=16)
     save_steps: int = Field(10, ge=1, description="a checkpoint every N steps (--resume continues from the last)")
     seed: int = Field(0, ge=0, lt=2**32)
+    targets: Literal["text", "stored"] = Field(
+        "text",
+        description="text: the completion tokenised with the chat template, loss at every completion token "
+        "(the template's closing tokens too); stored: the teacher's sampled token ids (generate.logprobs), "
+        "loss only where the teacher generated, so sft and kd with stored labels learn the same tokens",
+    )
     seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(
         None,
         min_length=1,

@@ -76,6 +76,14 @@ def test_stored_logprobs_survive_curate_and_publish_and_train_a_kd_student(tmp_p
     log = json.loads((run / "train" / "kd-stored" / "log.json").read_text())
     assert any("kd_loss" in e and "ce_loss" in e for e in log)
 
+    # the matched hard-label arm: cross-entropy on the same stored tokens, in train/sft
+    s = run_train(_recipe(tmp_path, objective="sft", targets="stored"), run)
+    assert s.objective == "sft" and (run / "train" / "sft" / "final" / "model.safetensors").is_file()
+    log = json.loads((run / "train" / "sft" / "log.json").read_text())
+    assert any("ce_loss" in e for e in log)
+    with pytest.raises(UserError, match="train.targets=stored is for sft and kd"):
+        run_train(_recipe(tmp_path, objective="gkd", targets="stored"), run)
+
     # a student whose vocabulary is not the teacher's is refused before any training
     data = json.loads((run / "generations" / "_manifest.json").read_text())
     data["logprobs"]["tokenizer"]["vocab_hash"] = "0123456789abcdef"

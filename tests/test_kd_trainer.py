@@ -126,6 +126,25 @@ def test_stored_topk_lands_on_the_tokens_it_predicts(tmp_path: Path, smollm2: tu
     assert loss < 2e-3
 
 
+def test_labels_at_stored_only_put_the_loss_where_the_teacher_generated(
+    tmp_path: Path, smollm2: tuple[Any, Any]
+) -> None:
+    """train.targets=stored: the labels (hence cross-entropy and the token count) are exactly the stored
+    positions: the template's trailing newline after <|im_end|> gets no loss; without it, it does."""
+    tok, teacher = smollm2
+    rows = stored_rows(tok, teacher)
+    common = {"args": config(tmp_path), "train_dataset": dataset(rows), "processing_class": tok, "alpha": 1.0}
+    matched = batch_of_all(KDTrainer(model=tiny_student(tok), labels_at_stored_only=True, **common))
+    labelled = matched["labels"] != -100
+    assert torch.equal(labelled, matched["teacher_mask"])
+    assert [int(n) for n in labelled.sum(1)] == [len(r["teacher_topk_ids"]) for r in rows]
+    plain = batch_of_all(KDTrainer(model=tiny_student(tok), **common))
+    extra = (plain["labels"] != -100) & ~plain["teacher_mask"]
+    assert int(extra.sum()) == len(rows)  # one closing "\n" per row, labelled only without the option
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    assert all(int(plain["labels"][extra][j]) == newline[-1] for j in range(len(rows)))
+
+
 def test_kd_training_moves_the_student_to_the_stored_distribution(tmp_path: Path, smollm2: tuple[Any, Any]) -> None:
     tok, teacher = smollm2
     rows = stored_rows(tok, teacher)
