@@ -165,7 +165,10 @@ def publish(
     repo_id: str = typer.Option(None, "--repo-id", help="Model repo ORG/NAME (default: publish.model_repo_id)."),
     private: bool = typer.Option(None, "--private/--public", help="Repo visibility (default: publish.private)."),
     objective: str = typer.Option(
-        None, "--objective", help="Which trained student: sft, gkd, kd-stored or kd-model (default: the recipe's)."
+        None,
+        "--objective",
+        help="Which trained student: sft, gkd, kd-stored or kd-model, or ARM/seed-S for one seed of "
+        "train.seeds (default: the recipe's).",
     ),
     dataset: str = typer.Option(None, "--dataset", help="Dataset repo the card links (default: publish.repo_id)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only write RUN_DIR/publish/model/, the exact upload."),

@@ -272,3 +272,14 @@ def test_publish_errors_are_clear(hub: Any, tmp_path: Path, token: str | None, a
     assert message in out.stderr and "Traceback" not in out.stderr
     if token:
         assert token not in out.stdout + out.stderr
+
+
+def test_publish_model_of_an_arm_trained_with_seeds_asks_which_seed(hub: Any, tmp_path: Path) -> None:
+    recipe, run = _curated_run(tmp_path)
+    for seed in (0, 1):
+        (run / "train" / "sft" / f"seed-{seed}" / "final").mkdir(parents=True)
+    args = ["--repo-id", "tester/m", "--objective", "sft", "--dry-run"]
+    out = run_cli("sft", "publish", str(recipe), "--run-dir", str(run), *args, env=_env(hub, tmp_path))
+    assert out.returncode == 2, out.stderr
+    assert "sft was trained with several seeds (seed-0, seed-1)" in out.stderr
+    assert "--objective sft/seed-0" in out.stderr and "Traceback" not in out.stderr

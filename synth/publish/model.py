@@ -48,6 +48,12 @@ def run_publish_model(
     objective = objective or recipe.train.folder
     final = run_dir / "train" / objective / "final"
     if not final.is_dir():
+        seeded = sorted(p.parent.name for p in (run_dir / "train" / objective).glob("seed-*/final"))
+        if seeded:  # train.seeds: one model per seed; the user picks which to publish
+            raise UserError(
+                f"{objective} was trained with several seeds ({', '.join(seeded)}): which one to publish?",
+                f"pass --objective {objective}/{seeded[0]} (or another seed)",
+            )
         raise UserError(f"no trained model in {final}", f"run `sft run` with {objective_overrides(objective)} first")
     hub = import_hub()
     api = None if dry_run else authenticated_api()
