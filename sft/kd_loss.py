@@ -99,10 +99,11 @@ def sparse_kd_loss(
     one position must be distinct (engines return distinct top-k ids).
 
     Teacher buckets: the stored p_i for the k tokens and the tail mass m = 1 − Σp_i, clamped to at least
-    `tail_floor` because stored log-probs are rounded (float16) and can sum past 1; a zero tail would make
-    reverse KL infinite as soon as the student puts any mass outside the k tokens. The student's tail is
-    clamped to the same floor, so that a student equal to its teacher is not pushed on a tail the stored
-    numbers cannot resolve.
+    `tail_floor`: stored log-probs are rounded (float16) and can sum past 1, and a zero tail would make
+    reverse KL infinite as soon as the student puts any mass outside the k tokens. Where the teacher's
+    tail is below the floor (unresolved), the student's tail is clamped to the same floor, so that a
+    student equal to its teacher is not pushed on a tail the stored numbers cannot resolve; where it is
+    resolved, the student's true tail is used, so a student whose tail vanished is pulled back up.
 
     Student buckets: its temperature-1 probabilities at the k ids, and its tail, the mass on every other
     token, computed as a logsumexp over the logits with the k ids masked out. Not log(1 − Σ student
@@ -152,13 +153,16 @@ def sparse_kd_loss(
         # (a row without a tail takes logsumexp over only -inf: -inf, and scatter's backward zeroes the
         # gradient of every overwritten logit, so no NaN reaches the logits; tested with k = V)
         rest = z.scatter(-1, safe_ids, NEG_INF)
-        # both tails floored alike: below tail_floor the stored (rounded) log-probs cannot resolve the
-        # teacher's tail, and a floor on one side only is a difference that tempering amplifies
-        floor = math.log(tail_floor)
-        s_tail = (torch.logsumexp(rest, dim=-1, keepdim=True) - log_norm).clamp(min=floor)
+        # Below tail_floor the stored (rounded) log-probs cannot resolve the teacher's tail: there both
+        # tails are floored alike (a floor on one side only is a difference that tempering amplifies);
+        # where the teacher's tail is resolved, the student's true tail is compared with it, so that a
+        # student whose tail vanished is pulled back up (a floor there would flatten that gradient)
+        m = -torch.expm1(torch.where(slot, lp, NEG_INF).logsumexp(-1, keepdim=True))
+        resolved = m >= tail_floor
+        s_tail = torch.logsumexp(rest, dim=-1, keepdim=True) - log_norm
+        s_tail = torch.where(resolved, s_tail, s_tail.clamp(min=math.log(tail_floor)))
         s_tail = torch.where(has_tail, s_tail, NEG_INF)
-        m = (-torch.expm1(torch.where(slot, lp, NEG_INF).logsumexp(-1, keepdim=True))).clamp(min=tail_floor)
-        t_tail = torch.where(has_tail, m.log(), NEG_INF)
+        t_tail = torch.where(has_tail, m.clamp(min=tail_floor).log(), NEG_INF)
         s_buckets = torch.cat([s_slots, s_tail], dim=-1)
         t_buckets = torch.cat([t_slots, t_tail], dim=-1)
         valid = torch.cat([slot, has_tail], dim=-1)

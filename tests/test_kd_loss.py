@@ -234,3 +234,20 @@ def test_losses_are_computed_in_float32_from_low_precision_logits(dtype: torch.d
         high, _ = sparse_kd_loss(student.float(), ids, lp.float(), mask(), temperature)
         assert low.dtype == torch.float32
         torch.testing.assert_close(low, high, rtol=1e-6, atol=1e-6)
+
+
+def test_a_student_whose_tail_vanished_is_pulled_back_toward_the_teachers_tail() -> None:
+    """The teacher keeps 1% outside its top-k, the student (nearly) none: the loss is large and its
+    gradient raises the student's logits outside the k ids (a floor on its tail there gave it none)."""
+    k = 4
+    teacher = torch.full((1, 1, V), -30.0, dtype=torch.float64)
+    teacher[..., :k] = 0.0
+    teacher[..., k:] = torch.log(torch.tensor(0.01 / (V - k) / (0.99 / k), dtype=torch.float64))
+    ids, lp = topk(teacher, k)
+    student = torch.full((1, 1, V), -40.0, dtype=torch.float64)
+    student[..., :k] = 0.0
+    student.requires_grad_()
+    loss, _ = sparse_kd_loss(student, ids, lp, torch.ones(1, 1, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() > 0.01
+    assert student.grad is not None and float(student.grad[..., k:].sum()) < -1e-3  # descent raises them

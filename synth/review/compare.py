@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from synth.errors import UserError
 from synth.io import atomic_write_parquet, atomic_write_text, read_json, read_parquet
@@ -55,11 +56,18 @@ def _answers(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
     if not path.is_file():
         raise UserError(f"no eval answers at {path}", "run `sft eval` with the same recipe first")
     columns = ["model", "prompt_id", "prompt", "sample_index", "answer"]
+    try:  # answers files from before train.seeds have no seed column
+        seeded = "seed" in pq.read_schema(path).names
+    except (OSError, pa.ArrowException):
+        seeded = False  # read_parquet says what is wrong with the file
+    columns += ["seed"] if seeded else []
     rows = read_parquet(path, "an eval answers file", columns, "run `sft eval` again").to_pylist()
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
         if r["sample_index"] == 0:
-            out.setdefault(r["prompt_id"], {})[r["model"]] = r
+            # each seed of an arm trained with train.seeds is its own contestant
+            name = r["model"] if r.get("seed") is None else f"{r['model']}/seed-{r['seed']}"
+            out.setdefault(r["prompt_id"], {})[name] = r
     return out
 
 
