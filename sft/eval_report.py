@@ -165,7 +165,7 @@ def build_report(
     judges: list[str],
     fidelity: dict[str, list[tuple[int | None, dict[str, Any]]]],
     seconds: dict[str, float],
-    differences: dict[str, list[str]] | None = None,
+    differences: dict[str, list[str] | None] | None = None,
 ) -> dict[str, Any]:
     """report.json's content from the judged answer rows; `fidelity` holds each arm's measures per seed."""
     threshold = DEFAULT_RELEVANCE if relevance_threshold is None else relevance_threshold
@@ -251,7 +251,7 @@ def comparisons(
     arms: dict[str, dict[str, Any]],
     trained: list[str],
     prompts: list[str],
-    differences: dict[str, list[str]],
+    differences: dict[str, list[str] | None],
 ) -> list[dict[str, Any]]:
     """Paired differences a − b between every two trained arms and each trained arm and the base student:
     intervals resample each arm's seeds and the shared prompts; `differences` names what besides the
@@ -287,7 +287,8 @@ def comparisons(
                     "ci": list(ci) if ci else None,
                     "seeds": [len(ta), len(tb)],
                     "prompts": both,
-                    "differences": None if b == "base_student" else differences.get(f"{a} - {b}", []),
+                    # None: not known (the base student was not trained, or a recipe is unreadable)
+                    "differences": None if b == "base_student" else differences.get(f"{a} - {b}"),
                 }
             )
     return out
@@ -451,7 +452,12 @@ def comparisons_markdown(rep: dict[str, Any]) -> list[str]:
         "|---|---|---:|---:|---:|---|",
     ]
     for c in rows:
-        other = "n/a (untrained)" if c["differences"] is None else ("; ".join(c["differences"]) or "nothing")
+        if c["b"] == "base_student":
+            other = "n/a (untrained)"
+        elif c["differences"] is None:
+            other = "unknown (a resolved recipe or log is missing)"
+        else:
+            other = "; ".join(c["differences"]) or "nothing"
         lines.append(
             f"| {c['a']} − {c['b']} | {c['metric']} | {with_interval(c['diff'], c['ci'])} | "
             f"{c['seeds'][0]} vs {c['seeds'][1]} | {c['prompts']} | {other} |"

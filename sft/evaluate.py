@@ -57,14 +57,20 @@ class EvalModel:
         return self.arm if self.seed is None else f"{self.arm}/seed-{self.seed}"
 
 
-def arm_models(run_dir: Path, arm: str) -> list[tuple[int | None, Path]]:
-    """(seed, final folder) of each trained model of an arm: train/<arm>/final, or one per
-    train/<arm>/seed-<s>/final (`train.seeds`), in seed order."""
+def arm_models(run_dir: Path, arm: str, seeds: list[int] | None = None) -> list[tuple[int | None, Path]]:
+    """(seed, final folder) of each trained model of an arm, in seed order.
+
+    With `seeds` (the recipe's `train.seeds`): train/<arm>/seed-<s>/final for exactly those, so that
+    neither an older single run nor seeds of an earlier list are mixed in. Without: train/<arm>/final,
+    else every train/<arm>/seed-<s>/final there is.
+    """
     base = run_dir / "train" / arm
+    if seeds is not None:
+        return [(s, base / f"seed-{s}" / "final") for s in sorted(seeds)]
     if (base / "final").is_dir():
         return [(None, base / "final")]
-    seeded = [(int(p.parent.name.removeprefix("seed-")), p) for p in base.glob("seed-*/final") if p.is_dir()]
-    return sorted(seeded)
+    found = [p for p in base.glob("seed-*/final") if p.is_dir() and p.parent.name.removeprefix("seed-").isdigit()]
+    return sorted((int(p.parent.name.removeprefix("seed-")), p) for p in found)
 
 
 def trained_arms(run_dir: Path) -> list[str]:
@@ -124,11 +130,16 @@ def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
     objectives = ev.objectives or trained_arms(run_dir)
     finals: dict[str, list[tuple[int | None, Path]]] = {}
     for obj in objectives:
-        finals[obj] = arm_models(run_dir, obj)
+        finals[obj] = arm_models(run_dir, obj, recipe.train.seeds)
         if not finals[obj]:
             final = run_dir / "train" / obj / "final"
             raise UserError(f"no trained model at {final}", f"run `sft run` with {objective_overrides(obj)}")
         for _, final in finals[obj]:
+            if not final.is_dir():
+                raise UserError(
+                    f"no trained model at {final} (train.seeds: {recipe.train.seeds})",
+                    f"run `sft run` with {objective_overrides(obj)}",
+                )
             if problem := weights_problem(final):  # before minutes of answering with the other models
                 raise UserError(
                     f"{final}: not a complete model or adapter: {problem}", f"run `sft run` again for {obj}"
@@ -160,20 +171,20 @@ def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
     return models
 
 
-def _arm_settings(run_dir: Path, arm: str) -> dict[str, Any]:
+def _arm_settings(run_dir: Path, arm: str, seeds: list[int] | None = None) -> dict[str, Any] | None:
     """What an arm was trained with, flattened (`train.learning_rate`: 1e-4, ...), from its resolved
     recipe and log, for naming what differs between two compared arms."""
     import yaml
 
-    seeds = arm_models(run_dir, arm)
-    if not seeds:
-        return {}
-    folder = seeds[0][1].parent
+    models = arm_models(run_dir, arm, seeds)
+    if not models:
+        return None
+    folder = models[0][1].parent
     try:
         resolved = yaml.safe_load((folder / "recipe.resolved.yaml").read_text(encoding="utf-8")) or {}
         log = json.loads((folder / "log.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
-        return {"recipe": "unreadable (trained by an older Distillery?)"}
+        return None  # unknown: never reported as "nothing differed"
     train = dict(resolved.get("train") or {})
     objective = train.get("objective")
     kd = dict(train.pop("kd", None) or {})
@@ -201,24 +212,25 @@ def _arm_settings(run_dir: Path, arm: str) -> dict[str, Any]:
     first = log[0] if log and isinstance(log[0], dict) else {}
     flat["rows trained"] = first.get("rows_trained")
     flat["steps"] = max((e.get("step", 0) for e in log if isinstance(e, dict)), default=None)
-    flat["seeds"] = len(seeds)
+    flat["seeds"] = len(models)
     return flat
 
 
-def arm_differences(run_dir: Path, arms: list[str]) -> dict[str, list[str]]:
-    """For every pair of trained arms ("a - b"), each setting that differs besides the objective itself:
-    a comparison is only about the method when these lists are empty."""
-    settings = {arm: _arm_settings(run_dir, arm) for arm in dict.fromkeys(arms)}
+def arm_differences(run_dir: Path, arms: list[str], seeds: list[int] | None = None) -> dict[str, list[str] | None]:
+    """For every pair of trained arms ("a - b"), each setting that differs besides the objective itself
+    (None when an arm's recipe or log cannot be read): a comparison is only about the method when
+    the list is empty."""
+    settings = {arm: _arm_settings(run_dir, arm, seeds) for arm in dict.fromkeys(arms)}
     names = list(settings)
-    out = {}
+    out: dict[str, list[str] | None] = {}
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            keys = list(dict.fromkeys([*settings[a], *settings[b]]))
-            out[f"{a} - {b}"] = [
-                f"{k}: {settings[a].get(k)!r} vs {settings[b].get(k)!r}"
-                for k in keys
-                if settings[a].get(k) != settings[b].get(k)
-            ]
+            sa, sb = settings[a], settings[b]
+            if sa is None or sb is None:
+                out[f"{a} - {b}"] = None
+                continue
+            keys = list(dict.fromkeys([*sa, *sb]))
+            out[f"{a} - {b}"] = [f"{k}: {sa.get(k)!r} vs {sb.get(k)!r}" for k in keys if sa.get(k) != sb.get(k)]
     return out
 
 
@@ -377,7 +389,9 @@ def run_eval(
         judges=[c.name for c in checks if c.spec.judge],
         fidelity=fidelity,
         seconds=seconds,
-        differences=arm_differences(run_dir, [m.arm for m in models if m.arm not in ("teacher", "base_student")]),
+        differences=arm_differences(
+            run_dir, [m.arm for m in models if m.arm not in ("teacher", "base_student")], recipe.train.seeds
+        ),
     )
     write_outputs(run_dir / "eval", report, rows)
     return report

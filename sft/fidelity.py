@@ -11,8 +11,10 @@ teacher's greedy answers to the held-out prompts, teacher-forced:
   `perplexity = exp(nll)`;
 - `stop_nll`: the NLL of the teacher's end-of-turn token alone, after the answers it finished.
 
-An answer the teacher finished (finish reason "stop") is scored with its end-of-turn token (the
-tokenizer's EOS, which the engines stop on) as its last token: knowing when to stop is part of the
+(The end-of-turn token is the one the chat template closes an assistant turn with.)
+
+An answer the teacher finished (finish reason "stop") is scored with its end-of-turn token as its
+last token: knowing when to stop is part of the
 teacher's distribution, and "never stops" is the compressed students' commonest failure. Decoded text
 alone drops that token, which made such a student look as close to the teacher as one that stops.
 
@@ -28,6 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from sft.lengths import chat_ids
 from sft.teacher_view import teacher_prompt_ids
 from synth.records import Messages
 from synth.stats import bootstrap_ci, mean
@@ -43,12 +46,27 @@ class TeacherAnswers:
     stopped: list[bool]  # the teacher finished the answer itself (not cut at the token limit)
 
 
-def answer_token_ids(tokenizer: Any, answer: str, stopped: bool) -> list[int]:
-    """The answer's tokens, and the end-of-turn token after an answer the teacher finished."""
+def answer_token_ids(tokenizer: Any, answer: str, stopped: bool, messages: Messages | None = None) -> list[int]:
+    """The answer's tokens, and the end-of-turn token after an answer the teacher finished.
+
+    The end-of-turn token is the one the chat template closes an assistant turn with, right after the
+    answer's tokens (`<|im_end|>`, Gemma's `<end_of_turn>`, Llama 3's `<|eot_id|>`: not always the
+    tokenizer's EOS); the EOS when the template cannot say.
+    """
     ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
-    if stopped and tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    if not stopped:
+        return ids
+    stop = tokenizer.eos_token_id
+    if messages is not None and getattr(tokenizer, "chat_template", None):
+        try:
+            prompt = chat_ids(tokenizer, messages, generation_prompt=True)
+            full = chat_ids(tokenizer, [*messages, {"role": "assistant", "content": answer}])
+        except (ValueError, TypeError, KeyError):  # a template that refuses this conversation
+            full, prompt = [], []
+        rest = full[len(prompt) :]
+        if full[: len(prompt)] == prompt and rest[: len(ids)] == ids and len(rest) > len(ids):
+            stop = rest[len(ids)]
+    return ids + ([stop] if stop is not None else [])
 
 
 def _answer_log_probs(model: Any, tokenizer: Any, messages: Messages, answer_ids: list[int]) -> Any:
@@ -83,7 +101,8 @@ def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | Non
         for t_view, s_view, answer, stopped in zip(
             data.teacher_prompts, data.student_prompts, data.answers, data.stopped, strict=True
         ):
-            answer_ids = answer_token_ids(tokenizer, answer, stopped)
+            answer_ids = answer_token_ids(tokenizer, answer, stopped, t_view)
+            stopped = stopped and len(answer_ids) > len(tokenizer(answer, add_special_tokens=False)["input_ids"])
             if not answer_ids:
                 kl_pp.append(None)
                 nll_pp.append(None)

@@ -253,7 +253,9 @@ class KDTrainer(SFTTrainer):
         ce_mask = target != -100
         # logits at t predict the token at t+1: every per-position input is shifted by one
         ce_sum = F.cross_entropy(logits[:, :-1][ce_mask].float(), target[ce_mask], reduction="sum")
-        if "teacher_ids" in inputs:
+        if self.alpha == 1.0 and self.teacher_model is None:  # cross-entropy alone (sft on stored targets)
+            kd_sum, kd_n = ce_sum.new_zeros(()), ce_mask.sum()
+        elif "teacher_ids" in inputs:
             kd_sum, kd_n = sparse_kd_loss(
                 logits[:, :-1],
                 inputs["teacher_ids"][:, 1:],

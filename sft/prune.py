@@ -27,6 +27,7 @@ from synth.errors import UserError
 from synth.io import swap_in_folder
 
 Prompt = list[dict[str, Any]] | str  # chat messages (templated with the tokenizer) or plain text
+SENTINEL = "\u2063distillery-calibration\u2063"  # marks where a message's text starts in the rendered template
 RELOAD_TOLERANCE = 1e-3
 """Max |logit difference| allowed between the pruned model and its saved copy (float32: ~1e-5 seen)."""
 MARKER = "prune.json"  # written into every prune output; its presence lets a rerun replace the folder
@@ -62,24 +63,31 @@ def _token_ids(tokenizer: Any, prompt: Prompt, max_length: int) -> tuple[list[in
     if isinstance(prompt, str):
         ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])[:max_length]
         return ids, [True] * len(ids)
-    text = tokenizer.apply_chat_template(
-        prompt, tokenize=False, add_generation_prompt=prompt[-1]["role"] != "assistant"
-    )
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    generation = prompt[-1]["role"] != "assistant"
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=generation)
+    rendered = tokenizer.apply_chat_template(prompt, tokenize=True, return_dict=True, add_generation_prompt=generation)
+    everything = list(rendered["input_ids"])
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError):  # a slow tokenizer has no offsets: measure every token
+        return everything[:max_length], [True] * min(len(everything), max_length)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-    spans, cursor = [], 0
-    answers = [m for m in prompt if m["role"] == "assistant"]
-    measured = {id(answers[-1])} if answers else {id(m) for m in prompt if m["role"] == "user"}
-    for message in prompt:
-        content = message.get("content")
+    answers = [i for i, m in enumerate(prompt) if m["role"] == "assistant"]
+    chosen = answers[-1:] or [i for i, m in enumerate(prompt) if m["role"] == "user"]
+    spans = []
+    for i in chosen:
+        content = prompt[i].get("content")
         if not isinstance(content, str) or not content:
             continue
-        at = text.find(content, cursor)
-        if at < 0:  # a template that rewrites the text (strips it, say): measure everything
-            return ids[:max_length], [True] * min(len(ids), max_length)
-        if id(message) in measured:
-            spans.append((at, at + len(content)))
-        cursor = at + len(content)
+        # where message i's text starts: render it with a sentinel in its place (a plain search could
+        # land in a default system prompt that happens to contain the same words)
+        marked = [*prompt[:i], {**prompt[i], "content": SENTINEL}, *prompt[i + 1 :]]
+        at = tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=generation).find(SENTINEL)
+        if at < 0 or text[at : at + len(content)] != content:  # a template that rewrites the text
+            return everything[:max_length], [True] * min(len(everything), max_length)
+        spans.append((at, at + len(content)))
+    if ids != everything:  # the text does not tokenise back to the template's ids: measure every token
+        return everything[:max_length], [True] * min(len(everything), max_length)
     mask = [any(a < end and b > start for start, end in spans) for a, b in offsets]
     return ids[:max_length], mask[:max_length]
 
@@ -270,7 +278,7 @@ def _cut_config(config: Any, kept: list[int], n: int) -> list[str]:
     new_index = {old: new for new, old in enumerate(kept)}
     changed = []
     for key, value in list(vars(config).items()):
-        if key.startswith("_") or key in NOT_PER_LAYER:
+        if key.startswith("_") or key in NOT_PER_LAYER or "token_id" in key:  # eos ids are not per layer
             continue
         if key in LAYER_INDEX_LISTS and isinstance(value, list | tuple):
             setattr(config, key, [new_index[i] for i in value if i in new_index])

@@ -210,6 +210,13 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[An
             "no curated row has usable stored log-probabilities",
             "generate with generate.logprobs=K on an engine that gives token ids (transformers, vllm, llama.cpp)",
         )
+    if recipe.train.targets == "stored" and not info.get("includes_stop_token", True):
+        raise UserError(
+            "train.targets=stored: these stored log-probabilities leave out the stop token's step, so the "
+            "student would never be taught to end its answer",
+            "set train.targets=text, or generate with an engine that stores the stop token "
+            "(transformers, vllm, llama.cpp's server)",
+        )
     columns = [c for c in out.column_names if c in ("prompt", "completion", *KD_COLUMNS)]
     out = out.select_columns(columns)
     if TOKENS in out.column_names:  # train on the very tokens the stored top-k belong to
@@ -446,7 +453,10 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
         run_info = {
             "step": 0,
             "rows": len(ds),
-            "rows_trained": len(ds) - (lengths.dropped if lengths else 0),
+            # what the trainer kept: kd also leaves out rows without usable or aligned stored labels
+            "rows_trained": len(trainer.train_dataset)
+            if trainer.train_dataset is not None
+            else len(ds) - (lengths.dropped if lengths else 0),
             "max_length": lengths.sentence() if lengths else None,
             "resumed_from": str(last) if last else None,
             "skipped_checkpoints": [f"{p.name}: {why}" for p, why in skipped],

@@ -76,6 +76,8 @@ def hierarchical_ci(
     """
     if not tables or any(not t for t in tables):
         return None
+    if len(signs) != len(tables):
+        raise ValueError(f"one sign per table: {len(signs)} signs for {len(tables)} tables")
     n_prompts = len(tables[0][0])
     if n_prompts == 0 or any(len(row) != n_prompts for t in tables for row in t):
         return None
@@ -92,7 +94,7 @@ def hierarchical_ci(
             total += sign * value
         else:
             stats.append(total)
-    if not stats:
+    if len(stats) < 0.9 * BOOTSTRAP_RESAMPLES:  # too many draws with no value: the interval would lie
         return None
     stats.sort()
     return stats[int((1 - level) / 2 * (len(stats) - 1))], stats[int((1 + level) / 2 * (len(stats) - 1))]

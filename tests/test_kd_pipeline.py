@@ -81,7 +81,7 @@ def test_stored_logprobs_survive_curate_and_publish_and_train_a_kd_student(tmp_p
     assert s.objective == "sft" and (run / "train" / "sft" / "final" / "model.safetensors").is_file()
     log = json.loads((run / "train" / "sft" / "log.json").read_text())
     assert any("ce_loss" in e for e in log)
-    with pytest.raises(UserError, match="train.targets=stored is for sft and kd"):
+    with pytest.raises(UserError, match=r"train\.targets=stored is for sft and kd"):
         run_train(_recipe(tmp_path, objective="gkd", targets="stored"), run)
 
     # a student whose vocabulary is not the teacher's is refused before any training

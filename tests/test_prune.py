@@ -249,6 +249,12 @@ def test_calibration_measures_the_messages_text_not_the_template(tokenizer) -> N
         ids, measured = _token_ids(tokenizer, prompt, 512)
         assert len(ids) == len(measured) > 3 * sum(measured)
         assert tokenizer.decode([i for i, m in zip(ids, measured, strict=True) if m]) == text
+    # words that also occur in SmolLM2's default system prompt ("You are a helpful AI assistant...")
+    short = [{"role": "user", "content": "help"}]
+    for prompt, text in ((short, "help"), ([*short, {"role": "assistant", "content": "a"}], "a")):
+        ids, measured = _token_ids(tokenizer, prompt, 512)
+        assert tokenizer.decode([i for i, m in zip(ids, measured, strict=True) if m]) == text
+        assert measured.index(True) > len(ids) // 2  # its own place, after the system prompt
     ids, measured = _token_ids(tokenizer, "Plain text is measured whole.", 512)
     assert all(measured) and len(ids) > 3
 

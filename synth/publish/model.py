@@ -48,13 +48,15 @@ def run_publish_model(
     objective = objective or recipe.train.folder
     final = run_dir / "train" / objective / "final"
     if not final.is_dir():
-        seeded = sorted(p.parent.name for p in (run_dir / "train" / objective).glob("seed-*/final"))
+        found = (p.parent.name for p in (run_dir / "train" / objective).glob("seed-*/final"))
+        seeded = sorted((n for n in found if n.removeprefix("seed-").isdigit()), key=lambda n: int(n[5:]))
         if seeded:  # train.seeds: one model per seed; the user picks which to publish
             raise UserError(
                 f"{objective} was trained with several seeds ({', '.join(seeded)}): which one to publish?",
                 f"pass --objective {objective}/{seeded[0]} (or another seed)",
             )
-        raise UserError(f"no trained model in {final}", f"run `sft run` with {objective_overrides(objective)} first")
+        arm = objective.split("/seed-")[0]
+        raise UserError(f"no trained model in {final}", f"run `sft run` with {objective_overrides(arm)} first")
     hub = import_hub()
     api = None if dry_run else authenticated_api()
     start = time.perf_counter()

@@ -80,10 +80,12 @@ def test_abort_and_missing_prompt_ids_map_to_failed_rows_and_null() -> None:
     from vllm.outputs import CompletionOutput, RequestOutput
 
     def request(finish: str, prompt_ids: list[int] | None) -> RequestOutput:
-        out = CompletionOutput(index=0, text="x", token_ids=[5, 2], cumulative_logprob=None, logprobs=None,
-                               finish_reason=finish)
-        return RequestOutput(request_id="r", prompt=None, prompt_token_ids=prompt_ids, prompt_logprobs=None,
-                             outputs=[out], finished=True)
+        out = CompletionOutput(
+            index=0, text="x", token_ids=[5, 2], cumulative_logprob=None, logprobs=None, finish_reason=finish
+        )
+        return RequestOutput(
+            request_id="r", prompt=None, prompt_token_ids=prompt_ids, prompt_logprobs=None, outputs=[out], finished=True
+        )
 
     for finish in ("abort", "error"):
         out = request(finish, [1, 2, 3])
