@@ -14,7 +14,7 @@ setup: $(STAMP)
 # Every environment is built from nothing by scripts/pyenv.sh and holds exactly its lock (locks/*.txt,
 # checked after the install): a fresh machine gets what the last green run got. Changing a lock,
 # pyproject.toml or the builder rebuilds the environment from scratch.
-$(STAMP): pyproject.toml locks/main.txt scripts/pyenv.sh
+$(STAMP): pyproject.toml locks/main.txt scripts/pyenv.sh scripts/check_lock.py
 	PYTHON3=$(PY) bash scripts/pyenv.sh main $(VENV)
 	touch $(STAMP)
 
@@ -61,7 +61,7 @@ VVENV   := .venv-vllm
 VSTAMP  := $(VVENV)/.installed
 setup-vllm: $(VSTAMP)
 
-$(VSTAMP): pyproject.toml locks/vllm.txt scripts/pyenv.sh
+$(VSTAMP): pyproject.toml locks/vllm.txt scripts/pyenv.sh scripts/check_lock.py
 	PYTHON3=$(PY) bash scripts/pyenv.sh vllm $(VVENV)
 	touch $(VSTAMP)
 

