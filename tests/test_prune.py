@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -221,7 +220,6 @@ def test_prune_smollm2_to_half_depth(tmp_path: Path, smollm2_dir: Path) -> None:
             "How do I boil an egg?",
         ]
     ]
-    start = time.monotonic()
     s = prune_model(smollm2_dir, tmp_path / "half", prompts, n_drop=15, max_length=128)
     assert len(s.importance) == 30 and len(s.dropped) == 15 and 0 not in s.dropped and 29 not in s.dropped
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "half")
@@ -232,7 +230,8 @@ def test_prune_smollm2_to_half_depth(tmp_path: Path, smollm2_dir: Path) -> None:
     assert greedy(student, tok, n=12).shape[1] == prompt_len + 12
     with torch.no_grad():
         assert torch.isfinite(student(**tok("The sky is blue.", return_tensors="pt")).logits).all()
-    assert time.monotonic() - start < 60
+    # (its speed is measured in bench/prune.py, not asserted here: a loaded CI machine is no clock)
+    assert s.reload_max_logit_difference is not None and s.reload_max_logit_difference < 1e-4
 
 
 # --- calibration on the text, and architectures with per-layer config -----------------------------------
