@@ -229,8 +229,9 @@ def arm_differences(run_dir: Path, arms: list[str], seeds: list[int] | None = No
             if sa is None or sb is None:
                 out[f"{a} - {b}"] = None
                 continue
-            keys = list(dict.fromkeys([*sa, *sb]))
-            out[f"{a} - {b}"] = [f"{k}: {sa.get(k)!r} vs {sb.get(k)!r}" for k in keys if sa.get(k) != sb.get(k)]
+            # a setting only one arm's method has (kd's temperature, a teacher) is the method, not a difference
+            keys = [k for k in dict.fromkeys([*sa, *sb]) if k in sa and k in sb]
+            out[f"{a} - {b}"] = [f"{k}: {sa[k]!r} vs {sb[k]!r}" for k in keys if sa[k] != sb[k]]
     return out
 
 
