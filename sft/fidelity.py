@@ -46,8 +46,11 @@ class TeacherAnswers:
     stopped: list[bool]  # the teacher finished the answer itself (not cut at the token limit)
 
 
-def answer_token_ids(tokenizer: Any, answer: str, stopped: bool, messages: Messages | None = None) -> list[int]:
-    """The answer's tokens, and the end-of-turn token after an answer the teacher finished.
+def answer_token_ids(
+    tokenizer: Any, answer: str, stopped: bool, messages: Messages | None = None
+) -> tuple[list[int], bool]:
+    """The answer's tokens, and the end-of-turn token after an answer the teacher finished; and whether
+    that token was appended (not when neither the template nor the tokenizer names one).
 
     The end-of-turn token is the one the chat template closes an assistant turn with, right after the
     answer's tokens (`<|im_end|>`, Gemma's `<end_of_turn>`, Llama 3's `<|eot_id|>`: not always the
@@ -55,7 +58,7 @@ def answer_token_ids(tokenizer: Any, answer: str, stopped: bool, messages: Messa
     """
     ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
     if not stopped:
-        return ids
+        return ids, False
     stop = tokenizer.eos_token_id
     if messages is not None and getattr(tokenizer, "chat_template", None):
         try:
@@ -66,7 +69,7 @@ def answer_token_ids(tokenizer: Any, answer: str, stopped: bool, messages: Messa
         rest = full[len(prompt) :]
         if full[: len(prompt)] == prompt and rest[: len(ids)] == ids and len(rest) > len(ids):
             stop = rest[len(ids)]
-    return ids + ([stop] if stop is not None else [])
+    return (ids, False) if stop is None else ([*ids, stop], True)
 
 
 def _answer_log_probs(model: Any, tokenizer: Any, messages: Messages, answer_ids: list[int]) -> Any:
@@ -101,8 +104,7 @@ def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | Non
         for t_view, s_view, answer, stopped in zip(
             data.teacher_prompts, data.student_prompts, data.answers, data.stopped, strict=True
         ):
-            answer_ids = answer_token_ids(tokenizer, answer, stopped, t_view)
-            stopped = stopped and len(answer_ids) > len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+            answer_ids, stopped = answer_token_ids(tokenizer, answer, stopped, t_view)
             if not answer_ids:
                 kl_pp.append(None)
                 nll_pp.append(None)

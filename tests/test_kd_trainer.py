@@ -94,6 +94,26 @@ def dataset(rows: list[dict[str, Any]]) -> Any:
     return datasets.Dataset.from_list(rows)
 
 
+def text_rows() -> list[dict[str, Any]]:
+    """The ANSWERS as prompt-completion rows, without stored labels."""
+    return [
+        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+        for q, a in ANSWERS.items()
+    ]
+
+
+def twin_trainer(tmp_path: Path, tok: Any, rows: list[dict[str, Any]], **kw: Any) -> KDTrainer:
+    """A tiny student and a teacher with the same weights (seed 1), learning rate 0."""
+    return KDTrainer(
+        model=tiny_student(tok, seed=1),
+        teacher_model=tiny_student(tok, seed=1),
+        args=config(tmp_path, learning_rate=0.0),
+        train_dataset=dataset(rows),
+        processing_class=tok,
+        **kw,
+    )
+
+
 def batch_of_all(trainer: KDTrainer) -> dict[str, Any]:
     rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
     return trainer._prepare_inputs(trainer.data_collator(rows))
@@ -219,10 +239,7 @@ def test_local_teacher_model_dense_and_teacher_view(tmp_path: Path, smollm2: tup
     """source: model: a teacher with the student's weights gives kd_loss 0 on the same ids and > 0 when it
     reads a different prompt (teacher_prompt) before the same completion tokens."""
     tok, _ = smollm2
-    rows = [
-        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
-        for q, a in ANSWERS.items()
-    ]
+    rows = text_rows()
     student, twin = tiny_student(tok, seed=1), tiny_student(tok, seed=1)
     trainer = KDTrainer(
         model=student,
@@ -239,13 +256,7 @@ def test_local_teacher_model_dense_and_teacher_view(tmp_path: Path, smollm2: tup
 
     system = {"role": "system", "content": "Always answer in French, and at length."}
     viewed = [{**r, "teacher_prompt": [system, *r["prompt"]]} for r in rows]
-    trainer = KDTrainer(
-        model=tiny_student(tok, seed=1),
-        teacher_model=tiny_student(tok, seed=1),
-        args=config(tmp_path, learning_rate=0.0),
-        train_dataset=dataset(viewed),
-        processing_class=tok,
-    )
+    trainer = twin_trainer(tmp_path, tok, viewed)
     trainer.train()
     logs = [e for e in trainer.state.log_history if "kd_loss" in e]
     assert logs and all(e["kd_loss"] > 1e-4 for e in logs)
@@ -255,10 +266,7 @@ def test_hidden_state_loss_matches_mapped_layers(tmp_path: Path, smollm2: tuple[
     """train.kd.hidden_weight: zero when each student layer equals its mapped teacher layer, positive
     under a crossed map, falling with training; the map decides which layers are compared."""
     tok, _ = smollm2
-    rows = [
-        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
-        for q, a in ANSWERS.items()
-    ]
+    rows = text_rows()
 
     def train(student: Any, teacher: Any, layer_map: list[tuple[int, int]], lr: float, steps: int) -> list[float]:
         trainer = KDTrainer(
@@ -339,21 +347,10 @@ def test_teacher_view_pairs_each_student_position_with_the_teachers_for_the_same
     (its prompt + the completion tokens), and is zero when the teacher's prompt is the student's."""
     tok, _ = smollm2
     system = {"role": "system", "content": "Always answer in French, and at length."}
-    rows = [
-        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
-        for q, a in ANSWERS.items()
-    ]
+    rows = text_rows()
     for teacher_prompt, expect_zero in ((lambda r: r["prompt"], True), (lambda r: [system, *r["prompt"]], False)):
         viewed = [{**r, "teacher_prompt": teacher_prompt(r)} for r in rows]
-        trainer = KDTrainer(
-            model=tiny_student(tok, seed=1),
-            teacher_model=tiny_student(tok, seed=1),
-            args=config(tmp_path, learning_rate=0.0),
-            train_dataset=dataset(viewed),
-            processing_class=tok,
-            alpha=0.0,
-            temperature=2.0,
-        )
+        trainer = twin_trainer(tmp_path, tok, viewed, alpha=0.0, temperature=2.0)
         batch = batch_of_all(trainer)
         with torch.no_grad():
             loss = trainer.compute_loss(trainer.model, batch).item()
