@@ -17,7 +17,7 @@ import re
 import time
 from pathlib import Path
 
-from sft.quality import distinct_n, repeated_ngram_share
+from sft.evaluation.quality import distinct_n, repeated_ngram_share
 from synth.engines.base import SamplingParams
 from synth.engines.hf import TransformersEngine
 from synth.models import resolve_model

@@ -19,7 +19,13 @@ from typing import Any
 
 import torch
 
-from sft.prune import block_distances, choose_block_to_drop, choose_layers_to_drop, layer_importance, prune_layers
+from sft.compression.prune import (
+    block_distances,
+    choose_block_to_drop,
+    choose_layers_to_drop,
+    layer_importance,
+    prune_layers,
+)
 from synth.models import embedded_model_dir
 from synth.prompts import load_prompts
 from synth.specs import PromptsSpec, TeacherSpec

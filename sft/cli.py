@@ -44,7 +44,7 @@ def run(
     per seed, RUN_DIR/train/OBJECTIVE/seed-S/, for comparisons with intervals over seeds. Several processes:
     `accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml -m sft.cli run RECIPE`.
     """
-    from sft.train import train_all
+    from sft.training.run import train_all
 
     summaries = train_all(recipe, run_dir, resume=resume)
     for s in summaries:
@@ -81,8 +81,8 @@ def evaluate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     differences between students), parameter count and greedy tokens/s. Writes RUN_DIR/eval/:
     answers.parquet (every answer with its verdicts), report.json, report.md and report.png.
     """
-    from sft.eval_report import HEADLINE, headline_rows
-    from sft.evaluate import run_eval
+    from sft.evaluation.report import HEADLINE, headline_rows
+    from sft.evaluation.run import run_eval
 
     rep = run_eval(recipe, run_dir, recipe_dir=recipe_dir, console=Console(stderr=True))
     t = summary_table(
@@ -115,7 +115,7 @@ def prune(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     layer's importance) for `model.path` to name; `sft run` with `train.objective=kd` then recovers
     it from the teacher's probabilities.
     """
-    from sft.prune import prune_model
+    from sft.compression.prune import prune_model
     from synth.errors import UserError
     from synth.models import resolve_model
     from synth.prompts import load_prompts

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sft.eval_report import build_report, write_outputs
-from sft.quality import distinct_n, repeated_ngram_share
+from sft.evaluation.quality import distinct_n, repeated_ngram_share
+from sft.evaluation.report import build_report, write_outputs
 
 PROMPT = "Why do bees make honey?"
 

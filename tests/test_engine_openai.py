@@ -157,7 +157,7 @@ def test_eval_teacher_through_the_openai_engine(tmp_path: Path, server: LlamaSer
     """`sft eval` honours teacher.engine: the teacher answers through the server, with real finish reasons."""
     import datasets
 
-    from sft.evaluate import run_eval
+    from sft.evaluation.run import run_eval
     from synth.recipe import load_recipe
 
     proxy = FaultProxy(server.base_url, lambda n: None)  # counts the requests that reach the server

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from sft.eval_report import to_markdown
-from sft.quality import distinct_n, repeated_ngram_share
+from sft.evaluation.quality import distinct_n, repeated_ngram_share
+from sft.evaluation.report import to_markdown
 from synth.stats import bootstrap_ci
 from tests.eval_helpers import PROMPT, answer_rows, report_for, write_eval
 
@@ -31,7 +31,7 @@ def test_degeneration_measures_separate_a_loop_from_a_clean_answer() -> None:
 
 @pytest.mark.slow
 def test_relevance_ranks_the_on_topic_answer_above_salad_and_off_topic() -> None:
-    from sft.eval_report import DEFAULT_RELEVANCE
+    from sft.evaluation.report import DEFAULT_RELEVANCE
     from synth import embeddings
 
     sims = embeddings.similarity([PROMPT] * 3, [CLEAN, SALAD, OFF_TOPIC])

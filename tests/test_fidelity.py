@@ -1,4 +1,4 @@
-"""Fidelity to the teacher (sft/fidelity.py) on tiny random models with SmolLM2's real tokenizer."""
+"""Fidelity to the teacher (sft/evaluation/fidelity.py) on tiny random models with SmolLM2's real tokenizer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sft.fidelity import TeacherAnswers, measure, paired
+from sft.evaluation.fidelity import TeacherAnswers, measure, paired
 from tests.conftest import tiny_llama
 
 SYSTEM = {"role": "system", "content": "Answer in French."}

@@ -1,4 +1,4 @@
-"""The KD losses of sft/kd_loss.py against dense references, on random tensors (float64, tight tolerances)."""
+"""The KD losses of sft/objectives/kd_loss.py against dense references, on random tensors (float64, tight tolerances)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from sft.kd_loss import combined_loss, dense_kd_loss, sparse_kd_loss
+from sft.objectives.kd_loss import combined_loss, dense_kd_loss, sparse_kd_loss
 
 B, T, V = 2, 5, 13
 BETAS = [0.0, 0.5, 1.0]

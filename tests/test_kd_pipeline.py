@@ -14,8 +14,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from sft.kd import IDS, LOGPROBS, TOKENS
-from sft.kd_data import StringMapper, topk_columns, with_topk
+from sft.objectives.kd import IDS, LOGPROBS, TOKENS
+from sft.objectives.kd_data import StringMapper, topk_columns, with_topk
 from synth.curate.stage import run_curate
 from synth.errors import UserError
 from synth.generate import run_generate
@@ -45,7 +45,7 @@ def test_stored_logprobs_survive_curate_and_publish_and_train_a_kd_student(tmp_p
     import datasets
     from transformers import AutoTokenizer
 
-    from sft.train import run_train
+    from sft.training.run import run_train
     from synth.publish.dataset import run_publish_dataset
 
     recipe, run = _recipe(tmp_path), tmp_path / "run"

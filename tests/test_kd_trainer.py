@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from sft.kd import KDTrainer, MisalignedRows
-from sft.kd_loss import dense_kd_loss, sparse_kd_loss
+from sft.objectives.kd import KDTrainer, MisalignedRows
+from sft.objectives.kd_loss import dense_kd_loss, sparse_kd_loss
 from tests.conftest import tiny_llama
 
 ANSWERS = {

@@ -1,4 +1,4 @@
-"""Depth pruning (sft/prune.py): Block Influence, the choice of layers, the cut, and the saved folder."""
+"""Depth pruning (sft/compression/prune.py): Block Influence, the choice of layers, the cut, and the saved folder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft.prune import (
+from sft.compression.prune import (
     MARKER,
     block_distances,
     choose_block_to_drop,
@@ -192,12 +192,12 @@ def test_prune_model_replaces_only_its_own_output(tmp_path: Path, teacher_dir: P
 
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, teacher_dir: Path, monkeypatch) -> None:
-    import sft.prune
+    import sft.compression.prune
 
     def crash(tmp: Path, out: Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(sft.prune, "swap_in_folder", crash)
+    monkeypatch.setattr(sft.compression.prune, "swap_in_folder", crash)
     with pytest.raises(OSError, match="disk full"):
         prune_model(teacher_dir, tmp_path / "student", PROMPTS, n_drop=1, max_length=32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]
@@ -240,7 +240,7 @@ def test_prune_smollm2_to_half_depth(tmp_path: Path, smollm2_dir: Path) -> None:
 def test_calibration_measures_the_messages_text_not_the_template(tokenizer) -> None:
     """76% of a templated SmolLM2 prompt is markup and the default system prompt; only the answer (or,
     without one, the user's words) is measured."""
-    from sft.prune import _token_ids
+    from sft.compression.prune import _token_ids
 
     question = [{"role": "user", "content": "Why is the sky blue?"}]
     answered = [*question, {"role": "assistant", "content": "Because air scatters blue light most."}]
@@ -258,7 +258,7 @@ def test_calibration_measures_the_messages_text_not_the_template(tokenizer) -> N
     assert all(measured) and len(ids) > 3
 
     # and Block Influence averages over exactly those tokens
-    from sft.prune import _residual_states
+    from sft.compression.prune import _residual_states
 
     model = tiny_llama(len(tokenizer))
     ids, measured = _token_ids(tokenizer, answered, 512)
@@ -307,7 +307,7 @@ def test_pruning_cuts_every_per_layer_setting_and_checks_the_reload(
     per-layer settings follow the kept layers, and a cut that missed one is refused, nothing written."""
     from transformers import AutoModelForCausalLM
 
-    import sft.prune
+    import sft.compression.prune
 
     config = _config(family)
     config.vocab_size = len(tokenizer)
@@ -344,7 +344,7 @@ def test_pruning_cuts_every_per_layer_setting_and_checks_the_reload(
             config.layer_types = [config.layer_types[i] for i in kept]
         return ["layer_types"]
 
-    monkeypatch.setattr(sft.prune, "_cut_config", old_cut)
+    monkeypatch.setattr(sft.compression.prune, "_cut_config", old_cut)
     with pytest.raises(UserError, match="computes differently once saved and loaded back"):
         prune_model(folder, tmp_path / "student2", PROMPTS, n_drop=2, max_length=64)
     assert not (tmp_path / "student2").exists()

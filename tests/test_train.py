@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft.train import run_train
+from sft.training.run import run_train
 from synth.curate.stage import run_curate
 from synth.errors import UserError
 from synth.recipe import load_recipe
@@ -97,7 +97,7 @@ def test_resume_continues_the_step_count(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gkd_teacher_reads_the_teacher_view(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sft import gkd
+    from sft.objectives import gkd
 
     seen: list[tuple[list[int], list[int]]] = []
     original = gkd.SelfDistillGKDTrainer.compute_loss
@@ -221,7 +221,7 @@ def eval_recipe(tmp_path: Path, **eval_fields: object) -> Path:
 def test_eval_keeps_every_answer_and_judges_each_one(tmp_path: Path) -> None:
     import datasets
 
-    from sft.evaluate import run_eval
+    from sft.evaluation.run import run_eval
 
     run = curated_run(tmp_path)
     run_train(recipe(tmp_path, max_steps=2), run)
@@ -302,8 +302,8 @@ def test_seeds_train_one_model_each_and_eval_compares_arms_over_seeds(tmp_path: 
     import datasets
     import yaml
 
-    from sft.evaluate import run_eval
-    from sft.train import train_all
+    from sft.evaluation.run import run_eval
+    from sft.training.run import train_all
 
     run = curated_run(tmp_path)
     summaries = train_all(recipe(tmp_path, max_steps=1, seeds=[0, 1]), run)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sft.checkpoints import checkpoint_problem, resume_checkpoint
-from sft.lengths import length_report
-from sft.train import run_train
+from sft.training.checkpoints import checkpoint_problem, resume_checkpoint
+from sft.training.lengths import length_report
+from sft.training.run import run_train
 from synth.errors import UserError
 from synth.recipe import load_recipe
 from tests.conftest import run_cli

@@ -30,8 +30,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sft.lengths import chat_ids
-from sft.teacher_view import teacher_prompt_ids
+from sft.objectives.teacher_view import teacher_prompt_ids
+from sft.training.lengths import chat_ids
 from synth.records import Messages
 from synth.stats import bootstrap_ci, mean
 

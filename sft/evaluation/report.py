@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from sft.fidelity import paired
+from sft.evaluation.fidelity import paired
 from synth.curate.checks.relevance import RelevanceCheck
 from synth.io import atomic_write, atomic_write_parquet, atomic_write_text
 from synth.records import MESSAGE, VERDICT

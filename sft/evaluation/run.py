@@ -9,7 +9,7 @@ Every answer is kept in eval/answers.parquet with its real finish reason, token 
 check's verdict, because a rate is only as good as the answers behind it: `behaviour` (every
 behaviour check passed) and `clean` (every other curate row check passed, decontamination aside),
 their conjunction, relevance (embedding similarity, English answers) and word-level degeneration
-measures are then aggregated with bootstrap intervals in sft/eval_report.py.
+measures are then aggregated with bootstrap intervals in sft/evaluation/report.py.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 
 from rich.console import Console
 
-from sft.checkpoints import weights_problem
-from sft.eval_report import build_report, write_outputs
-from sft.fidelity import TeacherAnswers, measure
-from sft.quality import distinct_n, repeated_ngram_share
+from sft.evaluation.fidelity import TeacherAnswers, measure
+from sft.evaluation.quality import distinct_n, repeated_ngram_share
+from sft.evaluation.report import build_report, write_outputs
+from sft.training.checkpoints import weights_problem
 from synth import embeddings
 from synth.curate.base import Context, RowCheck
 from synth.curate.checks.relevance import RelevanceCheck, RelevanceFilter

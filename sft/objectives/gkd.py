@@ -23,7 +23,7 @@ import torch
 from trl.experimental.gkd import GKDTrainer
 from trl.experimental.utils import DataCollatorForChatML
 
-from sft.teacher_view import teacher_prompt_ids, teacher_view
+from sft.objectives.teacher_view import teacher_prompt_ids, teacher_view
 
 
 class TeacherViewCollator:

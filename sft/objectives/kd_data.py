@@ -1,4 +1,4 @@
-"""The stored teacher log-probabilities of curated rows, as the columns `sft.kd.KDTrainer` reads.
+"""The stored teacher log-probabilities of curated rows, as the columns `sft.objectives.kd.KDTrainer` reads.
 
 Rows carry the teacher's top-k per generated token in their `logprobs` column (written by `synth
 generate` with `generate.logprobs: k`, passed through curate unchanged). Before any training:
@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sft.kd import IDS, LOGPROBS, TOKENS
-from sft.lengths import chat_ids
+from sft.objectives.kd import IDS, LOGPROBS, TOKENS
+from sft.training.lengths import chat_ids
 from synth.errors import UserError
 from synth.io import read_json
 from synth.tokenizers import vocab_hash

@@ -1,6 +1,7 @@
 """The teacher's view for self-distillation: its own prompt (`teacher_prompt`) + the student's completion tokens.
 
-Shared by `sft.gkd` (on-policy GKD) and `sft.kd` (off-policy KD); no TRL import, so either can use it.
+Shared by `sft.objectives.gkd` (on-policy GKD) and `sft.objectives.kd` (off-policy KD); no TRL import, so
+either can use it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sft.lengths import chat_ids
+from sft.training.lengths import chat_ids
 
 
 def teacher_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:

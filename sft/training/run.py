@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sft.checkpoints import resume_from
-from sft.lengths import LengthReport, length_report
-from sft.train_args import config as trl_config
-from sft.train_args import user_args as checked_user_args
+from sft.training.args import config as trl_config
+from sft.training.args import user_args as checked_user_args
+from sft.training.checkpoints import resume_from
+from sft.training.lengths import LengthReport, length_report
 from synth.errors import UserError, first_line
 from synth.io import atomic_write_text, read_json, read_parquet
 from synth.models import loading_model, resolve_model
@@ -185,8 +185,8 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[An
     without usable ones reported and left out. A model teacher: refused when it would teach nothing
     (the student's own initial weights, reading the same prompt, with no hard-label term).
     """
-    from sft.kd import KD_COLUMNS, TOKENS
-    from sft.kd_data import check_tokenizer, with_sampled_tokens, with_topk
+    from sft.objectives.kd import KD_COLUMNS, TOKENS
+    from sft.objectives.kd_data import check_tokenizer, with_sampled_tokens, with_topk
 
     kd = recipe.train.kd
     if recipe.train.objective == "kd" and kd.source == "model":
@@ -266,8 +266,8 @@ def _kd_trainer(
     peft_config: Any,
     student_path: str,
 ) -> Any:
-    """sft.kd.KDTrainer with the stored top-k or a local teacher model (misaligned rows are a clear error)."""
-    from sft.kd import KDTrainer, MisalignedRows
+    """`sft.objectives.kd.KDTrainer` with the stored top-k or a local teacher (misaligned rows: a clear error)."""
+    from sft.objectives.kd import KDTrainer, MisalignedRows
 
     kd = recipe.train.kd
     hard_only = recipe.train.objective == "sft"  # train.targets=stored: cross-entropy on the stored tokens
@@ -389,7 +389,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
                 peft_config=peft_config,
             )
         else:
-            from sft.gkd import SelfDistillGKDTrainer, TeacherViewCollator
+            from sft.objectives.gkd import SelfDistillGKDTrainer, TeacherViewCollator
 
             train = usable.map(
                 lambda r: {"messages": r["prompt"] + r["completion"]},

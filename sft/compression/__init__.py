@@ -1,0 +1,1 @@
+"""Making a student smaller than its teacher before distillation: `prune.py` removes whole layers."""
