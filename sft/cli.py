@@ -78,10 +78,11 @@ def evaluate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     WARNING, and marks the student "regressed", when a trained student's clean or relevance rate
     falls below 0.9× the base student's. Fidelity to the teacher, per model: KL(teacher ‖ model) and
     perplexity on the teacher's greedy answers (teacher-forced, bootstrap intervals, paired
-    differences between students), parameter count and greedy tokens/s. Writes RUN_DIR/eval/:
+    differences between students), parameter count and greedy tokens/s. With `eval.benchmarks`, each
+    model's lm-evaluation-harness scores, paired between models on the same examples. Writes RUN_DIR/eval/:
     answers.parquet (every answer with its verdicts), report.json, report.md and report.png.
     """
-    from sft.evaluation.report import HEADLINE, headline_rows
+    from sft.evaluation.report import BENCHMARK_HEADER, HEADLINE, benchmark_rows, headline_rows
     from sft.evaluation.run import run_eval
 
     rep = run_eval(recipe, run_dir, recipe_dir=recipe_dir, console=Console(stderr=True))
@@ -98,6 +99,10 @@ def evaluate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     if not console.is_terminal:  # a log file or pipe: keep each interval on one line
         console = Console(width=220)
     console.print(t)
+    if rows := benchmark_rows(rep):
+        console.print(summary_table("benchmarks (lm-eval) [95% CI]", BENCHMARK_HEADER, rows, left={"task", "metric"}))
+    if rep.get("benchmarks_note"):
+        console.print(rep["benchmarks_note"], highlight=False)
     for w in rep["warnings"]:
         console.print(f"[bold red]{w}[/]", highlight=False)
     console.print(f"answers, report and picture: {run_dir / 'eval'}/", highlight=False)

@@ -253,6 +253,29 @@ class PruneSpec(Strict):
         return self
 
 
+class BenchmarksSpec(Strict):
+    """Standard benchmarks beside the behaviour eval: lm-evaluation-harness tasks run on every model
+    `sft eval` loads with transformers (its `hf` model type), so that a compressed student can be stated
+    as "N% smaller at M% loss" the way papers do. Each task's first metric is reported per model with an
+    interval over examples (and seeds), and paired between models on the same examples."""
+
+    tasks: list[str] = Field(
+        min_length=1,
+        description="lm-eval task names (arc_easy, hellaswag, piqa, winogrande: their data comes from the Hub) "
+        "or paths to a task YAML in lm-eval's format (relative to the recipe; its data_files relative to it)",
+    )
+    limit: int | None = Field(None, ge=1, description="examples per task (default: all)")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples (default: each task's own)")
+    batch_size: int = Field(8, ge=1)
+    chat_template: bool = Field(False, description="wrap each example in the model's chat template")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tasks_only(cls, data: Any) -> Any:
+        """`eval.benchmarks: [arc_easy, piqa]` is short for `eval.benchmarks: {tasks: [arc_easy, piqa]}`."""
+        return {"tasks": data} if isinstance(data, list) else data
+
+
 class EvalSpec(Strict):
     """How `sft eval` compares base student, trained student(s) and teacher."""
 
@@ -267,3 +290,4 @@ class EvalSpec(Strict):
     temperature: float = Field(0.0, ge=0, description="sample 0's temperature (0 = greedy); samples use generate's")
     batch_size: int = Field(32, ge=1)
     objectives: list[str] = Field(default_factory=list, description="train folders to compare (default: all found)")
+    benchmarks: BenchmarksSpec | None = Field(None, description="lm-evaluation-harness tasks on every model")

@@ -68,6 +68,9 @@ def test_kl_and_nll_match_the_plain_computation_per_prompt(tokenizer: Any) -> No
         assert got["nll_per_prompt"][i] == pytest.approx(nll, rel=1e-4)
         if data.stopped[i]:  # the finished answer is scored with its end-of-turn token, also alone
             assert got["stop_nll"] == pytest.approx(last, rel=1e-4)
+            assert got["stop_nll_per_prompt"][i] == pytest.approx(last, rel=1e-4)
+        else:
+            assert got["stop_nll_per_prompt"][i] is None
     assert got["kl_per_prompt"][2] is None and got["nll_per_prompt"][2] is None  # an empty answer has no tokens
     assert got["kl"] == pytest.approx(sum(got["kl_per_prompt"][:2]) / 2) and got["kl"] > 0
     assert got["perplexity"] == pytest.approx(__import__("math").exp(got["nll"]))
@@ -129,3 +132,28 @@ def test_a_student_that_does_not_stop_is_further_from_the_teacher(tokenizer: Any
     assert stops["kl"] == pytest.approx(0.0, abs=1e-6)
     assert runs_on["kl"] > 1.0 and runs_on["stop_nll"] > stops["stop_nll"] + 5
     assert measure(base, tokenizer, as_text, ref, is_teacher=False)["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_stop_nll_of_several_seeds_has_an_interval_over_seeds_and_prompts() -> None:
+    """An arm with several seeds: stop NLL is the mean over seeds of each seed's mean over the prompts
+    the teacher finished, with an interval (one seed's own interval would hide the others)."""
+    from sft.evaluation.report import combine_seeds
+
+    def entry(stop: list[float | None]) -> dict[str, Any]:
+        return {
+            "kl": 1.0,
+            "nll": 2.0,
+            "kl_per_prompt": [1.0] * 4,
+            "nll_per_prompt": [2.0] * 4,
+            "stop_nll": None,
+            "stop_nll_ci": None,
+            "stop_nll_per_prompt": stop,
+            "params": 10,
+        }
+
+    arm = combine_seeds([(0, entry([1.0, None, 3.0, 2.0])), (1, entry([4.0, None, 6.0, 5.0]))])
+    assert arm["stop_nll"] == pytest.approx((2.0 + 5.0) / 2)
+    lo, hi = arm["stop_nll_ci"]
+    assert lo < 3.5 < hi and hi - lo > 1  # the seeds' 3-point gap is in the interval
+    assert arm["stop_nll_per_prompt"] == [2.5, None, 4.5, 3.5]
+    assert [s["stop_nll_per_prompt"] for s in arm["seeds"]] == [[1.0, None, 3.0, 2.0], [4.0, None, 6.0, 5.0]]

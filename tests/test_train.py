@@ -318,8 +318,13 @@ def test_seeds_train_one_model_each_and_eval_compares_arms_over_seeds(tmp_path: 
         {"type": "length", "min_chars": 2},
         {"type": "language", "name": "french", "languages": ["fr"]},
     ]
+    # a standard-benchmark task in lm-eval's format, named relative to the recipe, its data next to it
+    (tmp_path / "tasks").mkdir()
+    for f in ("facts.yaml", "facts.jsonl"):
+        (tmp_path / "tasks" / f).write_bytes((ROOT / "tests/data/benchmarks" / f).read_bytes())
+    body["eval"]["benchmarks"] = {"tasks": ["tasks/facts.yaml"], "limit": 12}
     (tmp_path / "ev2.yaml").write_text(json.dumps(body))
-    rep = run_eval(load_recipe(tmp_path / "ev2.yaml"), run)
+    rep = run_eval(load_recipe(tmp_path / "ev2.yaml"), run, recipe_dir=tmp_path)
 
     assert list(rep["models"]) == ["teacher", "base_student", "gkd", "sft"]
     assert rep["models"]["sft"]["seeds"] == 2 and rep["models"]["sft"]["answers"] == 2 * 3
@@ -341,3 +346,18 @@ def test_seeds_train_one_model_each_and_eval_compares_arms_over_seeds(tmp_path: 
     assert "seeds: 1 vs 2" in gkd_sft["differences"]
     assert by_pair[("sft", "base_student", "behaviour")]["differences"] is None
     assert "## Comparisons" in (run / "eval/report.md").read_text()
+
+    # benchmarks: every model, each seed, paired on the same 12 examples
+    bench = {arm: tasks["distillery_facts"] for arm, tasks in rep["benchmarks"].items()}
+    assert list(bench) == ["teacher", "base_student", "gkd", "sft"]
+    assert all(b["metric"] == "acc" and b["examples"] == 12 for b in bench.values())
+    assert [s["seed"] for s in bench["sft"]["seeds"]] == [0, 1]
+    assert bench["sft"]["value"] == pytest.approx(sum(s["value"] for s in bench["sft"]["seeds"]) / 2)
+    # the teacher and the base student are the same weights (the system prompt is the eval's, not lm-eval's)
+    assert bench["teacher"]["value"] == bench["base_student"]["value"]
+    same = by_pair[("base_student", "teacher", "distillery_facts/acc")]
+    assert same["diff"] == 0 and same["ci"] == [0.0, 0.0] and same["prompts"] == 12
+    gkd_sft_bench = by_pair[("gkd", "sft", "distillery_facts/acc")]
+    assert gkd_sft_bench["seeds"] == [1, 2] and gkd_sft_bench["differences"] == gkd_sft["differences"]
+    assert gkd_sft_bench["diff"] == pytest.approx(bench["gkd"]["value"] - bench["sft"]["value"])
+    assert "## Benchmarks (lm-evaluation-harness)" in (run / "eval/report.md").read_text()

@@ -98,7 +98,7 @@ def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | Non
 
     kl_pp: list[float | None] = []
     nll_pp: list[float | None] = []
-    stop_nll: list[float] = []
+    stop_pp: list[float | None] = []  # per prompt: None where the teacher did not finish its answer
     hits = total = 0
     with torch.inference_mode():
         for t_view, s_view, answer, stopped in zip(
@@ -108,14 +108,14 @@ def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | Non
             if not answer_ids:
                 kl_pp.append(None)
                 nll_pp.append(None)
+                stop_pp.append(None)
                 continue
             view = t_view if is_teacher else s_view
             lp = _answer_log_probs(model, tokenizer, view, answer_ids)
             target = torch.tensor(answer_ids, device=lp.device)
             token_nll = -lp.gather(1, target[:, None])[:, 0]
             nll_pp.append(float(token_nll.mean()))
-            if stopped:
-                stop_nll.append(float(token_nll[-1]))
+            stop_pp.append(float(token_nll[-1]) if stopped else None)
             if teacher is not None and not is_teacher:
                 t_lp = _answer_log_probs(teacher[0], teacher[1], t_view, answer_ids).to(lp.device)
                 kl_pp.append(float((t_lp.exp() * (t_lp - lp)).sum(-1).mean()))
@@ -124,8 +124,9 @@ def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | Non
             hits += int((lp.argmax(-1) == target).sum())
             total += len(answer_ids)
     return summarise(kl_pp, nll_pp) | {
-        "stop_nll": mean(stop_nll),
-        "stop_nll_ci": bootstrap_ci(stop_nll),
+        "stop_nll": mean(stops := [x for x in stop_pp if x is not None]),
+        "stop_nll_ci": bootstrap_ci(stops),
+        "stop_nll_per_prompt": stop_pp,
         "params": sum(p.numel() for p in model.parameters()),
         "agreement_top1": hits / total if total else None,
     }

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from sft.evaluation.benchmarks import Scores, seed_tables, summarise
 from sft.evaluation.fidelity import paired
 from synth.curate.checks.relevance import RelevanceCheck
 from synth.io import atomic_write, atomic_write_parquet, atomic_write_text
@@ -166,8 +167,11 @@ def build_report(
     fidelity: dict[str, list[tuple[int | None, dict[str, Any]]]],
     seconds: dict[str, float],
     differences: dict[str, list[str] | None] | None = None,
+    benchmarks: Scores | None = None,
+    benchmarks_note: str | None = None,
 ) -> dict[str, Any]:
-    """report.json's content from the judged answer rows; `fidelity` holds each arm's measures per seed."""
+    """report.json's content from the judged answer rows; `fidelity` holds each arm's measures per seed,
+    `benchmarks` each arm's lm-eval scores per seed (`eval.benchmarks`)."""
     threshold = DEFAULT_RELEVANCE if relevance_threshold is None else relevance_threshold
     order = list(dict.fromkeys(r["prompt_id"] for r in rows))
     models = {
@@ -199,7 +203,10 @@ def build_report(
         "warnings": warnings,
         "fidelity": {n: _without(arms[n], "agreement_top1") | {"stops": models[n]["stops"]} for n in arms},
         "fidelity_paired": fidelity_pairs(arms, trained),
-        "comparisons": comparisons(rows, arms, trained, order, differences or {}),
+        "comparisons": comparisons(rows, arms, trained, order, differences or {})
+        + benchmark_comparisons(benchmarks or {}, trained, differences or {}),
+        "benchmarks": summarise(benchmarks or {}),
+        "benchmarks_note": benchmarks_note,
     }
 
 
@@ -218,7 +225,8 @@ def combine_seeds(entries: list[tuple[int | None, dict[str, Any]]]) -> dict[str,
         values = [e[key] for _, e in entries if e.get(key) is not None]
         return mean(values)
 
-    stop = [e["stop_nll"] for _, e in entries if e.get("stop_nll") is not None]
+    stop_table = [e.get("stop_nll_per_prompt") or [None] * len(e["nll_per_prompt"]) for _, e in entries]
+    stop_ci = hierarchical_ci([stop_table])
     kl_ci = hierarchical_ci([kl_table]) if has_kl else None
     nll_ci = hierarchical_ci([nll_table])
     return {
@@ -229,20 +237,23 @@ def combine_seeds(entries: list[tuple[int | None, dict[str, Any]]]) -> dict[str,
         "perplexity": None if nll is None else math.exp(nll),
         "kl_per_prompt": per_prompt(kl_table) if has_kl else [None] * len(kl_table[0]),
         "nll_per_prompt": per_prompt(nll_table),
-        "stop_nll": mean(stop),
-        "stop_nll_ci": entries[0][1].get("stop_nll_ci") if len(entries) == 1 else None,
+        "stop_nll": seed_mean(stop_table),
+        "stop_nll_ci": list(stop_ci) if stop_ci else None,
+        "stop_nll_per_prompt": per_prompt(stop_table),
         "params": entries[0][1]["params"],
         "tokens_per_s": over_seeds("tokens_per_s"),
         "agreement_top1": over_seeds("agreement_top1"),
         "seeds": [
-            {k: e.get(k) for k in ("kl", "nll", "stop_nll", "kl_per_prompt", "nll_per_prompt")} | {"seed": seed}
+            {k: e.get(k) for k in ("kl", "nll", "stop_nll", "kl_per_prompt", "nll_per_prompt", "stop_nll_per_prompt")}
+            | {"seed": seed}
             for seed, e in entries
         ],
     }
 
 
-COMPARED = ("kl", "nll", "behaviour")
-"""The metrics every comparison reports: KL to the teacher and NLL of its answers (lower is closer),
+COMPARED = ("kl", "nll", "stop_nll", "behaviour")
+"""The metrics every comparison reports: KL to the teacher, NLL of its answers and of its end-of-turn
+token after the answers it finished (lower is closer: a student that does not stop shows in stop_nll),
 and the behaviour rate."""
 
 
@@ -268,29 +279,60 @@ def comparisons(
                 if a not in arms or b not in arms or arms[a][metric] is None or arms[b][metric] is None:
                     continue
                 ta, tb = ([s[f"{metric}_per_prompt"] for s in arms[x]["seeds"]] for x in (a, b))
-            if not ta or not tb:
-                continue
-            va, vb = seed_mean(ta), seed_mean(tb)
-            if va is None or vb is None:
-                continue
-            ci = hierarchical_ci([ta, tb], (1.0, -1.0))
-            both = sum(
-                any(row[p] is not None for row in ta) and any(row[p] is not None for row in tb)
-                for p in range(len(ta[0]))
-            )
-            out.append(
-                {
-                    "a": a,
-                    "b": b,
-                    "metric": metric,
-                    "diff": va - vb,
-                    "ci": list(ci) if ci else None,
-                    "seeds": [len(ta), len(tb)],
-                    "prompts": both,
-                    # None: not known (the base student was not trained, or a recipe is unreadable)
-                    "differences": None if b == "base_student" else differences.get(f"{a} - {b}"),
-                }
-            )
+            if row := paired_row(a, b, metric, ta, tb, differences):
+                out.append(row)
+    return out
+
+
+def paired_row(
+    a: str,
+    b: str,
+    metric: str,
+    ta: list[list[float | None]],
+    tb: list[list[float | None]],
+    differences: dict[str, list[str] | None],
+) -> dict[str, Any] | None:
+    """One `comparisons` entry: a − b of the means over seeds, its interval resampling each side's seeds
+    and the shared prompts (or examples) together; None when either side has no value."""
+    if not ta or not tb:
+        return None
+    va, vb = seed_mean(ta), seed_mean(tb)
+    if va is None or vb is None:
+        return None
+    ci = hierarchical_ci([ta, tb], (1.0, -1.0))
+    both = sum(
+        any(row[p] is not None for row in ta) and any(row[p] is not None for row in tb) for p in range(len(ta[0]))
+    )
+    untrained = {"base_student", "teacher"}
+    return {
+        "a": a,
+        "b": b,
+        "metric": metric,
+        "diff": va - vb,
+        "ci": list(ci) if ci else None,
+        "seeds": [len(ta), len(tb)],
+        "prompts": both,
+        # None: not known (the base student or teacher was not trained, or a recipe is unreadable)
+        "differences": None if a in untrained or b in untrained else differences.get(f"{a} - {b}"),
+    }
+
+
+def benchmark_comparisons(
+    scores: Scores, trained: list[str], differences: dict[str, list[str] | None]
+) -> list[dict[str, Any]]:
+    """Paired differences on each benchmark task (metric `<task>/<metric>`, above zero: a is better):
+    every two trained arms, each trained arm against the base student and against the teacher (how much
+    of the teacher's score a student keeps), and the base student against the teacher."""
+    pairs = [(a, b) for i, a in enumerate(trained) for b in trained[i + 1 :]]
+    pairs += [(a, "base_student") for a in trained] + [(a, "teacher") for a in [*trained, "base_student"]]
+    out = []
+    tasks = dict.fromkeys(t for entries in scores.values() for _, ts in entries for t in ts)
+    for task in tasks:
+        tables = seed_tables(scores, task)
+        metric = next(ts[task].metric for entries in scores.values() for _, ts in entries if task in ts)
+        for a, b in [(a, b) for a, b in pairs if a in tables and b in tables]:
+            if row := paired_row(a, b, f"{task}/{metric}", tables[a], tables[b], differences):
+                out.append(row)
     return out
 
 
@@ -380,6 +422,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
             f"{'-' if agree is None else f'{agree:.3f}'} | {m['seconds']} |"
         )
     lines += fidelity_markdown(rep)
+    lines += benchmarks_markdown(rep)
     lines += comparisons_markdown(rep)
     names = list(next(iter(rep["models"].values()))["checks"]) if rep["models"] else []
     if names:
@@ -436,6 +479,41 @@ def fidelity_markdown(rep: dict[str, Any]) -> list[str]:
     return lines
 
 
+BENCHMARK_HEADER = ["model", "task", "metric", "value", "× teacher", "examples", "seeds"]
+
+
+def benchmark_rows(rep: dict[str, Any]) -> list[list[str]]:
+    """One row per model and lm-eval task: the score with its interval, and its share of the teacher's."""
+    bench = rep.get("benchmarks") or {}
+    teacher = bench.get("teacher", {})
+    out = []
+    for name, tasks in bench.items():
+        for task, b in tasks.items():
+            ref = (teacher.get(task) or {}).get("value")
+            share = "-" if not ref or b["value"] is None else f"{b['value'] / ref:.2f}"
+            value = "n/a" if b["value"] is None else with_interval(b["value"], b["ci"])
+            out.append([name, task, b["metric"], value, share, str(b["examples"]), str(len(b["seeds"]))])
+    return out
+
+
+def benchmarks_markdown(rep: dict[str, Any]) -> list[str]:
+    """The benchmark table (`eval.benchmarks`), or why some model has none."""
+    rows, note = benchmark_rows(rep), rep.get("benchmarks_note")
+    if not rows and not note:
+        return []
+    lines = ["", "## Benchmarks (lm-evaluation-harness)", ""] + ([note, ""] if note else [])
+    if rows:
+        lines += [
+            "Each task's first metric, mean over examples (and over training seeds) [bootstrap 95% interval "
+            "over seeds, then examples]; × teacher: the model's score as a share of the teacher's.",
+            "",
+            "| " + " | ".join(BENCHMARK_HEADER) + " |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
 def comparisons_markdown(rep: dict[str, Any]) -> list[str]:
     """Each paired comparison with its interval over seeds and prompts, and what else differed."""
     rows = rep.get("comparisons") or []
@@ -443,7 +521,7 @@ def comparisons_markdown(rep: dict[str, Any]) -> list[str]:
         return []
     lines = [
         "",
-        "## Comparisons (a − b; KL and NLL below zero, behaviour above zero: a is better)",
+        "## Comparisons (a − b; KL, NLL and stop NLL below zero, behaviour and benchmarks above zero: a is better)",
         "",
         "Intervals resample each arm's training seeds and the shared prompts. A difference is about the "
         "method only where nothing else differed.",
@@ -452,7 +530,7 @@ def comparisons_markdown(rep: dict[str, Any]) -> list[str]:
         "|---|---|---:|---:|---:|---|",
     ]
     for c in rows:
-        if c["b"] == "base_student":
+        if {c["a"], c["b"]} & {"base_student", "teacher"}:
             other = "n/a (untrained)"
         elif c["differences"] is None:
             other = "unknown (a resolved recipe or log is missing)"

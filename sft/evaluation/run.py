@@ -23,6 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
+from sft.evaluation.benchmarks import Scores, check_tasks, run_benchmarks
 from sft.evaluation.fidelity import TeacherAnswers, measure
 from sft.evaluation.quality import distinct_n, repeated_ngram_share
 from sft.evaluation.report import build_report, write_outputs
@@ -332,6 +333,9 @@ def run_eval(
     items = [it for it in items if it.error is None]
     behaviour, checks = _checks(recipe, recipe_dir)
     models = _models(recipe, run_dir)
+    tasks = check_tasks(ev.benchmarks, recipe_dir) if ev.benchmarks else None
+    scores: Scores = {}
+    unbenchmarked: list[str] = []
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
     fidelity: dict[str, list[tuple[int | None, dict[str, Any]]]] = {}  # per arm, per seed
@@ -366,6 +370,12 @@ def run_eval(
                     teacher = None if teacher_engine is None else (teacher_engine.model, teacher_engine.tokenizer)
                     measured = measure(engine.model, engine.tokenizer, answers, teacher, m.name == "teacher")
                     fidelity.setdefault(m.arm, []).append((m.seed, measured | {"tokens_per_s": tokens_per_s}))
+                if tasks and ev.benchmarks and isinstance(engine, TransformersEngine):
+                    console.print(f"benchmarks: {m.name} on {', '.join(ev.benchmarks.tasks)}")
+                    found = run_benchmarks(engine.model, engine.tokenizer, tasks, ev.benchmarks)
+                    scores.setdefault(m.arm, []).append((m.seed, found))
+                elif tasks:
+                    unbenchmarked.append(m.name)
             finally:
                 if engine is not teacher_engine:
                     engine.close()
@@ -390,6 +400,13 @@ def run_eval(
         judges=[c.name for c in checks if c.spec.judge],
         fidelity=fidelity,
         seconds=seconds,
+        benchmarks=scores,
+        benchmarks_note=(
+            f"Not run on {', '.join(unbenchmarked)}: lm-eval's hf model type needs a model loaded with "
+            "transformers, and this one is served (run lm-eval's local-completions model against its server)."
+            if unbenchmarked
+            else None
+        ),
         differences=arm_differences(
             run_dir, [m.arm for m in models if m.arm not in ("teacher", "base_student")], recipe.train.seeds
         ),
