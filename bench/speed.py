@@ -12,7 +12,8 @@ left out). Model A is called faster than B only when A's slowest repeat beats B'
         [--batches 1 8] [--prompts 8] [--threads 2] [--out speed.json]
 
 `sft eval`'s tokens/s comes from one timed pass inside the eval and is labelled indicative; use this
-for a claim about speed.
+for a claim about speed. With `--out RUNS/<name>/speed.json` the next `sft eval` of that run reports
+these measurements per model (`speed.<model>` in report.json, with "faster" only where spreads separate).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from sft.evaluation.speed import verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,11 +76,6 @@ def measure_one(folder: str, prompts: int, new_tokens: int, batches: list[int], 
     return out
 
 
-def faster(a: dict, b: dict) -> bool:
-    """A is faster than B only when the spreads separate: A's slowest repeat beats B's fastest."""
-    return a["tokens_per_s_spread"][0] > b["tokens_per_s_spread"][1]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", help="model folders (a transformers model each)")
@@ -124,8 +122,7 @@ def main() -> None:
         for r in results[1:]:
             for b in args.batches:
                 x, y = r[f"batch_{b}"], base[f"batch_{b}"]
-                verdict = "faster" if faster(x, y) else "slower" if faster(y, x) else "not separable (spreads overlap)"
-                print(f"batch {b}: {r['model']} vs {base['model']}: {verdict}")
+                print(f"batch {b}: {r['model']} vs {base['model']}: {verdict(x, y)}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

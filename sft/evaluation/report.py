@@ -169,6 +169,7 @@ def build_report(
     differences: dict[str, list[str] | None] | None = None,
     benchmarks: Scores | None = None,
     benchmarks_note: str | None = None,
+    speed: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """report.json's content from the judged answer rows; `fidelity` holds each arm's measures per seed,
     `benchmarks` each arm's lm-eval scores per seed (`eval.benchmarks`)."""
@@ -207,6 +208,7 @@ def build_report(
         + benchmark_comparisons(benchmarks or {}, trained, differences or {}),
         "benchmarks": summarise(benchmarks or {}),
         "benchmarks_note": benchmarks_note,
+        "speed": speed or {},
     }
 
 
@@ -422,6 +424,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
             f"{'-' if agree is None else f'{agree:.3f}'} | {m['seconds']} |"
         )
     lines += fidelity_markdown(rep)
+    lines += speed_markdown(rep)
     lines += benchmarks_markdown(rep)
     lines += comparisons_markdown(rep)
     names = list(next(iter(rep["models"].values()))["checks"]) if rep["models"] else []
@@ -476,6 +479,34 @@ def fidelity_markdown(rep: dict[str, Any]) -> list[str]:
             kl = "n/a" if d["kl"] is None else with_interval(d["kl"]["mean"], d["kl"]["ci"])
             nll = "n/a" if d["nll"] is None else with_interval(d["nll"]["mean"], d["nll"]["ci"])
             lines.append(f"| {pair} | {kl} | {nll} | {(d['nll'] or {}).get('prompts', 0)} |")
+    return lines
+
+
+def speed_markdown(rep: dict[str, Any]) -> list[str]:
+    """bench/speed.py's measurement per model, when the run folder has one (the eval's is indicative)."""
+    speed = rep.get("speed") or {}
+    if not speed:
+        return []
+    first = next(iter(speed.values()))
+    lines = [
+        "",
+        "## Generation speed (bench/speed.py)",
+        "",
+        f"Each model in a fresh process, greedy, {first['new_tokens']} new tokens (end-of-sequence ignored), "
+        f"one warm-up then {first['repeats']} repeats: median tokens/s and the min-max spread. Faster only "
+        "when the spreads separate.",
+        "",
+        "| model | params | GFLOP/token | batch | tokens/s | spread | vs teacher |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, s in speed.items():
+        for key, b in s["by_batch"].items():
+            lo, hi = b["tokens_per_s_spread"]
+            vs = (s.get("vs_teacher") or {}).get(key, "-")
+            lines.append(
+                f"| {name} | {b['params'] / 1e6:.1f}M | {b['flops_per_token'] / 1e9:.2f} | {b['batch']} | "
+                f"{b['tokens_per_s_median']:.1f} | {lo:.1f}-{hi:.1f} | {vs} |"
+            )
     return lines
 
 

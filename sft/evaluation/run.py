@@ -27,6 +27,7 @@ from sft.evaluation.benchmarks import Scores, check_tasks, run_benchmarks
 from sft.evaluation.fidelity import TeacherAnswers, measure
 from sft.evaluation.quality import distinct_n, repeated_ngram_share
 from sft.evaluation.report import build_report, write_outputs
+from sft.evaluation.speed import read_speed
 from sft.training.checkpoints import weights_problem
 from synth import embeddings
 from synth.curate.base import Context, RowCheck
@@ -52,6 +53,7 @@ class EvalModel:
     engine: Callable[[], Engine]
     teacher_view: bool
     seed: int | None = None
+    folder: Path | None = None  # the model folder, where there is one (bench/speed.py measures folders)
 
     @property
     def name(self) -> str:
@@ -159,17 +161,29 @@ def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
             field="model.path",
         )
 
+    t = recipe.teacher
+    local_teacher = t.engine == "transformers" and not t.revision
+    teacher_folder = _folder(m.path if t.path == "self" else t.path) if local_teacher else None
     models = [
         EvalModel(
-            "teacher", lambda: build_engine_for(recipe.teacher, recipe, ev.batch_size, recipe.generate.seed), True
+            "teacher",
+            lambda: build_engine_for(recipe.teacher, recipe, ev.batch_size, recipe.generate.seed),
+            True,
+            folder=teacher_folder,
         ),
-        EvalModel("base_student", base, False),
+        EvalModel("base_student", base, False, folder=None if m.revision else _folder(m.path)),
     ]
     for obj in objectives:
         for seed, final in finals[obj]:
             engine = lambda f=final: _student_engine(f, resolve_model(m.path)[0], ev.batch_size)  # noqa: E731
-            models.append(EvalModel(obj, engine, False, seed))
+            models.append(EvalModel(obj, engine, False, seed, final))
     return models
+
+
+def _folder(path: str) -> Path | None:
+    """The local folder a model path names (the embedded model's converted folder), None for a hub id."""
+    load_path = Path(resolve_model(path)[0])
+    return load_path if load_path.is_dir() else None
 
 
 def _arm_settings(run_dir: Path, arm: str, seeds: list[int] | None = None) -> dict[str, Any] | None:
@@ -323,6 +337,15 @@ def _relevance(rows: list[dict[str, Any]]) -> None:
         r["teacher_similarity"] = s
 
 
+def _speed_folders(models: list[EvalModel]) -> dict[str, list[Path]]:
+    """Per arm, its model folders in seed order: where bench/speed.py's measurements are looked up."""
+    out: dict[str, list[Path]] = {}
+    for m in models:
+        if m.folder is not None:
+            out.setdefault(m.arm, []).append(m.folder)
+    return out
+
+
 def run_eval(
     recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None, console: Console | None = None
 ) -> dict[str, Any]:
@@ -407,6 +430,7 @@ def run_eval(
             if unbenchmarked
             else None
         ),
+        speed=read_speed(run_dir, _speed_folders(models)),
         differences=arm_differences(
             run_dir, [m.arm for m in models if m.arm not in ("teacher", "base_student")], recipe.train.seeds
         ),
