@@ -90,14 +90,25 @@ def teacher_path(recipe: Recipe) -> str:
     return recipe.model.path if recipe.teacher.path == "self" else recipe.teacher.path
 
 
+def shown_override(text: str) -> str:
+    """An override as messages may show it: the value masked where the key names a credential
+    (`review.api_key=***`) or where a variable's name belongs but something else was given."""
+    from synth.redact import MASK, is_secret_key, is_variable_name
+
+    key, sep, value = text.partition("=")
+    last = key.strip().split(".")[-1]
+    hidden = is_secret_key(last) or (last.lower().endswith("_env") and not is_variable_name(value.strip()))
+    return f"{key}{sep}{MASK}" if sep and hidden and value else text
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into its path and a YAML-typed value (numbers, booleans, null, lists)."""
     if "=" not in text:
-        raise UserError(f"override {text!r} is not of the form key.path=value", "e.g. generate.n=4")
+        raise UserError(f"override {shown_override(text)!r} is not of the form key.path=value", "e.g. generate.n=4")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|\d+", p) for p in parts):
-        raise UserError(f"override {text!r}: {key!r} is not a field path", "e.g. prompts.path=my.jsonl")
+        raise UserError(f"override {shown_override(text)!r}: {key!r} is not a field path", "e.g. prompts.path=my.jsonl")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -118,12 +129,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             last = i == len(parts) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise UserError(f"override {text!r}: {path}: the list has {len(node)} items (0..{len(node) - 1})")
+                    items = f"the list has {len(node)} items (0..{len(node) - 1})"
+                    raise UserError(f"override {shown_override(text)!r}: {path}: {items}")
                 key: Any = int(part)
             elif isinstance(node, dict):
                 key = part
             else:
-                raise UserError(f"override {text!r}: {'.'.join(parts[:i])} is a value, not a section")
+                raise UserError(f"override {shown_override(text)!r}: {'.'.join(parts[:i])} is a value, not a section")
             if last:
                 node[key] = value
             else:
@@ -210,21 +222,34 @@ def format_validation_error(
         )
         path = ".".join(loc) or "(top level)"
         key = next((k for k in spellings if k in lines), None)
-        where = f"override {override}" if override else f"{source}:{lines[key]}" if key else source
+        where = f"override {shown_override(override)}" if override else f"{source}:{lines[key]}" if key else source
         msg = e["msg"]
+        secret_field = bool(loc) and any(w in loc[-1].lower() for w in SECRET_WORDS)
         if e["type"] == "extra_forbidden":
-            if any(w in loc[-1].lower() for w in SECRET_WORDS):
-                msg = (
-                    "unknown field; secrets never go in a recipe: put the key in an environment "
-                    "variable (for the openai engine, the one named by teacher.openai.api_key_env)"
-                )
+            if secret_field:
+                msg = f"unknown field; secrets never go in a recipe: {_secret_home(loc)}"
             else:
                 allowed = _allowed_fields(loc)
                 msg = "unknown field" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
-        elif "input" in e and not isinstance(e["input"], dict | list):
+        elif "input" in e and not isinstance(e["input"], dict | list) and not secret_field:
             msg = f"{msg} (got {e['input']!r})"
         out.append(f"{where}: {path}: {msg}")
     return "recipe is not valid: " + "; ".join(out)  # one line, however many problems
+
+
+def _secret_home(loc: tuple[str, ...]) -> str:
+    """Where the credential of a recipe section comes from instead (named per section: a hint naming
+    the openai engine's variable to someone setting review's key sends them the wrong way)."""
+    section = loc[0] if loc else ""
+    if section == "review":
+        return "put the Argilla API key in the environment variable ARGILLA_API_KEY"
+    if section == "publish":
+        return "put the Hugging Face token in the environment variable HF_TOKEN (or run `hf auth login`)"
+    if section == "teacher":
+        return (
+            "put the key in an environment variable and name it in teacher.openai.api_key_env (default OPENAI_API_KEY)"
+        )
+    return "put it in an environment variable"
 
 
 MAX_NODES = 100_000  # values after alias expansion: a recipe has hundreds, a "billion laughs" bomb billions

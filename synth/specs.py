@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -76,6 +76,20 @@ class OpenAISettings(Strict):
     max_retries: int = Field(5, ge=0, le=100)
     timeout_s: float = Field(120.0, gt=0)
     backoff_s: float = Field(1.0, ge=0, le=600)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_name_not_a_key(cls, value: str) -> str:
+        """A key pasted here would be copied into the resolved recipe and the Hub card (a name is not
+        a secret): refuse anything that does not look like a variable's name, without echoing it."""
+        from synth.redact import is_variable_name
+
+        if not is_variable_name(value):
+            raise ValueError(
+                "not an environment variable name (letters, digits and _, e.g. OPENAI_API_KEY); the key itself "
+                "never goes in a recipe: export it in a variable and name that variable here"
+            )
+        return value
 
 
 class VLLMSettings(Strict):

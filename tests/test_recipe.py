@@ -67,6 +67,47 @@ def test_secret_in_recipe_is_refused(tmp_path: Path) -> None:
     assert "secrets never go in a recipe" in msg and "sk-123" not in msg
 
 
+@pytest.mark.parametrize(
+    ("override", "home"),
+    [
+        ("teacher.openai.api_key=sk-live-77aa", "name it in teacher.openai.api_key_env"),
+        ("review.api_key=argilla.key.77aa", "ARGILLA_API_KEY"),
+        ("publish.token=hf_live77aaBB", "HF_TOKEN"),
+    ],
+)
+def test_a_secret_given_as_an_override_is_never_echoed_and_the_hint_names_its_variable(
+    override: str, home: str
+) -> None:
+    msg = str(pytest.raises(UserError, load_recipe, RECIPE, [override]).value)
+    key, secret = override.split("=")
+    assert secret not in msg and f"override {key}=***" in msg
+    assert "secrets never go in a recipe" in msg and home in msg
+    # the other override errors show the text too: masked there as well
+    msg = str(pytest.raises(UserError, load_recipe, RECIPE, [override.replace(".", ".0.", 1)]).value)
+    assert secret not in msg
+
+
+def test_a_key_where_a_variable_name_belongs_is_refused_without_echo(tmp_path: Path) -> None:
+    for value in ("sk-proj-AbC123xyz", "hf_AbCdEfGh123456", "my key with spaces"):
+        p = write(tmp_path, f"name: x\nteacher:\n  openai:\n    api_key_env: {value}\n")
+        msg = str(pytest.raises(UserError, load_recipe, p).value)
+        assert value not in msg and f"{p}:4: teacher.openai.api_key_env: " in msg, msg
+        assert "not an environment variable name" in msg
+        msg = str(pytest.raises(UserError, load_recipe, RECIPE, [f"teacher.openai.api_key_env={value}"]).value)
+        assert value not in msg and "api_key_env=***" in msg
+    assert (
+        load_recipe(RECIPE, ["teacher.openai.api_key_env=MY_TEACHER_KEY"]).teacher.openai.api_key_env
+        == "MY_TEACHER_KEY"
+    )
+
+
+def test_a_key_in_a_url_query_never_reaches_the_resolved_recipe(tmp_path: Path) -> None:
+    r = load_recipe(RECIPE, ["teacher.openai.base_url=http://127.0.0.1:9/v1?api_key=sk-q-123456&x=1"])
+    dump_resolved(r, tmp_path / "recipe.resolved.yaml")
+    resolved = (tmp_path / "recipe.resolved.yaml").read_text()
+    assert "sk-q-123456" not in resolved and "http://127.0.0.1:9/v1?api_key=***&x=1" in resolved
+
+
 def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
     p = write(tmp_path, "name: x\ngenerate: [1, 2\n")
     msg = str(pytest.raises(UserError, load_recipe, p).value)

@@ -190,6 +190,15 @@ def test_redaction_rules() -> None:
     )
     masked = redact({"api_key_env": "MY_KEY", "max_new_tokens": 5, "args": {"hub_token": "x1", "pad_token": "<p>"}})
     assert masked == {"api_key_env": "MY_KEY", "max_new_tokens": 5, "args": {"hub_token": "***", "pad_token": "<p>"}}
+    # a key pasted where a variable's name belongs is not a name: masked, whatever the key is called
+    assert redact({"api_key_env": "sk-live-9f8e7d", "token_env": "hf_AbCdEf123", "x_env": "MY_KEY"}) == {
+        "api_key_env": "***",
+        "token_env": "***",
+        "x_env": "MY_KEY",
+    }
+    # a key in a URL's query string, named by its parameter; other parameters stay readable
+    url = "http://h:8/v1/chat?model=m&api_key=sk-abc123&max_tokens=5;access_token=t0k3n#x ?key=k9&page=2"
+    assert scrub(url) == "http://h:8/v1/chat?model=m&api_key=***&max_tokens=5;access_token=***#x ?key=***&page=2"
 
 
 # --- 5. the same rows in two shards ---------------------------------------------------------------
