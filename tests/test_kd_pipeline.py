@@ -103,13 +103,19 @@ def test_server_token_strings_map_to_ids_or_the_row_is_reported(smollm2_dir: Pat
     assert len(hello) == 1 and mapper(" hello") == hello[0]
 
     def step(tokens: list[str]) -> dict[str, Any]:
-        return {"token": tokens[0], "token_id": None, "top_tokens": tokens, "top_ids": None, "top_logprobs": [-0.1] * 2}
+        return {
+            "token": tokens[0],
+            "token_id": None,
+            "top_tokens": tokens,
+            "top_ids": None,
+            "top_logprobs": [-0.1, -2.5],
+        }
 
     good = {"logprobs": [step([" hello", " world"]), step([" world", " hello"])]}
     cols, why = topk_columns(good, mapper)
     assert why is None and cols is not None
     assert cols[IDS] == [[mapper(" hello"), mapper(" world")], [mapper(" world"), mapper(" hello")]]
-    assert cols[LOGPROBS][0] == [-0.1, -0.1] and cols[TOKENS] == [mapper(" hello"), mapper(" world")]
+    assert cols[LOGPROBS][0] == [-0.1, -2.5] and cols[TOKENS] == [mapper(" hello"), mapper(" world")]
     bad = {"logprobs": [step([" hello", "no such token at all"])]}
     assert topk_columns(bad, mapper) == (
         None,
@@ -118,3 +124,88 @@ def test_server_token_strings_map_to_ids_or_the_row_is_reported(smollm2_dir: Pat
     ds = datasets.Dataset.from_list([{**good, "id": "a"}, {**bad, "id": "b"}, {"logprobs": None, "id": "c"}])
     out, dropped = with_topk(ds, tok)
     assert out["id"] == ["a"] and [i for i, _ in dropped] == [1, 2]
+
+
+def _corruptions(vocab: int) -> list[tuple[str, Any, bool]]:
+    """Ways a stored step can be wrong, each as (name, function of a good step → a bad one, whether the
+    bad step still fits the shards' arrow schema: the others can only reach `topk_columns` directly)."""
+    nan, inf = float("nan"), float("inf")
+
+    def setting(key: str, value: Any) -> Any:
+        return lambda t: {**t, key: value}
+
+    def top_ids_at(k: int, value: Any) -> Any:
+        return lambda t: {**t, "top_ids": [value if i == k else x for i, x in enumerate(t["top_ids"])]}
+
+    def logprob_at(k: int, value: Any) -> Any:
+        return lambda t: {**t, "top_logprobs": [value if i == k else x for i, x in enumerate(t["top_logprobs"])]}
+
+    out: list[tuple[str, Any, bool]] = []
+    for k in (0, 2):
+        out += [
+            (f"NaN log-prob at {k}", logprob_at(k, nan), True),
+            (f"+inf log-prob at {k}", logprob_at(k, inf), True),
+            (f"-inf log-prob at {k}", logprob_at(k, -inf), True),
+            (f"positive log-prob at {k}", logprob_at(k, 0.5), True),
+            (f"string log-prob at {k}", logprob_at(k, "-0.1"), False),
+            (f"bool log-prob at {k}", logprob_at(k, True), False),
+            (f"negative id at {k}", top_ids_at(k, -1), True),
+            (f"id = vocab at {k}", top_ids_at(k, vocab), True),
+            (f"huge id at {k}", top_ids_at(k, 2**40), True),
+            (f"float id at {k}", top_ids_at(k, 1.5), False),
+            (f"string id at {k}", top_ids_at(k, "7"), False),
+            (f"None id at {k}", top_ids_at(k, None), True),
+        ]
+    out += [
+        ("duplicate id", lambda t: {**t, "top_ids": [t["top_ids"][0], *t["top_ids"][:-1]]}, True),
+        ("fewer log-probs", lambda t: {**t, "top_logprobs": t["top_logprobs"][:-1]}, True),
+        ("more log-probs", lambda t: {**t, "top_logprobs": [*t["top_logprobs"], -5.0]}, True),
+        ("empty top-k", lambda t: {**t, "top_ids": [], "top_logprobs": []}, True),
+        ("no log-probs", setting("top_logprobs", None), True),
+        ("log-probs not a list", setting("top_logprobs", -0.5), False),
+        ("ids not a list", setting("top_ids", 3), False),
+        ("probabilities sum to 2", lambda t: {**t, "top_logprobs": [-0.01] * len(t["top_ids"])}, True),
+        # a probability just above 1 whose sum stays within float16's slack: only its sign shows it
+        ("slightly positive log-prob", lambda t: {**t, "top_logprobs": [0.004, -9.0, -9.0, -9.0]}, True),
+        ("sampled id outside vocab", setting("token_id", vocab + 5), True),
+        ("sampled id negative", setting("token_id", -3), True),
+        ("step not a mapping", lambda t: [t], False),
+        ("step is None", lambda t: None, False),
+    ]
+    return out
+
+
+def test_malformed_stored_log_probs_are_left_out_by_row_never_trained_on(smollm2_dir: Path) -> None:
+    """Generated cases of the stored log-probs contract: each malformed row is reported with the token
+    at fault and left out; the well-formed rows beside them are kept unchanged."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    vocab = len(tok)
+
+    def good_step(seed: int) -> dict[str, Any]:
+        ids = [(seed * 7919 + 13 * i) % vocab for i in range(4)]
+        return {"token": None, "token_id": ids[0], "top_tokens": None, "top_ids": ids,
+                "top_logprobs": [-0.4, -1.6, -2.5, -3.9]}  # fmt: skip
+
+    rows, expected_bad, typed = [], [], []
+    for n, (name, corrupt, fits_schema) in enumerate(_corruptions(vocab)):
+        for position in (0, 2):  # the first step, and one in the middle
+            steps = [good_step(n * 10 + j) for j in range(3)]
+            steps[position] = corrupt(steps[position])
+            rows.append({"id": f"{name} @ {position}", "logprobs": steps})
+            expected_bad.append((len(rows) - 1, position))
+            typed.append(fits_schema)
+    assert len(expected_bad) >= 50
+    for i, position in expected_bad:  # every case, through the per-row check
+        cols, why = topk_columns(rows[i], None, vocab)
+        assert cols is None and why is not None and why.startswith(f"token {position}"), (rows[i]["id"], why)
+    # the cases a shard can hold, through the whole pass with good rows beside them
+    stored = [r for r, ok in zip(rows, typed, strict=True) if ok]
+    good = [{"id": f"good {g}", "logprobs": [good_step(1000 + g * 3 + j) for j in range(3)]} for g in range(5)]
+    assert len(stored) >= 40
+    out, dropped = with_topk(datasets.Dataset.from_list(stored + good), tok)
+    assert out["id"] == [r["id"] for r in good]
+    assert sorted(i for i, _ in dropped) == list(range(len(stored)))
+    assert out[LOGPROBS][0] == [[-0.4, -1.6, -2.5, -3.9]] * 3

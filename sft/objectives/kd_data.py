@@ -7,7 +7,10 @@ generate` with `generate.logprobs: k`, passed through curate unchanged). Before 
   (same vocabulary hash): ids of another vocabulary would teach the wrong tokens, silently;
 - ids come from the rows where the engine knew them; where a server gave only token strings, each
   string is mapped to the one vocabulary entry that decodes to exactly that text. A row with a
-  string that maps to no entry, or to several, is reported by row and left out, never guessed.
+  string that maps to no entry, or to several, is reported by row and left out, never guessed;
+- every step must be a distribution over the student's vocabulary: finite log-probabilities ≤ 0
+  summing to at most 1, distinct ids inside the vocabulary. A row with a step that is not is
+  reported by row and left out: trained on, it would give loss 0 or a renormalised garbage target.
 """
 
 from __future__ import annotations
@@ -65,24 +68,62 @@ class StringMapper:
         return self.ids.get(token)
 
 
-def topk_columns(row: dict[str, Any], mapper: StringMapper | None) -> tuple[dict[str, Any] | None, str | None]:
-    """The KD columns of one row, or (None, why not)."""
+PROBABILITY_SLACK = 1e-2
+"""How far above 1 the stored top-k probabilities may sum (float16 storage rounds each log-prob)."""
+
+
+def _step_problem(j: int, top: Any, logprobs: Any, token_id: Any, vocab_size: int | None) -> str | None:
+    """Why token j's stored top-k cannot be a teacher's distribution, or None when it can.
+
+    Soft labels that are NaN, positive, out of the vocabulary or summing past 1 train to loss 0 or
+    renormalise garbage without a sign; each such row is left out by name instead."""
+    import math
+
+    if not isinstance(top, list | tuple) or not isinstance(logprobs, list | tuple) or not top:
+        return f"token {j}: no top-k ids and log-probabilities"
+    if len(top) != len(logprobs):
+        return f"token {j}: {len(top)} ids but {len(logprobs)} log-probabilities"
+    ids = [*top, token_id] if token_id is not None else list(top)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return f"token {j}: an id that is not an integer"
+    if any(i < 0 or (vocab_size is not None and i >= vocab_size) for i in ids):
+        return f"token {j}: an id outside the vocabulary (0..{(vocab_size or 0) - 1})"
+    if len(set(top)) != len(top):
+        return f"token {j}: the same id twice in the top-k"
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in logprobs):
+        return f"token {j}: a log-probability that is not a finite number"
+    if any(x > 0 for x in logprobs):
+        return f"token {j}: a positive log-probability (probability above 1)"
+    if sum(math.exp(x) for x in logprobs) > 1 + PROBABILITY_SLACK:
+        return f"token {j}: the top-k probabilities sum above 1"
+    return None
+
+
+def topk_columns(
+    row: dict[str, Any], mapper: StringMapper | None, vocab_size: int | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The KD columns of one row, or (None, why not): every step must hold a distribution over the
+    student's vocabulary (see `_step_problem`)."""
     steps = row.get("logprobs")
     if not steps:
         return None, "no stored log-probabilities"
     ids, logprobs, chosen = [], [], []
     for j, t in enumerate(steps):
+        if not isinstance(t, dict):
+            return None, f"token {j}: not a log-probability record"
         top = t.get("top_ids")
         if top is None:
             if mapper is None or t.get("top_tokens") is None:
                 return None, f"token {j} has neither ids nor token strings"
-            top = [mapper(s) for s in t["top_tokens"]]
+            top = [mapper(s) if isinstance(s, str) else None for s in t["top_tokens"]]
             if None in top:
                 bad = t["top_tokens"][top.index(None)]
                 return None, f"token {j}: the string {bad!r} is no single vocabulary entry"
         token_id = t.get("token_id")
-        if token_id is None and mapper is not None and t.get("token") is not None:
+        if token_id is None and mapper is not None and isinstance(t.get("token"), str):
             token_id = mapper(t["token"])
+        if problem := _step_problem(j, top, t.get("top_logprobs"), token_id, vocab_size):
+            return None, problem
         ids.append(list(top))
         logprobs.append([float(x) for x in t["top_logprobs"]])
         chosen.append(token_id)
@@ -99,7 +140,7 @@ def with_topk(ds: Any, tokenizer: Any) -> tuple[Any, list[tuple[int, str]]]:
     mapper = StringMapper(tokenizer) if needs_strings else None
     keep, extra, dropped = [], {IDS: [], LOGPROBS: [], TOKENS: []}, []
     for i, r in enumerate(rows):
-        cols, why = topk_columns(r, mapper)
+        cols, why = topk_columns(r, mapper, len(tokenizer))
         if cols is None:
             dropped.append((i, why or ""))
             continue
