@@ -177,7 +177,9 @@ class KDSpec(Strict):
         "model: train.teacher run alongside, full vocabulary",
     )
     alpha: float = Field(0.0, ge=0, le=1, description="weight of the hard-label cross-entropy")
-    temperature: float = Field(1.0, gt=0, description="T: both distributions softened by T, the loss scaled by T²")
+    temperature: float = Field(
+        1.0, gt=0, le=20, description="T: both distributions softened by T, the loss scaled by T² (1-4 is usual)"
+    )
     beta: float = Field(0.0, ge=0, le=1, description="D: 0 = forward KL, 1 = reverse KL, between: generalized JSD")
     tail: bool = Field(True, description="stored: the mass outside the top-k as one extra bucket")
     hidden_weight: float = Field(

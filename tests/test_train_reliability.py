@@ -435,3 +435,23 @@ def test_push_to_hub_with_a_token_is_sent_to_sft_publish(tmp_path: Path) -> None
     line = one_error_line(proc, "train.args.push_to_hub", "train.args.hub_token", "sft publish")
     assert SECRET not in line
     assert not (run / "train" / "sft" / "training_args.bin").exists()
+
+
+@pytest.mark.slow
+def test_a_diverging_run_saves_no_final_model_and_says_so(tmp_path: Path) -> None:
+    """A learning rate that blows the weights up: training stops at the first loss that is not a finite
+    number, exits with one line naming the step, and leaves no NaN model as final/ for eval or publish."""
+    run = curated_run(tmp_path)
+    with pytest.raises(UserError, match=r"training diverged at step \d+ \((loss|grad_norm) (nan|inf)") as err:
+        run_train(recipe(tmp_path, learning_rate=1e6, max_steps=6, save_steps=1), run)
+    assert "nothing was saved" in str(err.value) and "train.learning_rate" in err.value.hint
+    assert not (run / "train" / "sft" / "final").exists()
+    step = int(str(err.value).split("step ")[1].split(" ")[0])
+    saved = [int(p.name.split("-")[1]) for p in (run / "train" / "sft").glob("checkpoint-*")]
+    # stopped there: no checkpoint of the diverged step, nor of any step after it
+    assert step < 6 and all(s < step for s in saved), (step, saved)
+
+
+def test_kd_temperature_is_bounded(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"train\.kd\.temperature"):
+        recipe(tmp_path, kd={"temperature": 1e6})

@@ -424,6 +424,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
         _say(f"resuming from {last} (step {last.name.split('-')[-1]})")
     started = _start_watch()
     trainer.add_callback(started)
+    diverged = _divergence_watch()
+    trainer.add_callback(diverged)
     start = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(last) if last else None)
@@ -444,6 +446,14 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
         raise UserError(f"training could not start: {first_line(exc)}", f"check {' and '.join(where)}") from None
     seconds = time.perf_counter() - start
     final = out / "final"
+    if diverged.at is not None or not _finite_weights(trainer.model):
+        step, what = diverged.at or (result.global_step, "weights that are not finite numbers")
+        raise UserError(
+            f"training diverged at step {step} ({what}); nothing was saved as {final}",
+            "lower train.learning_rate"
+            + (" or train.kd.temperature" if t.objective == "kd" else "")
+            + f", then run `sft run` again (checkpoints in {out} from that step on hold the diverged weights)",
+        )
     trainer.save_model(str(final))  # every process calls it (sharded states gather); only the main one writes
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     _model_card(trainer, recipe, final)
@@ -494,6 +504,34 @@ def train_all(recipe: Recipe, run_dir: Path, resume: bool = False) -> list[Train
             _say(f"training seed {seed} into train/{folder}")
         summaries.append(run_train(one, run_dir, resume=resume, folder=folder))
     return summaries
+
+
+def _divergence_watch() -> Any:
+    """A trainer callback that stops training at the first logged loss or gradient norm that is not a
+    finite number: TRL keeps stepping on NaN, and the weights it would save as final/ are NaN too."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class DivergenceWatch(TrainerCallback):
+        at: tuple[int, str] | None = None
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            for key in ("loss", "grad_norm"):
+                value = (logs or {}).get(key)
+                if isinstance(value, int | float) and not math.isfinite(value) and self.at is None:
+                    self.at = (state.global_step, f"{key} {value}")
+                    control.should_training_stop = True
+                    control.should_save = False
+
+    return DivergenceWatch()
+
+
+def _finite_weights(model: Any) -> bool:
+    """Whether every trainable weight is a finite number (a last check before final/ is written)."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
 def _start_watch() -> Any:
