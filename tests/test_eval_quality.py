@@ -119,3 +119,19 @@ def test_answers_file_round_trips_through_plain_datasets(tmp_path: Path) -> None
     assert ds[0]["prompt"] == [{"role": "user", "content": PROMPT}] and ds[0]["verdicts"][0]["name"] == "rep"
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "report.md").read_text().startswith("# Evaluation: what the student gained and what it lost")
+
+
+def test_report_json_is_strict_json_when_a_measure_is_not_a_number(tmp_path: Path) -> None:
+    """A diverged model's NaN (or an infinite perplexity) is written as null: bare NaN is not JSON."""
+    import json
+
+    rows = answer_rows("teacher", [(True, True, CLEAN), (False, False, LOOP)])
+    report = report_for(rows, ["teacher"])
+    report["models"]["teacher"]["agreement_top1_with_teacher"] = float("nan")
+    report["ratio_to_teacher"]["teacher"] = float("inf")
+    report["extra"] = {"ci": [float("-inf"), 0.5]}
+    write_eval(tmp_path, rows, report)
+    text = (tmp_path / "report.json").read_text()
+    loaded = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in report.json"))
+    assert loaded["models"]["teacher"]["agreement_top1_with_teacher"] is None
+    assert loaded["ratio_to_teacher"]["teacher"] is None and loaded["extra"] == {"ci": [None, 0.5]}

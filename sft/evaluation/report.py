@@ -611,11 +611,24 @@ def draw(rep: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinity as None: json.dumps would write bare NaN, which is not JSON and
+    which `json.load` elsewhere (jq, a browser, the Hub) refuses."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def write_outputs(out: Path, report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """answers.parquet (the judged rows in ANSWERS_SCHEMA), report.json, report.md and report.png, atomically."""
     answers = pa.Table.from_pylist([{f.name: r.get(f.name) for f in ANSWERS_SCHEMA} for r in rows], ANSWERS_SCHEMA)
     atomic_write_parquet(out / "answers.parquet", answers)
     report["headline"] = {"columns": HEADLINE, "rows": headline_rows(report)}
     report["picture"] = "report.png" if draw(report, out / "report.png") else None
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(finite(report), indent=2, ensure_ascii=False, allow_nan=False)
+    atomic_write_text(out / "report.json", text + "\n")
     atomic_write_text(out / "report.md", to_markdown(report))
