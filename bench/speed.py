@@ -78,7 +78,7 @@ def measure_one(folder: str, prompts: int, new_tokens: int, batches: list[int], 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="*", help="model folders (a transformers model each)")
+    ap.add_argument("models", nargs="*", help="model folders (a transformers model each), or smollm2")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -93,10 +93,10 @@ def main() -> None:
         found = measure_one(args.one, args.prompts, args.new_tokens, args.batches, args.repeats, args.threads)
         print(json.dumps(found))
         return
-    if not args.models:
-        from synth.models import embedded_model_dir
+    from synth.models import resolve_model
 
-        args.models = [str(embedded_model_dir())]
+    # "smollm2" (the embedded model) or a folder; the resolved folder is what `sft eval` matches
+    args.models = [resolve_model(m)[0] for m in args.models or ["smollm2"]]
     results = []
     for folder in args.models:
         cmd = [sys.executable, __file__, "--one", folder, "--repeats", str(args.repeats)]
