@@ -15,6 +15,7 @@ generate` with `generate.logprobs: k`, passed through curate unchanged). Before 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,6 @@ def _step_problem(j: int, top: Any, logprobs: Any, token_id: Any, vocab_size: in
 
     Soft labels that are NaN, positive, out of the vocabulary or summing past 1 train to loss 0 or
     renormalise garbage without a sign; each such row is left out by name instead."""
-    import math
-
     if not isinstance(top, list | tuple) or not isinstance(logprobs, list | tuple) or not top:
         return f"token {j}: no top-k ids and log-probabilities"
     if len(top) != len(logprobs):
