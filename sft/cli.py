@@ -25,7 +25,11 @@ app = typer.Typer(
 )
 
 
-@recipe_command(app)
+@recipe_command(
+    app,
+    interrupted="add --resume to the same command to continue from the last checkpoint (without it, "
+    "training starts again from step 0).",
+)
 def run(
     recipe: Recipe,
     run_dir: Path,
@@ -66,7 +70,7 @@ def run(
         Console().print(key_values(f"sft run: {s.out_dir}", rows))
 
 
-@recipe_command(app, "eval")
+@recipe_command(app, "eval", interrupted="an eval starts over: run the same command again.")
 def evaluate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     """Compare teacher, base student and trained student(s) on the held-out prompts: gains AND losses.
 
@@ -108,7 +112,7 @@ def evaluate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     console.print(f"answers, report and picture: {run_dir / 'eval'}/", highlight=False)
 
 
-@recipe_command(app, "prune")
+@recipe_command(app, "prune", interrupted="pruning starts over: run the same command again.")
 def prune(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     """Make a smaller student by removing the teacher's least important layers (depth pruning).
 

@@ -37,19 +37,28 @@ def run_dir_for(recipe: Recipe, run_dir: Path | None) -> Path:
     return path
 
 
+RESUMES = "run the same command again to continue where it stopped."
+
+
 def load(recipe_path: Path, overrides: list[str] | None) -> Recipe:
     return load_recipe(recipe_path, overrides or [])
 
 
 def recipe_command(
-    app: Any, name: str | None = None, *, recipe_help: str = "The YAML recipe.", runtime: bool = True
+    app: Any,
+    name: str | None = None,
+    *,
+    recipe_help: str = "The YAML recipe.",
+    runtime: bool = True,
+    interrupted: str = RESUMES,
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register `fn(recipe: Recipe, run_dir: Path, [recipe_dir: Path,] **options)` as a command of `app`.
 
     Every command takes the same RECIPE argument, `a.b=x` overrides and `--run-dir`, loads and
     validates the recipe, applies its `runtime:` section (threads, seed) when the command computes
     (`runtime=False` for commands that only move files), and turns errors into one line
-    (`guarded`). The command's own options are `fn`'s keyword parameters, declared as Typer options;
+    (`guarded`; `interrupted` is what its Ctrl-C line tells the user to do). The command's own
+    options are `fn`'s keyword parameters, declared as Typer options;
     its docstring is the command's help.
     """
     import functools
@@ -93,7 +102,7 @@ def recipe_command(
                 extra = {"recipe_dir": recipe.parent} if wants_dir else {}
                 fn(r, run_dir_for(r, run_dir), **extra, **kwargs)
 
-            guarded(body)
+            guarded(body, interrupted)
 
         params = [*shared, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in options), run_dir_option]
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -130,7 +139,7 @@ def _print_error(message: str, hint: str | None) -> None:
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
-def guarded(body: Callable[[], T]) -> T:
+def guarded(body: Callable[[], T], interrupted: str = RESUMES) -> T:
     """Run a command body; user mistakes and Ctrl-C end with one line, never a traceback.
 
     A `UserError` exits 2. So does an OSError the machine caused (disk full, permissions, a
@@ -150,8 +159,7 @@ def guarded(body: Callable[[], T]) -> T:
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print(
-            "\n[bold yellow]interrupted.[/] Everything already written is complete and kept; "
-            "run the same command again to continue where it stopped."
+            f"\n[bold yellow]interrupted.[/] Everything already written is complete and kept; {interrupted}"
         )
         sys.exit(130)
     except Exception as exc:

@@ -57,6 +57,21 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
+def staging_folder(final: Path, tag: str | None = None) -> Path:
+    """An empty hidden folder beside `final` to write its next version into (then `swap_in_folder`).
+
+    Staging and swap-out folders that a killed run left for the same `final` (any process id) are
+    removed first: nobody else reads them, and otherwise every killed run would leave one more.
+    `tag` replaces the process id in the name where several processes write one folder (accelerate)."""
+    import shutil
+
+    for stale in [*final.parent.glob(f".{final.name}.*.tmp"), *final.parent.glob(f".{final.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f".{final.name}.{tag or os.getpid()}.tmp"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def swap_in_folder(tmp: Path, final: Path) -> None:
     """Replace the folder `final` by `tmp` with renames only, so `final` is never half-written."""
     import shutil

@@ -182,6 +182,11 @@ class KDSpec(Strict):
     )
     beta: float = Field(0.0, ge=0, le=1, description="D: 0 = forward KL, 1 = reverse KL, between: generalized JSD")
     tail: bool = Field(True, description="stored: the mass outside the top-k as one extra bucket")
+    corrected: Literal["refuse", "leave_out"] = Field(
+        "refuse",
+        description="stored: rows a reviewer corrected (synth review pull) have soft labels for the teacher's "
+        "original answer, not the correction; refuse: stop and say so; leave_out: train without those rows",
+    )
     hidden_weight: float = Field(
         0.0,
         ge=0,

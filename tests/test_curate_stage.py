@@ -69,7 +69,7 @@ def test_killed_curate_leaves_the_previous_output_whole(tmp_path: Path) -> None:
     )
     assert proc.returncode == -signal.SIGKILL
     assert {p.name: p.read_bytes() for p in (run / "curated").iterdir()} == before
-    assert list(run.glob(".curated.tmp-*"))  # the half-done work sits in a temp folder...
+    assert list(run.glob(".curated.*.tmp"))  # the half-done work sits in a temp folder...
     run_curate(load_recipe(tmp_path / "r.yaml"), run)
     assert not list(run.glob(".curated*"))  # ...which the next run sweeps away
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 from synth.errors import UserError
-from synth.io import swap_in_folder
+from synth.io import staging_folder, swap_in_folder
 
 Prompt = list[dict[str, Any]] | str  # chat messages (templated with the tokenizer) or plain text
 SENTINEL = "\u2063distillery-calibration\u2063"  # marks where a message's text starts in the rendered template
@@ -458,8 +457,7 @@ def prune_model(
         config_fields=config_fields,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_folder(out)  # also removes what a killed `sft prune` left
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -28,7 +28,7 @@ from sft.training.args import user_args as checked_user_args
 from sft.training.checkpoints import resume_from
 from sft.training.lengths import LengthReport, length_report
 from synth.errors import UserError, first_line
-from synth.io import atomic_write_text, read_json, read_parquet
+from synth.io import atomic_write_text, read_json, read_parquet, staging_folder, swap_in_folder
 from synth.models import loading_model, resolve_model
 from synth.recipe import Recipe, dump_resolved
 from synth.records import KEPT_SCHEMA
@@ -48,14 +48,11 @@ class TrainSummary:
     resumed_from: str | None = None  # the checkpoint folder training continued from
     skipped_checkpoints: list[str] = field(default_factory=list)  # newer ones a killed save left incomplete
     lengths: LengthReport | None = None  # rows that train.max_length truncated or dropped
+    rows_trained: int = 0  # rows the trainer kept: kd also leaves out rows without usable or aligned labels
 
     @property
     def seconds_per_step(self) -> float:
         return self.seconds / self.steps_run if self.steps_run else 0.0
-
-    @property
-    def rows_trained(self) -> int:
-        return self.rows - (self.lengths.dropped if self.lengths else 0)
 
 
 def _main_process() -> bool:
@@ -200,6 +197,7 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[An
             )
         return ds.select_columns(["prompt", "completion", "teacher_prompt"]), True
     info = check_tokenizer(run_dir, tokenizer, recipe.model.path)
+    ds = _without_corrected(recipe, ds)
     out, dropped = with_topk(ds, tokenizer)
     for i, why in dropped[:5]:
         _say(f"warning: curated row {i} ({ds[i]['id']}) left out of kd: {why}")
@@ -222,6 +220,28 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[An
     if TOKENS in out.column_names:  # train on the very tokens the stored top-k belong to
         out = with_sampled_tokens(out, tokenizer)
     return out, bool(info.get("includes_stop_token", True))
+
+
+def _without_corrected(recipe: Recipe, ds: Any) -> Any:
+    """The rows whose stored labels belong to their text: a reviewer's correction (`synth review pull`)
+    replaces the completion, but the stored log-probabilities and sampled ids are the teacher's
+    original answer, so training on them would discard the correction without a word."""
+    if "original_completion" not in ds.column_names:
+        return ds
+    corrected = [i for i, r in enumerate(ds.select_columns(["original_completion"])) if r["original_completion"]]
+    if not corrected:
+        return ds
+    more = f" and {len(corrected) - 3} more" if len(corrected) > 3 else ""
+    ids = ", ".join(ds[i]["id"] for i in corrected[:3]) + more
+    if recipe.train.kd.corrected == "refuse":
+        raise UserError(
+            f"{len(corrected)} curated row(s) carry a reviewer's correction ({ids}); stored soft labels and "
+            "sampled ids belong to the teacher's original answer, so training on them would discard the correction",
+            "train on the corrected text with train.kd.source=model (the teacher scores it) or "
+            "train.objective=sft train.targets=text; or set train.kd.corrected=leave_out to train without those rows",
+        )
+    _say(f"warning: {len(corrected)} corrected row(s) left out (train.kd.corrected=leave_out): {ids}")
+    return ds.select(sorted(set(range(len(ds))) - set(corrected)))
 
 
 def _layer_map(student_path: str, model: Any, teacher: Any) -> list[tuple[int, int]]:
@@ -454,19 +474,19 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
             + (" or train.kd.temperature" if t.objective == "kd" else "")
             + f", then run `sft run` again (checkpoints in {out} from that step on hold the diverged weights)",
         )
-    trainer.save_model(str(final))  # every process calls it (sharded states gather); only the main one writes
+    staging = _save_final(trainer, tokenizer, recipe, student_path, final)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    # what the trainer kept: kd also leaves out rows without usable or aligned stored labels
+    trained_set = trainer.train_dataset
+    rows_trained = len(trained_set) if trained_set is not None else len(ds) - (lengths.dropped if lengths else 0)
     _model_card(trainer, recipe, final)
     if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(str(final))
+        swap_in_folder(staging, final)
         # first entry: what this run trained on, and from where, beside TRL's per-step log
         run_info = {
             "step": 0,
             "rows": len(ds),
-            # what the trainer kept: kd also leaves out rows without usable or aligned stored labels
-            "rows_trained": len(trainer.train_dataset)
-            if trainer.train_dataset is not None
-            else len(ds) - (lengths.dropped if lengths else 0),
+            "rows_trained": rows_trained,
             "max_length": lengths.sentence() if lengths else None,
             "resumed_from": str(last) if last else None,
             "skipped_checkpoints": [f"{p.name}: {why}" for p, why in skipped],
@@ -487,7 +507,26 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
         str(last) if last else None,
         [p.name for p, _ in skipped],
         lengths,
+        rows_trained,
     )
+
+
+def _save_final(trainer: Any, tokenizer: Any, recipe: Recipe, student_path: str, final: Path) -> Path:
+    """Write the model (or adapter) and tokenizer into a staging folder beside `final`, for
+    `swap_in_folder`: saved over the old folder, a full model would sit beside a LoRA adapter of an
+    earlier run, and eval and publish would load the old adapter."""
+    from synth.adapters import record_base
+
+    staging = final.parent / f".{final.name}.train.tmp"  # one name for every process of the run
+    if trainer.accelerator.is_main_process:
+        staging_folder(final, "train")
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))  # every process calls it (sharded states gather); only the main one writes
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(str(staging))
+        if (staging / "adapter_config.json").is_file():
+            record_base(staging, recipe.model.path, Path(student_path))
+    return staging
 
 
 def train_all(recipe: Recipe, run_dir: Path, resume: bool = False) -> list[TrainSummary]:

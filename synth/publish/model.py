@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+from synth.adapters import RECORD, base_mismatch
 from synth.errors import UserError
 from synth.io import read_json
 from synth.models import resolve_model
@@ -21,7 +22,7 @@ from synth.publish.dataset import PublishSummary
 from synth.publish.hub import authenticated_api, check_repo_id, hub_errors, import_hub, model_id
 from synth.recipe import Recipe, objective_overrides
 
-LEFT_OUT = {"training_args.bin", "README.md"}
+LEFT_OUT = {"training_args.bin", "README.md", RECORD}  # RECORD names a local path
 
 
 def base_model_id(recipe: Recipe) -> str:
@@ -61,6 +62,11 @@ def run_publish_model(
     api = None if dry_run else authenticated_api()
     start = time.perf_counter()
     adapter = (final / "adapter_config.json").is_file()
+    if adapter and (wrong := base_mismatch(final, Path(resolve_model(recipe.model.path)[0]))):
+        raise UserError(
+            f"model.path={recipe.model.path!r}: {wrong}; its card would name the wrong base model",
+            f"set model.path back to the model {objective} was trained on",
+        )
     base = base_model_id(recipe)
     folder = run_dir / "publish" / "model"
     shutil.rmtree(folder, ignore_errors=True)

@@ -151,13 +151,23 @@ class ExactMatchVerifier(RowCheck):
         return out
 
 
-def load_function(ref: str, where: str) -> Callable[[Row], Any]:
-    """Import `module:function`, looking in the working folder too (users keep checks beside recipes)."""
+def load_function(ref: str, where: str, recipe_dir: Path | None = None) -> Callable[[Row], Any]:
+    """Import `module:function`, looking in the recipe's folder and the working folder too (users keep
+    checks beside recipes, and relative paths in a recipe start at its folder)."""
     module_name, func_name = ref.split(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    folders = [str(f.resolve()) for f in (recipe_dir, Path.cwd()) if f is not None]
+    for folder in reversed(folders):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name.split(".")[0]:
+            raise UserError(f"{where}: cannot import {module_name!r}: ModuleNotFoundError: {exc}") from None
+        raise UserError(
+            f"{where}: no module {module_name!r} in {' or '.join(dict.fromkeys(folders))} or on PYTHONPATH",
+            f"put {module_name.replace('.', '/')}.py beside the recipe, or add its folder to PYTHONPATH",
+        ) from None
     except Exception as exc:  # any import-time error of user code
         raise UserError(f"{where}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     func = getattr(module, func_name, None)
@@ -185,15 +195,26 @@ class PythonVerifier(RowCheck):
     """
 
     def setup(self, ctx: Context) -> None:
-        self.func = load_function(self.spec.function, f"curate check {self.name!r}")
+        self.func = load_function(self.spec.function, f"curate check {self.name!r}", ctx.recipe_dir)
 
     def run(self, rows: list[Row]) -> list[Verdict]:
-        out = []
+        out, raised = [], 0
         for r in rows:
             try:
                 out.append(self._verdict(self.func(r)))
             except Exception as exc:  # user code: record, never crash the run
+                raised += 1
                 out.append(Verdict(False, None, f"{self.spec.function} raised {type(exc).__name__}: {exc}"))
+        if raised == len(rows) >= 2:
+            # a bug in the function, not a verdict on the rows: rejecting them all would look like a
+            # teacher that never passes the check
+            first = rows[0].get("id", "the first row")
+            raise UserError(
+                f"curate check {self.name!r}: {self.spec.function} raised on every one of {len(rows)} rows "
+                f"(row {first}: {out[0].reason.split(' raised ', 1)[1]})",
+                "fix the function (a row is a dict with prompt, completion, meta; see `synth.records`), "
+                "then run `synth curate` again",
+            )
         return out
 
     def _verdict(self, value: Any) -> Verdict:
