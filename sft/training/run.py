@@ -80,7 +80,7 @@ def _kept(run_dir: Path) -> Any:
     if rows == 0:  # `datasets` cannot load an empty parquet file
         raise UserError(
             f"{path} holds no rows: curate rejected everything",
-            "see curated/report.md for why, and loosen the curate checks",
+            "see curated/report.md for why (`synth probe` shows what each check keeps in minutes)",
         )
     return datasets.load_dataset("parquet", data_files=str(path), split="train")
 

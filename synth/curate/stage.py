@@ -14,6 +14,7 @@ crash never leaves a half-written curated set; re-runs give a byte-identical `ke
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -35,10 +36,11 @@ from synth import tables
 from synth.cluster import Worker
 from synth.curate.base import Context, Row, RowCheck, Verdict
 from synth.curate.checks.dedup import GroupCheck
+from synth.curate.checks.verifiers import PythonCheck, raised_on_every_row
 from synth.curate.config import CurateSpec
 from synth.curate.report import CheckStats, write_reports
 from synth.errors import UserError
-from synth.io import swap_in_folder
+from synth.io import staging_folder, swap_in_folder
 from synth.recipe import Recipe, dump_resolved
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA, completion_text
 from synth.shards import ShardSet
@@ -251,12 +253,14 @@ def run_curate(
         raise UserError(f"no generations in {gen_dir}", "run `synth generate` with the same recipe first")
     if warning := shard_set.warning():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if unfinished := _unfinished(gen_dir):
+        console.print(f"[yellow]warning:[/] {escape(unfinished)}", highlight=False, soft_wrap=True)
     for stale in run_dir.glob(".curated*"):
         shutil.rmtree(stale, ignore_errors=True)
     start = time.perf_counter()
     curator = Curator(recipe)
     summary = CurateSummary(run_dir, score_name=curator.score_name, stats=curator.stats)
-    tmp = run_dir / f".curated.tmp-{os.getpid()}"
+    tmp = staging_folder(run_dir / "curated")  # also removes what a killed curate left
     work = tmp / "work"
     work.mkdir(parents=True)
     try:
@@ -277,6 +281,7 @@ def run_curate(
                 rate = summary.rows_in / max(time.perf_counter() - start, 1e-9)
                 progress.update(task, advance=1, rate=f"{rate:,.0f} rows/s")
         late, late_rejected = curator.group_pass()
+        _no_broken_function(recipe, summary.stats)  # before anything replaces the last curated/
         summary.kept, summary.rejected = _write_outputs(work, tmp, late, late_rejected, curator)
         summary.prompts = len(curator.prompts)
         summary.seconds = time.perf_counter() - start
@@ -286,7 +291,73 @@ def run_curate(
         swap_in_folder(tmp, run_dir / "curated")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if summary.rows_in and not summary.kept:
+        raise UserError(*_nothing_kept(recipe, summary))
     return summary
+
+
+def _no_broken_function(recipe: Recipe, stats: dict[str, CheckStats]) -> None:
+    """Stop when a python check's function raised on every row: see `raised_on_every_row`."""
+    for spec in recipe.curate.checks:
+        st = stats.get(spec.label)
+        error = (
+            raised_on_every_row(spec.label, spec.function, st.evaluated, st.tally)
+            if (isinstance(spec, PythonCheck) and st is not None)
+            else None
+        )
+        if error:
+            raise error
+
+
+def _unfinished(gen_dir: Path) -> str | None:
+    """Why the generations may not be all there is: `synth generate` is writing them right now (its lock
+    is held), or its manifest says prompts are still missing (an interrupted run, or `--limit`)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(gen_dir / ".generate.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(
+            f"`synth generate` is writing {gen_dir} right now: curating now would miss its newest rows",
+            "wait for it to finish, then run `synth curate` again",
+        ) from None
+    lock.release()
+    manifest = gen_dir / "_manifest.json"
+    try:
+        info = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("complete") is not False:
+        return None
+    return (
+        f"{manifest}: generation is unfinished ({info.get('prompts')} of {info.get('prompts_in_source')} prompts); "
+        "curating those rows only (run `synth generate` again to generate the rest, then curate again)"
+    )
+
+
+def _nothing_kept(recipe: Recipe, summary: CurateSummary) -> tuple[str, str]:
+    """The error when no row survives: which check rejected the most, and what to do about it. When it
+    is the check that defines the behaviour, loosening checks is the wrong advice: the teacher does
+    not show the behaviour (or is cut off before it does)."""
+    worst = max((st for st in summary.stats.values() if st.evaluated), key=lambda st: st.failed, default=None)
+    where = summary.run_dir / "curated" / "report.md"
+    message = f"curate kept 0 of {summary.rows_in} rows"
+    if worst is None:
+        return message, f"see {where}"
+    message += f": {worst.name!r} rejected {worst.failed} of the {worst.evaluated} rows it saw"
+    behaviour = recipe.eval.behaviour_check or recipe.curate.score
+    behaviour = [behaviour] if isinstance(behaviour, str) else list(behaviour or [])
+    if worst.name == "generate":
+        fix = "fix the cause, and run `synth generate --retry-failed`"
+        return message, f"the teacher failed on every prompt: see the reasons in {where}, {fix}"
+    if worst.name in behaviour:
+        return message, (
+            f"the teacher does not show the behaviour {worst.name!r} checks for: try `synth probe` with a larger "
+            f"generate.max_new_tokens (now {recipe.generate.max_new_tokens}), another teacher, or another behaviour "
+            f"(examples in {where})"
+        )
+    return message, f"read the rejected examples in {where}; if they are fine, loosen {worst.name!r} in curate.checks"
 
 
 def _checked_shards(

@@ -12,6 +12,7 @@ import math
 import re
 import string
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -176,6 +177,23 @@ def load_function(ref: str, where: str, recipe_dir: Path | None = None) -> Calla
     return func
 
 
+RAISED = "raised"  # the tally item of a row on which the user's function raised
+
+
+def raised_on_every_row(name: str, function: str, evaluated: int, tally: Counter[tuple[str, str]]) -> UserError | None:
+    """The error for a python check whose function raised on every row it saw (two or more): a bug in
+    the function, not a verdict on the rows, and rejecting them all would look like a teacher that
+    never passes the check. Decided over the whole run (the tally adds up across shards and Ray workers)."""
+    raised = [text for (item, text), n in tally.items() for _ in range(n) if item == RAISED]
+    if evaluated < 2 or len(raised) < evaluated:
+        return None
+    return UserError(
+        f"curate check {name!r}: {function} raised on every one of {evaluated} rows ({min(raised)})",
+        "fix the function (a row is a dict with prompt, completion, meta; see `synth.records`), then run "
+        "`synth curate` again; the previous curated/ is untouched",
+    )
+
+
 class PythonCheck(CheckSpec):
     type: Literal["python"]
     scores = True  # the function's number; True/False count as 1/0
@@ -198,23 +216,14 @@ class PythonVerifier(RowCheck):
         self.func = load_function(self.spec.function, f"curate check {self.name!r}", ctx.recipe_dir)
 
     def run(self, rows: list[Row]) -> list[Verdict]:
-        out, raised = [], 0
+        out = []
         for r in rows:
             try:
                 out.append(self._verdict(self.func(r)))
             except Exception as exc:  # user code: record, never crash the run
-                raised += 1
-                out.append(Verdict(False, None, f"{self.spec.function} raised {type(exc).__name__}: {exc}"))
-        if raised == len(rows) >= 2:
-            # a bug in the function, not a verdict on the rows: rejecting them all would look like a
-            # teacher that never passes the check
-            first = rows[0].get("id", "the first row")
-            raise UserError(
-                f"curate check {self.name!r}: {self.spec.function} raised on every one of {len(rows)} rows "
-                f"(row {first}: {out[0].reason.split(' raised ', 1)[1]})",
-                "fix the function (a row is a dict with prompt, completion, meta; see `synth.records`), "
-                "then run `synth curate` again",
-            )
+                why = f"{type(exc).__name__}: {exc}"
+                self.tally[RAISED, f"row {r.get('id')}: {snippet(why, 200)}"] += 1  # see `raised_on_every_row`
+                out.append(Verdict(False, None, f"{self.spec.function} raised {why}"))
         return out
 
     def _verdict(self, value: Any) -> Verdict:
