@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from synth.cli_common import recipe_command, run_app
-from synth.recipe import Recipe
+from synth.recipe import PATHS_RULE, Recipe
 from synth.tables import key_values, summary_table
 
 app = typer.Typer(
@@ -16,7 +16,7 @@ app = typer.Typer(
     help=(
         "Train a student on a run's curated data with TRL, and compare it with the teacher.\n\n"
         "Reads the `train:` and `eval:` sections of the same recipe that `synth` used, and writes "
-        "runs/RECIPE_NAME/train/ and runs/RECIPE_NAME/eval/."
+        "runs/RECIPE_NAME/train/ and runs/RECIPE_NAME/eval/.\n\n" + PATHS_RULE
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -78,10 +78,12 @@ def evaluate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     through `teacher.engine`): one greedy answer per prompt, plus `eval.samples` sampled ones.
     Leads with four rates per model, each with a bootstrap 95% interval over prompts: behaviour
     (every `eval.behaviour_check` passes), clean (every other curate check passes), joint (both)
-    and relevance (prompt↔answer embedding similarity, English answers, `relevance` extra). Prints a
-    WARNING, and marks the student "regressed", when a trained student's clean or relevance rate
-    falls below 0.9× the base student's. Fidelity to the teacher, per model: KL(teacher ‖ model) and
-    perplexity on the teacher's greedy answers (teacher-forced, bootstrap intervals, paired
+    and relevance (prompt↔answer embedding similarity, English answers, `relevance` extra); beside
+    them the empty rate and, over non-empty answers, finished (not cut at eval.max_new_tokens) and
+    loop-free. Prints a WARNING, and marks the student "regressed", when a trained student's
+    loop-free, non-empty or relevance rate falls below 0.9× the base student's, and a WARNING naming
+    any model whose answers are mostly empty or mostly one text. Fidelity to the teacher, per model:
+    KL(teacher ‖ model) and perplexity on the teacher's greedy answers (teacher-forced, bootstrap intervals, paired
     differences between students), parameter count and greedy tokens/s. With `eval.benchmarks`, each
     model's lm-evaluation-harness scores, paired between models on the same examples. Writes RUN_DIR/eval/:
     answers.parquet (every answer with its verdicts), report.json, report.md and report.png.

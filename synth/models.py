@@ -91,7 +91,7 @@ def resolve_model(path: str) -> tuple[str, str]:
         return path, path  # a hub id (org/name); loading it fails clearly later if offline
     if "/" in path or path.startswith((".", "~")):
         raise UserError(
-            f"model {path!r}: no such folder (relative paths start in the folder you run in)",
+            f"model {path!r}: no such folder beside the recipe or in the folder you run in",
             "check the path; a student made by `sft prune` exists once that has run",
         )
     raise UserError(

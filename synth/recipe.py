@@ -337,11 +337,41 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     data.pop("recipe_hash", None)  # a recipe.resolved.yaml loads as a recipe; its hash is recomputed
     overridden = {tuple(parse_override(o)[0]): o for o in overrides or []}
     try:
-        return Recipe.model_validate(data)
+        return _anchor_model_paths(Recipe.model_validate(data), p.parent)
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, str(p), _line_index(text), overridden)) from None
     except RecursionError:
         raise _too_deep(p) from None
+
+
+PATHS_RULE = (
+    "Relative paths: what a recipe reads (prompt files, eval sets, check modules, local models) is looked up "
+    "beside the recipe first, then in the folder you run in; what a command writes (runs/NAME, --run-dir, "
+    "prune.out) goes under the folder you run in."
+)
+
+
+def _anchor_model_paths(recipe: Recipe, recipe_dir: Path) -> Recipe:
+    """Model folders follow `PATHS_RULE` as data files do (`synth.prompts.resolve_path`): a relative
+    path that exists beside the recipe is rewritten relative to the working folder, where every
+    loader looks. Hub ids and aliases have no such folder and stay as they are."""
+    import os
+
+    def anchored(value: str) -> str:
+        p = Path(value).expanduser()
+        if p.is_absolute() or value == "self" or recipe_dir.resolve() == Path.cwd().resolve():
+            return value
+        beside = recipe_dir / p
+        return os.path.relpath(beside) if (beside / "config.json").is_file() else value
+
+    updates = {
+        "model": recipe.model.model_copy(update={"path": anchored(recipe.model.path)}),
+        "teacher": recipe.teacher.model_copy(update={"path": anchored(recipe.teacher.path)}),
+        "train": recipe.train.model_copy(update={"teacher": anchored(recipe.train.teacher)}),
+    }
+    if recipe.prune is not None:
+        updates["prune"] = recipe.prune.model_copy(update={"source": anchored(recipe.prune.source)})
+    return recipe.model_copy(update=updates)
 
 
 def dump_resolved(recipe: Recipe, path: Path) -> str:

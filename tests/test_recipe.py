@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,24 @@ def test_unknown_field_inside_a_check_lists_that_checks_fields(tmp_path: Path) -
     msg = str(pytest.raises(UserError, load_recipe, p).value)
     assert f"{p}:5: curate.checks.0.near_dedup.thresold: unknown field; allowed here:" in msg
     assert "threshold" in msg and "num_perm" in msg
+
+
+def test_a_model_folder_beside_the_recipe_is_found_from_any_folder(tmp_path: Path, monkeypatch) -> None:
+    """One rule for relative paths (`PATHS_RULE`): models follow it as prompt files do."""
+    from synth.models import resolve_model
+    from synth.recipe import PATHS_RULE
+
+    recipes, elsewhere = tmp_path / "recipes", tmp_path / "elsewhere"
+    (recipes / "student").mkdir(parents=True)
+    (recipes / "student" / "config.json").write_text("{}")
+    (elsewhere / "runs" / "made").mkdir(parents=True)
+    (elsewhere / "runs" / "made" / "config.json").write_text("{}")
+    body = {"name": "t", "model": {"path": "student"}, "teacher": {"path": "runs/made"}}
+    (recipes / "r.yaml").write_text(json.dumps(body))
+    monkeypatch.chdir(elsewhere)
+    r = load_recipe(recipes / "r.yaml")
+    assert Path(resolve_model(r.model.path)[0]).resolve() == (recipes / "student").resolve()
+    assert r.model.path == "../recipes/student"  # still relative: no home folder in a resolved recipe
+    assert r.teacher.path == "runs/made"  # not beside the recipe: the folder you run in
+    assert load_recipe(recipes / "r.yaml", ["model.path=smollm2"]).model.path == "smollm2"
+    assert "beside the recipe first" in PATHS_RULE
