@@ -10,14 +10,15 @@ from rich.console import Console
 from synth import __version__, tables
 from synth.cli_common import recipe_command, run_app
 from synth.errors import UserError
-from synth.recipe import Recipe
+from synth.recipe import PATHS_RULE, Recipe
 
 app = typer.Typer(
     name="synth",
     help=(
         "Make synthetic instruction data from a teacher model, driven by one YAML recipe.\n\n"
         "Each stage reads its section of the recipe and writes into runs/RECIPE_NAME/. "
-        "Start with `synth generate recipes/answer-in-french.yaml --limit 4`."
+        "Start with `synth probe recipes/concise-answers.yaml` (does the teacher show the behaviour?), then "
+        "`synth generate recipes/concise-answers.yaml --limit 4`.\n\n" + PATHS_RULE
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -39,7 +40,7 @@ def _root(
     """Distillery's data tools."""
 
 
-@recipe_command(app, recipe_help="The YAML recipe, e.g. recipes/answer-in-french.yaml.")
+@recipe_command(app, recipe_help="The YAML recipe, e.g. recipes/concise-answers.yaml.")
 def generate(
     recipe: Recipe,
     run_dir: Path,
@@ -72,7 +73,42 @@ def generate(
         )
 
 
-@recipe_command(app, recipe_help="The YAML recipe whose generations to curate.")
+@recipe_command(
+    app,
+    recipe_help="The YAML recipe to try, e.g. recipes/concise-answers.yaml.",
+    interrupted="a probe starts over: run the same command again.",
+)
+def probe(
+    recipe: Recipe,
+    run_dir: Path,
+    recipe_dir: Path,
+    prompts: int = typer.Option(
+        16, "--prompts", min=1, help="Sample the first N prompts of the recipe, in file order, once each."
+    ),
+) -> None:
+    """Learn in a couple of minutes whether the teacher shows the recipe's behaviour, before a long
+    `synth generate`.
+
+    Samples the recipe's own teacher (its engine and `generate` settings, one sample per prompt) on
+    the first N prompts, runs every check in `curate.checks` on each answer, each check on its own, and
+    prints each check's pass rate with a 95% interval, the behaviour rate (`eval.behaviour_check`, else
+    `curate.score`), the share of answers cut at `generate.max_new_tokens` and how many curate would
+    keep; then three answers to read, and what to change when the behaviour is rare.
+
+    Nothing is written where `synth generate` or `synth curate` look (no generations/, no curated/,
+    no recipe.resolved.yaml): the answers and rates go to RUN_DIR/probe/ (answers.parquet,
+    report.json), replaced by the next probe. Runs in this process, whatever `runtime.executor` says.
+    """
+    from synth.probe import print_probe, run_probe
+
+    print_probe(run_probe(recipe, run_dir, recipe_dir=recipe_dir, prompts=prompts), Console())
+
+
+@recipe_command(
+    app,
+    recipe_help="The YAML recipe whose generations to curate.",
+    interrupted="curate starts over: run the same command again (the last complete curated/ is untouched).",
+)
 def curate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     """Filter, deduplicate, decontaminate, judge and select the generations.
 
