@@ -103,7 +103,7 @@ def evaluate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     )
     console = Console()
     if not console.is_terminal:  # a log file or pipe: keep each interval on one line
-        console = Console(width=220)
+        console = Console(width=260)
     console.print(t)
     if rows := benchmark_rows(rep):
         console.print(summary_table("benchmarks (lm-eval) [95% CI]", BENCHMARK_HEADER, rows, left={"task", "metric"}))

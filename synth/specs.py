@@ -301,7 +301,9 @@ class EvalSpec(Strict):
     """How `sft eval` compares base student, trained student(s) and teacher."""
 
     prompts: str = Field("data/heldout_prompts.jsonl", description="held-out prompts (prompt column)")
-    prompt_column: str = "prompt"
+    prompt_column: str | None = Field(
+        None, description="the held-out file's prompt column (default: prompts.prompt_column, the training prompts')"
+    )
     limit: int | None = Field(None, ge=1)
     behaviour_check: str | list[str] | None = Field(
         None, description="curate check(s) that define the behaviour; all must pass (default: curate.score)"

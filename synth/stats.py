@@ -10,11 +10,17 @@ import random
 from collections.abc import Sequence
 
 BOOTSTRAP_RESAMPLES = 2000
+MIN_GROUPS = 2
+"""An interval needs at least this many prompts (or training seeds) to resample; below it, None."""
 
 
 def with_interval(value: float, ci: list[float] | tuple[float, float] | None) -> str:
-    """`0.454 [0.36, 0.55]`: how every rate with its interval is shown (tables, report.md, cards)."""
-    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.3f}"
+    """`0.454 [0.36, 0.55]`: how every rate with its interval is shown (tables, report.md, cards).
+
+    `0.454 [n/a]` without one: a bare number would read as exact, and the reader should see that
+    there was nothing to resample (one prompt, one seed) rather than guess.
+    """
+    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.3f} [n/a]"
 
 
 def mean(xs: Sequence[float]) -> float | None:
@@ -27,7 +33,9 @@ def bootstrap_ci(
     """Percentile bootstrap interval of the mean of `values`, resampling whole groups (prompts).
 
     Samples of one prompt are not independent: resampling prompts keeps the interval honest when
-    `eval.samples` adds several answers per prompt. None when there is nothing to resample.
+    `eval.samples` adds several answers per prompt. None when there is nothing to resample: no value,
+    or one group only (resampling one prompt gives it back every time, a zero-width "interval" that
+    says nothing about the next prompt).
     """
     if not values:
         return None
@@ -35,6 +43,8 @@ def bootstrap_ci(
     for i, v in enumerate(values):
         by_group.setdefault(groups[i] if groups is not None else str(i), []).append(float(v))
     clusters = list(by_group.values())
+    if len(clusters) < MIN_GROUPS:
+        return None
     sums = [sum(c) for c in clusters]
     sizes = [len(c) for c in clusters]
     rng = random.Random(seed)
@@ -81,6 +91,8 @@ def hierarchical_ci(
     n_prompts = len(tables[0][0])
     if n_prompts == 0 or any(len(row) != n_prompts for t in tables for row in t):
         return None
+    if not resamplable(tables):
+        return None
     rng = random.Random(seed)
     stats = []
     for _ in range(BOOTSTRAP_RESAMPLES):
@@ -98,3 +110,11 @@ def hierarchical_ci(
         return None
     stats.sort()
     return stats[int((1 - level) / 2 * (len(stats) - 1))], stats[int((1 + level) / 2 * (len(stats) - 1))]
+
+
+def resamplable(tables: Sequence[Table]) -> bool:
+    """Whether an interval over `tables` can say anything: at least MIN_GROUPS prompts with a value in
+    every table, or a table with MIN_GROUPS training seeds. With one prompt and one seed every
+    resample is the same number, and [x, x] would pass for certainty."""
+    shared = sum(all(any(row[p] is not None for row in t) for t in tables) for p in range(len(tables[0][0])))
+    return shared >= MIN_GROUPS or any(len(t) >= MIN_GROUPS for t in tables)

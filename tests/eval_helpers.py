@@ -5,34 +5,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sft.evaluation.quality import distinct_n, repeated_ngram_share
+from sft.evaluation.quality import answer_measures
 from sft.evaluation.report import build_report, write_outputs
 
 PROMPT = "Why do bees make honey?"
 
 
 def answer_rows(
-    model: str, answers: list[tuple[bool, bool, str]], relevance: float | None = 0.5
+    model: str,
+    answers: list[tuple[bool, bool, str]],
+    relevance: float | None = 0.5,
+    finish_reason: str = "stop",
+    prompt_ids: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One greedy row per (behaviour, clean, text), prompts p0, p1, …"""
+    """One greedy row per (behaviour, clean, text), prompts p0, p1, … (or `prompt_ids`), each with the
+    quality columns `sft eval` computes from the text and `finish_reason`."""
+    ids = prompt_ids or [f"p{i}" for i in range(len(answers))]
     return [
         {
             "model": model,
-            "prompt_id": f"p{i}",
+            "prompt_id": ids[i],
             "prompt": [{"role": "user", "content": PROMPT}],
             "seen_prompt": [{"role": "user", "content": PROMPT}],
             "sample_index": 0,
             "answer": text,
             "completion": [{"role": "assistant", "content": text}],
-            "finish_reason": "stop",
+            "finish_reason": finish_reason,
             "prompt_tokens": 10,
             "completion_tokens": len(text.split()),
             "error": None,
             "behaviour": b,
             "clean": c,
             "verdicts": [{"name": "rep", "passed": c, "score": None, "reason": ""}],
-            "repeated_3gram_share": repeated_ngram_share(text, 3),
-            "distinct_2": distinct_n(text, 2),
+            **answer_measures(text, finish_reason, None),
             "english": relevance is not None,
             "relevance": relevance,
             "teacher_similarity": None,

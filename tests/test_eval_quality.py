@@ -1,15 +1,18 @@
-"""Quality beside behaviour: degeneration and relevance on planted answers, intervals, the warning."""
+"""Quality beside behaviour: degeneration and relevance on planted answers, intervals, the warnings,
+what the eval refuses or leaves out of its inputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sft.evaluation.quality import distinct_n, repeated_ngram_share
-from sft.evaluation.report import to_markdown
-from synth.stats import bootstrap_ci
+from sft.evaluation.quality import answer_measures, distinct_n, repeated_ngram_share
+from sft.evaluation.report import headline_rows, to_markdown
+from synth.errors import UserError
+from synth.stats import bootstrap_ci, hierarchical_ci
 from tests.eval_helpers import PROMPT, answer_rows, report_for, write_eval
 
 CLEAN = (
@@ -81,21 +84,37 @@ def test_hierarchical_interval_holds_the_spread_between_training_seeds() -> None
     assert hierarchical_ci([]) is None and hierarchical_ci([[[]]]) is None
 
 
-def _report(student: list[tuple[bool, bool, str]], student_relevance: float = 0.5) -> dict[str, Any]:
-    teacher = [(i % 2 == 0, True, CLEAN) for i in range(20)]
-    base = [(False, True, CLEAN) for _ in range(20)]
-    rows = answer_rows("teacher", teacher) + answer_rows("base_student", base)
-    return report_for(rows + answer_rows("sft", student, student_relevance), ["teacher", "base_student", "sft"])
+def varied(text: str, i: int) -> str:
+    """A planted answer made distinct per prompt: real models do not give one text to every prompt, and
+    one that does is flagged as degenerate (tested below)."""
+    return f"{text} Point {i}."
+
+
+def _report(
+    student: list[tuple[bool, bool, str]],
+    student_relevance: float = 0.5,
+    base_finish: str = "stop",
+    student_finish: str = "stop",
+) -> dict[str, Any]:
+    teacher = [(i % 2 == 0, True, varied(CLEAN, i)) for i in range(20)]
+    # fluent answers: clean whether or not they were cut at the budget (`finished` says which)
+    base = [(False, True, varied(CLEAN, i)) for i in range(20)]
+    rows = answer_rows("teacher", teacher) + answer_rows("base_student", base, finish_reason=base_finish)
+    student_rows = answer_rows("sft", student, student_relevance, finish_reason=student_finish)
+    return report_for(rows + student_rows, ["teacher", "base_student", "sft"])
 
 
 def test_warning_fires_on_a_student_that_complies_in_loops() -> None:
-    # 19/20 compliant, but only 10/20 clean: behaviour up, quality down
-    rep = _report([(True, i % 2 == 0, CLEAN if i % 2 == 0 else LOOP) for i in range(19)] + [(False, True, CLEAN)])
+    # 19/20 compliant, but only 10/20 clean (the other 10 loop): behaviour up, quality down
+    rep = _report(
+        [(True, i % 2 == 0, varied(CLEAN if i % 2 == 0 else LOOP, i)) for i in range(19)]
+        + [(False, True, varied(CLEAN, 19))]
+    )
     sft = rep["models"]["sft"]
     assert sft["behaviour"]["rate"] == pytest.approx(0.95) and sft["clean"]["rate"] == pytest.approx(0.55)
-    assert sft["joint"]["rate"] == pytest.approx(0.5)
+    assert sft["joint"]["rate"] == pytest.approx(0.5) and sft["loop_free"]["rate"] == pytest.approx(0.55)
     assert rep["verdict"]["sft"] == "regressed"
-    assert len(rep["warnings"]) == 1 and "clean rate 0.550 < 0.9× the base student's 1.000" in rep["warnings"][0]
+    assert len(rep["warnings"]) == 1 and "loop-free rate 0.550 < 0.9× the base student's 1.000" in rep["warnings"][0]
     assert rep["ratio_to_teacher"]["sft"] == pytest.approx(1.9)
     assert rep["warnings"][0] in to_markdown(rep)
     lo, hi = sft["clean"]["ci"]
@@ -103,9 +122,11 @@ def test_warning_fires_on_a_student_that_complies_in_loops() -> None:
 
 
 def test_warning_fires_on_off_topic_answers_and_not_on_a_good_student() -> None:
-    good = _report([(True, True, CLEAN)] * 18 + [(True, False, LOOP)] + [(False, True, CLEAN)])
-    assert good["verdict"]["sft"] == "ok" and good["warnings"] == []  # clean 0.95 ≥ 0.9 × 1.0
-    off = _report([(True, True, OFF_TOPIC)] * 20, student_relevance=0.05)
+    good = _report(
+        [(True, True, varied(CLEAN, i)) for i in range(18)] + [(True, False, LOOP), (False, True, varied(CLEAN, 19))]
+    )
+    assert good["verdict"]["sft"] == "ok" and good["warnings"] == []  # loop-free 0.95 ≥ 0.9 × 1.0
+    off = _report([(True, True, varied(OFF_TOPIC, i)) for i in range(20)], student_relevance=0.05)
     assert off["verdict"]["sft"] == "regressed" and "relevance rate 0.000" in off["warnings"][0]
 
 
@@ -135,3 +156,258 @@ def test_report_json_is_strict_json_when_a_measure_is_not_a_number(tmp_path: Pat
     loaded = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in report.json"))
     assert loaded["models"]["teacher"]["agreement_top1_with_teacher"] is None
     assert loaded["ratio_to_teacher"]["teacher"] is None and loaded["extra"] == {"ci": [None, 0.5]}
+
+
+def test_an_empty_answer_is_empty_not_loop_free_nor_finished() -> None:
+    for text in ("", "   \n", "... !"):
+        m = answer_measures(text, "stop", None)
+        assert m["empty"] is True and m["loop_free"] is None and m["finished"] is None, text
+        assert m["repeated_3gram_share"] is None and m["distinct_2"] is None
+    failed = answer_measures("", None, "engine failed")
+    assert failed["empty"] is True and failed["loop_free"] is None
+    loop = answer_measures(LOOP, "stop", None)
+    assert loop["empty"] is False and loop["loop_free"] is False and loop["finished"] is True
+    listed = answer_measures("\n".join(["- buy milk"] * 4 + ["- walk the dog"]), "stop", None)
+    assert listed["loop_free"] is False  # short repeated lines are a loop too
+    one_word = answer_measures("Yes.", "stop", None)
+    assert one_word["loop_free"] is True and one_word["distinct_2"] is None  # no pair: not "perfectly diverse"
+
+
+def test_an_empty_model_is_flagged_and_not_called_loop_free() -> None:
+    """A student that says nothing scored 1.000 on "no loops" and distinct-2; now it has no loop-free,
+    finished or distinct-2 value at all, an empty rate of 1, a warning naming it and a regression."""
+    rep = _report([(False, False, "") for _ in range(20)])
+    sft = rep["models"]["sft"]
+    assert sft["empty"]["rate"] == 1.0 and sft["empty_answers"] == 20
+    assert sft["loop_free"]["rate"] is None and sft["loop_free"]["n"] == 0
+    assert sft["finished"]["rate"] is None and sft["stops"] is sft["finished"]
+    assert sft["distinct_2"]["mean"] is None and sft["repeated_3gram_share"]["mean"] is None
+    assert rep["warnings"][0] == "WARNING: sft is degenerate: 20 of 20 answers are empty (no word, or no answer)"
+    assert "non-empty rate 0.000 < 0.9× the base student's 1.000" in rep["warnings"][1]
+    assert rep["verdict"]["sft"] == "regressed"
+    md = to_markdown(rep)
+    assert rep["warnings"][0] in md
+    row = next(r for r in headline_rows(rep) if r[0] == "sft")
+    finished, loop_free, empty = row[6:9]
+    assert (finished, loop_free) == ("n/a", "n/a") and empty.startswith("1.000")
+    # a few empty answers: the rates are over the answers there are, the empty rate says how many are not
+    some = _report([(False, True, "") for _ in range(5)] + [(False, True, varied(CLEAN, i)) for i in range(15)])
+    s = some["models"]["sft"]
+    assert s["loop_free"]["rate"] == 1.0 and s["loop_free"]["n"] == 15 and s["empty"]["rate"] == 0.25
+    assert not s["degenerate"] and "non-empty rate 0.750" in some["warnings"][0]
+
+
+def test_any_model_that_says_nothing_is_named_even_the_base() -> None:
+    rows = answer_rows("teacher", [(True, True, varied(CLEAN, i)) for i in range(6)])
+    rows += answer_rows("base_student", [(False, False, " ") for _ in range(4)] + [(False, True, CLEAN)] * 2)
+    rep = report_for(rows, ["teacher", "base_student"])
+    assert rep["warnings"] == ["WARNING: base_student is degenerate: 4 of 6 answers are empty (no word, or no answer)"]
+
+
+def test_a_constant_model_is_flagged() -> None:
+    """One fluent, finished, loop-free answer to every prompt: perfect on every text measure, and useless."""
+    same = [(True, True, "  " + CLEAN.upper() if i % 2 else CLEAN) for i in range(20)]  # case and spaces aside
+    rep = _report(same)
+    assert rep["models"]["sft"]["loop_free"]["rate"] == 1.0
+    assert rep["warnings"][0].startswith("WARNING: sft is degenerate: the same answer to 20 of 20 prompts ('Bees make")
+    assert rep["verdict"]["sft"] == "regressed" and rep["warnings"][0] in to_markdown(rep)
+    # a prompt's greedy and sampled answers may agree: sameness is counted across prompts, not answers
+    rows = []
+    for sample in range(3):
+        rows += answer_rows("teacher", [(True, True, varied(CLEAN, i)) for i in range(3)])
+        for r in rows[-3:]:
+            r["sample_index"] = sample
+    assert report_for(rows, ["teacher"])["warnings"] == []
+    # and a text that answers half the prompts is not "most"
+    half = answer_rows("teacher", [(True, True, CLEAN if i < 2 else varied(CLEAN, i)) for i in range(4)])
+    assert report_for(half, ["teacher"])["warnings"] == []
+
+
+def test_an_answer_cut_at_the_budget_is_unfinished_but_not_a_loop() -> None:
+    """The base student writes long fluent answers, all cut at the token budget: with the truncated
+    check in "clean" its clean rate was 0, which every student cleared. Unfinished is not unclean."""
+    loops = [(True, False, varied(LOOP, i)) for i in range(20)]
+    rep = _report(loops, base_finish="length", student_finish="length")
+    base, sft = rep["models"]["base_student"], rep["models"]["sft"]
+    assert base["clean"]["rate"] == 1.0 and base["finished"]["rate"] == 0.0  # every answer cut at the budget
+    assert base["loop_free"]["rate"] == 1.0 and base["truncated"]["rate"] == 1.0  # and none of them a loop
+    assert sft["loop_free"]["rate"] == 0.0 and rep["verdict"]["sft"] == "regressed"
+    assert "loop-free rate 0.000 < 0.9× the base student's 1.000" in rep["warnings"][0]
+    # a fluent student cut at the budget next to a base that finishes: unfinished, not regressed
+    long = [(True, True, varied(CLEAN, i)) for i in range(20)]
+    fluent = _report(long, student_finish="length")
+    assert fluent["models"]["sft"]["finished"]["rate"] == 0.0 and fluent["models"]["sft"]["loop_free"]["rate"] == 1.0
+    assert fluent["verdict"]["sft"] == "ok" and fluent["warnings"] == []
+
+
+def test_one_prompt_has_no_interval(tmp_path: Path) -> None:
+    """With one prompt and one seed every resample is the same: the interval is None in report.json and
+    n/a in text, never [x, x]; a second seed (or prompt) gives something to resample."""
+    import json
+
+    assert bootstrap_ci([0.5]) is None and bootstrap_ci([1.0, 0.0], ["p0", "p0"]) is None
+    assert hierarchical_ci([[[1.0]]]) is None and hierarchical_ci([[[1.0, None]]]) is None
+    assert hierarchical_ci([[[1.0], [0.0]]]) is not None and hierarchical_ci([[[1.0, 0.0]]]) is not None
+    rows = answer_rows("teacher", [(True, True, CLEAN)])
+    rows += answer_rows("base_student", [(False, True, CLEAN)]) + answer_rows("sft", [(True, True, LOOP)])
+    rep = report_for(rows, ["teacher", "base_student", "sft"])
+    for m in rep["models"].values():
+        for key in ("behaviour", "clean", "joint", "relevance", "finished", "loop_free", "empty"):
+            assert m[key]["rate"] is not None and m[key]["ci"] is None, key
+        assert m["distinct_2"]["ci"] is None
+    assert rep["comparisons"] and all(c["ci"] is None for c in rep["comparisons"])
+    write_eval(tmp_path, rows, rep)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["models"]["sft"]["behaviour"]["ci"] is None
+    md = (tmp_path / "report.md").read_text()
+    assert "1.000 [n/a]" in md and "[1.00, 1.00]" not in md and "[0.00, 0.00]" not in md
+    two_seeds = answer_rows("sft", [(True, True, CLEAN)]) + answer_rows("sft", [(False, True, CLEAN)])
+    for seed, r in enumerate(two_seeds):
+        r["seed"] = seed
+    assert report_for(two_seeds, ["sft"])["models"]["sft"]["behaviour"]["ci"] == [0.0, 1.0]
+
+
+def _recipe(tmp_path: Path, prompts: list[str], **eval_fields: object) -> Any:
+    import json
+
+    from synth.recipe import load_recipe
+
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    body = {"name": "t", "eval": {"prompts": "held.jsonl", "behaviour_check": "length", **eval_fields}}
+    body["curate"] = {"checks": [{"type": "length", "min_chars": 1}]}
+    (tmp_path / "r.yaml").write_text(json.dumps(body))
+    return load_recipe(tmp_path / "r.yaml")
+
+
+def test_duplicate_prompts_are_answered_once_and_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from sft.evaluation import run
+
+    recipe = _recipe(tmp_path, ["Why is the sky blue?", "Name a fruit.", "Why is the sky blue?", " ", "Name a fruit."])
+    items, notes = run.eval_prompts(recipe, tmp_path)
+    assert [it.prompt[-1]["content"] for it in items] == ["Why is the sky blue?", "Name a fruit."]
+    assert notes == [
+        "eval.prompts: 2 exact duplicate prompt(s) dropped; each prompt is answered once",
+        "eval.prompts: 1 empty prompt(s) left out",
+    ]
+    # run_eval prints them before any model loads, and the report carries them
+    out = io.StringIO()
+
+    def stop(*_: object) -> None:
+        raise RuntimeError("stop before the models")
+
+    monkeypatch.setattr(run, "_checks", stop)
+    with pytest.raises(RuntimeError, match="stop before"):
+        run.run_eval(recipe, tmp_path / "run", tmp_path, console=Console(file=out, width=200))
+    assert "note: eval.prompts: 2 exact duplicate prompt(s) dropped" in out.getvalue()
+    rows = answer_rows("teacher", [(True, True, CLEAN)] * 2)
+    rep = report_for(rows, ["teacher"])
+    assert rep["notes"] == [] and "Note:" not in to_markdown(rep)
+    rep["notes"] = notes
+    assert f"Note: {notes[0]}" in to_markdown(rep)
+    with pytest.raises(UserError, match="no prompt to answer"):
+        run.eval_prompts(_recipe(tmp_path, [" ", ""]), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"objectives": ["sft", "kd", "sft"]},
+            r"eval\.objectives\[2\]: 'sft' is listed twice \(first at eval\.objectives\[0\]\)",
+        ),
+        (
+            {"objectives": ["sft", "base_student"]},
+            r"eval\.objectives\[1\]: 'base_student' is the name of the eval's own",
+        ),
+        ({"behaviour_check": ["length", "length"]}, r"eval\.behaviour_check\[1\]: 'length' is listed twice"),
+        ({"benchmarks": ["arc_easy", "piqa", "arc_easy"]}, r"eval\.benchmarks\.tasks\[2\]: 'arc_easy' is listed twice"),
+    ],
+)
+def test_repeated_arms_checks_and_tasks_are_refused(tmp_path: Path, fields: dict[str, Any], message: str) -> None:
+    """An arm listed twice was answered, judged and pooled twice; a task listed twice ran twice and was
+    kept once. Refused before anything loads (the run folder need not exist), naming the field."""
+    from sft.evaluation.run import run_eval
+
+    recipe = _recipe(tmp_path, ["Name a fruit.", "Name a colour."], **fields)
+    with pytest.raises(UserError, match=message):
+        run_eval(recipe, tmp_path / "no-run", tmp_path)
+
+
+def test_clean_leaves_the_token_budget_to_finished(tmp_path: Path) -> None:
+    """With the recipe's `truncated` check, an answer cut at the budget is unfinished, not unclean;
+    every other check (here a refusal) still decides "clean"."""
+    import json
+
+    from sft.evaluation.run import _checks, _judge
+    from synth.recipe import load_recipe
+    from synth.records import assistant
+
+    checks = [{"type": "truncated"}, {"type": "refusal"}, {"type": "regex", "pattern": "colour", "name": "topic"}]
+    (tmp_path / "r.yaml").write_text(json.dumps({"name": "t", "curate": {"checks": checks, "score": "topic"}}))
+    names, runners = _checks(load_recipe(tmp_path / "r.yaml"), tmp_path)
+    answers = [
+        ("Blue is a colour people like because it is calm and", "length"),
+        ("I'm sorry, but I cannot help with that colour.", "stop"),
+        ("Blue is a calm colour.", "stop"),
+    ]
+    rows = [
+        {"id": str(i), "answer": a, "completion": assistant(a), "finish_reason": f, "error": None, "meta": "{}"}
+        for i, (a, f) in enumerate(answers)
+    ]
+    _judge(rows, runners, names)
+    assert [r["clean"] for r in rows] == [True, False, True]
+    assert [r["finished"] for r in rows] == [False, True, True]
+
+
+def test_the_eval_files_are_replaced_as_one_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while writing the new files leaves the last complete eval, not a new answers.parquet
+    beside an old report.json; a complete write replaces all four and nothing else stays."""
+    from sft.evaluation import report, run
+
+    out = tmp_path / "eval"
+    rows = answer_rows("teacher", [(True, True, varied(CLEAN, i)) for i in range(3)])
+    run._write_as_one_set(out, report_for(rows, ["teacher"]), rows)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"answers.parquet", "report.json", "report.md"} <= set(before)
+
+    def broken(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "to_markdown", broken)
+    newer = answer_rows("teacher", [(False, True, varied(CLEAN, i)) for i in range(4)])
+    with pytest.raises(OSError):
+        run._write_as_one_set(out, report_for(newer, ["teacher"]), newer)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # no staging folder left
+    monkeypatch.undo()
+    run._write_as_one_set(out, report_for(newer, ["teacher"]), newer)
+    assert json.loads((out / "report.json").read_text())["prompts"] == 4
+
+
+def test_eval_reads_the_prompt_column_of_the_recipes_prompts(tmp_path: Path) -> None:
+    """A user's held-out file is shaped like their prompts: `prompts.prompt_column` applies to it too,
+    unless `eval.prompt_column` says otherwise."""
+    from sft.evaluation.run import eval_prompts
+    from synth.recipe import load_recipe
+
+    (tmp_path / "held.jsonl").write_text(json.dumps({"question": "Name a fruit."}) + "\n")
+    body = {"name": "t", "prompts": {"prompt_column": "question"}, "eval": {"prompts": "held.jsonl"}}
+    (tmp_path / "r.yaml").write_text(json.dumps(body))
+    items, _ = eval_prompts(load_recipe(tmp_path / "r.yaml"), tmp_path)
+    assert [it.prompt[-1]["content"] for it in items] == ["Name a fruit."]
+    (tmp_path / "held.jsonl").write_text(json.dumps({"q": "Name a colour.", "question": "no"}) + "\n")
+    items, _ = eval_prompts(load_recipe(tmp_path / "r.yaml", ["eval.prompt_column=q"]), tmp_path)
+    assert [it.prompt[-1]["content"] for it in items] == ["Name a colour."]
+
+
+def test_a_fluent_student_that_fails_the_recipes_checks_regresses() -> None:
+    """Fluent, finished, loop-free answers that the recipe's other checks reject (a refusal, an echo):
+    "clean" still carries those checks, so the student is regressed, not fine."""
+    rep = _report([(True, False, varied(CLEAN, i)) for i in range(20)])
+    sft = rep["models"]["sft"]
+    assert sft["loop_free"]["rate"] == 1.0 and sft["finished"]["rate"] == 1.0 and sft["clean"]["rate"] == 0.0
+    assert rep["verdict"]["sft"] == "regressed" and "clean rate 0.000 < 0.9×" in rep["warnings"][0]

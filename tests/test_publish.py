@@ -247,7 +247,10 @@ print(json.dumps({{"meta": card.data.to_dict(), "text": card.text, "w": w,
     assert meta["datasets"] == ["tester/pub-data"] and "sft" in meta["tags"]
     sft_row = next(r for r in rep["headline"]["rows"] if r[0] == "sft")
     assert "| " + " | ".join(sft_row) + " |" in got["text"] and sft_row[-1] == "regressed"
-    assert rep["warnings"][0] in got["text"] and "Objective: `sft`" in got["text"]
+    # every warning, the sft regression among them (the planted teacher and base give one answer to all
+    # prompts, so they are flagged as degenerate too)
+    assert any("sft regressed" in w for w in rep["warnings"]) and all(w in got["text"] for w in rep["warnings"])
+    assert "Objective: `sft`" in got["text"]
     assert "training_args.bin" not in got["files"] and "adapter_model.safetensors" in got["files"]
     local = {k: v.sum().item() for k, v in model.state_dict().items() if "lora_" in k}
     assert got["w"] and got["w"] == pytest.approx(local)

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -240,12 +242,26 @@ def test_eval_keeps_every_answer_and_judges_each_one(tmp_path: Path) -> None:
         assert r["behaviour"] == verdicts["french"]["passed"]
         assert r["clean"] == all(v["passed"] for n, v in verdicts.items() if n != "french")
     assert any(r["finish_reason"] == "length" for r in rows) and any(r["finish_reason"] == "stop" for r in rows)
+
+    def per_prompt(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], bool]) -> float | None:
+        """Mean over prompts of the share of a prompt's rows where key holds: how the report averages."""
+        by: dict[str, list[bool]] = {}
+        for r in rows:
+            by.setdefault(r["prompt_id"], []).append(key(r))
+        return sum(sum(v) / len(v) for v in by.values()) / len(by) if by else None
+
     for name, m in rep["models"].items():
         mine = [r for r in rows if r["model"] == name]
+        said = [r for r in mine if not r["empty"]]  # finished, truncated, loop-free: over non-empty answers
         assert m["behaviour"]["rate"] == pytest.approx(sum(r["behaviour"] for r in mine) / 8)
         assert m["joint"]["rate"] == pytest.approx(sum(r["behaviour"] and r["clean"] for r in mine) / 8)
-        assert m["truncated"]["rate"] == pytest.approx(sum(r["finish_reason"] == "length" for r in mine) / 8)
-        assert m["stops"]["rate"] == pytest.approx(sum(r["finish_reason"] == "stop" for r in mine) / 8)
+        assert m["empty"]["rate"] == pytest.approx(sum(r["empty"] for r in mine) / 8)
+        assert m["stops"] == m["finished"] and m["finished"]["n"] == m["loop_free"]["n"] == len(said)
+        if said:
+            length = per_prompt(said, lambda r: r["finish_reason"] == "length")
+            assert m["truncated"]["rate"] == pytest.approx(length)
+            assert m["finished"]["rate"] == pytest.approx(per_prompt(said, lambda r: r["finish_reason"] == "stop"))
+            assert m["loop_free"]["rate"] == pytest.approx(per_prompt(said, lambda r: r["loop_free"]))
         lo, hi = m["clean"]["ci"]
         assert lo <= m["clean"]["rate"] <= hi
     # the teacher saw its privileged view; students did not

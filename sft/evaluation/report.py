@@ -1,10 +1,20 @@
 """`sft eval`'s verdict: rates with intervals per model, a regression warning, report files, a picture.
 
 The report leads with four rates per model, each with a bootstrap 95% interval over prompts:
-behaviour (the behaviour checks passed), clean (every other check passed), joint (both: the rate
-that matters) and relevance (English answers whose prompt↔answer similarity reaches the threshold).
-A trained student whose clean or relevance rate falls below 0.9× the base student's is a quality
-regression: the report says WARNING and the verdict is "regressed", whatever its behaviour rate.
+behaviour (the behaviour checks passed), clean (every other check passed, but for the token-budget
+check `truncated`: see finished), joint (both: the rate that matters) and relevance (English answers
+whose prompt↔answer similarity reaches the threshold). Beside them, three rates that keep apart what
+a "clean" rate with the budget in it would mix (sft/evaluation/quality.py): empty (over all answers),
+and over the non-empty answers only, finished (ended before the token budget) and loop-free (no
+repetition loop in the text there is).
+
+A trained student whose clean, loop-free, non-empty or relevance rate falls below 0.9× the base
+student's is a quality regression: the report says WARNING and the verdict is "regressed", whatever
+its behaviour rate. "finished" is not a bar: a base student that writes long would fail it, and any
+student would meet it by saying little. A model that mostly says nothing, or gives one answer to most
+prompts, is degenerate: a WARNING names it (whichever model it is), and a degenerate trained student
+is "regressed". With fewer than two prompts (and one seed) there is nothing to resample: intervals
+are None ("n/a"), never a zero-width [x, x].
 """
 
 from __future__ import annotations
@@ -18,13 +28,18 @@ import pyarrow as pa
 
 from sft.evaluation.benchmarks import Scores, seed_tables, summarise
 from sft.evaluation.fidelity import paired
+from sft.evaluation.quality import most_common_answer
 from synth.curate.checks.relevance import RelevanceCheck
 from synth.io import atomic_write, atomic_write_parquet, atomic_write_text
 from synth.records import MESSAGE, VERDICT
 from synth.stats import hierarchical_ci, mean, seed_mean, with_interval
 
 REGRESSION = 0.9
-"""A trained student regresses when its clean or relevance rate is below this share of the base's."""
+"""A trained student regresses when its clean, loop-free, non-empty or relevance rate is below this share
+of the base's."""
+MOSTLY = 0.5
+"""A model is degenerate when more than this share of its answers are empty, or one text answers more
+than this share of the prompts it was asked."""
 DEFAULT_RELEVANCE: float = RelevanceCheck.model_fields["min_similarity"].default
 """Prompt↔answer similarity at which an answer counts as relevant, when curate has no relevance check.
 0.3: on 40 seed prompts, 1-2 of SmolLM2's real answers fall below it and 0-1 of 40 mismatched pairs reach it."""
@@ -48,6 +63,9 @@ ANSWERS_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("behaviour", pa.bool_()),
         ("clean", pa.bool_()),
+        ("empty", pa.bool_()),
+        ("finished", pa.bool_()),
+        ("loop_free", pa.bool_()),
         ("verdicts", pa.list_(VERDICT)),
         ("repeated_3gram_share", pa.float64()),
         ("distinct_2", pa.float64()),
@@ -58,7 +76,8 @@ ANSWERS_SCHEMA = pa.schema(
 )
 """eval/answers.parquet: one row per model × seed × prompt × sample (`model` = the arm, `seed` = its
 training seed under `train.seeds`, else null; `prompt` = the student's view, `seen_prompt` = what this
-model read; `relevance` and `teacher_similarity` null where not English)."""
+model read; `relevance` and `teacher_similarity` null where not English; `finished`, `loop_free`,
+`repeated_3gram_share` null for an empty answer, `distinct_2` for one of fewer than two words)."""
 
 
 Row = dict[str, Any]
@@ -96,7 +115,12 @@ def _mean(rows: list[Row], key: str, prompts: list[str]) -> dict[str, Any]:
 def model_summary(
     rows: list[dict[str, Any]], threshold: float, relevance_measured: bool, judges: list[str], prompts: list[str]
 ) -> dict[str, Any]:
-    """Every per-model number of the report, from that model's answer rows (all its seeds)."""
+    """Every per-model number of the report, from that model's answer rows (all its seeds).
+
+    `finished`, `loop_free` and `truncated` are over the non-empty answers (an empty one has no text to
+    judge), `empty` over all of them; `stops` is `finished` under its older name."""
+    said = [r for r in rows if not r["empty"]]
+    finished = _rate(said, lambda r: r["finished"], prompts)
     out: dict[str, Any] = {
         "answers": len(rows),
         "seeds": len({r.get("seed") for r in rows}),
@@ -109,9 +133,14 @@ def model_summary(
         "teacher_similarity": None,
         "repeated_3gram_share": _mean(rows, "repeated_3gram_share", prompts),
         "distinct_2": _mean(rows, "distinct_2", prompts),
-        "truncated": _rate(rows, lambda r: r["finish_reason"] == "length", prompts),
+        "empty": _rate(rows, lambda r: r["empty"], prompts),
+        "empty_answers": len(rows) - len(said),
+        "finished": finished,
+        "loop_free": _rate(said, lambda r: r["loop_free"], prompts),
+        "truncated": _rate(said, lambda r: r["finish_reason"] == "length", prompts),
         # finished before the token limit: a student that never stops shows here first
-        "stops": _rate(rows, lambda r: r["finish_reason"] == "stop", prompts),
+        "stops": finished,
+        "degenerate": degenerate(rows),
         "errors": sum(r["error"] is not None for r in rows),
         "mean_completion_tokens": mean([r["completion_tokens"] for r in rows if r["completion_tokens"] is not None]),
     }
@@ -134,22 +163,50 @@ def model_summary(
     return out
 
 
+def degenerate(rows: list[Row]) -> str | None:
+    """Why a model's answers are degenerate, or None: most of them empty, or one text answering most of
+    the prompts it was asked (counted per prompt: a prompt's greedy and sampled answers may agree).
+    Every text measure would call such a model fine: nothing said has no loop, one fluent answer is
+    fluent everywhere."""
+    empty = sum(r["empty"] for r in rows)
+    if rows and empty > MOSTLY * len(rows):
+        return f"{empty} of {len(rows)} answers are empty (no word, or no answer)"
+    prompts = len({r["prompt_id"] for r in rows})
+    common = most_common_answer((r["prompt_id"], r["answer"]) for r in rows if not r["empty"])
+    if common is not None:
+        text, n = common
+        if n >= 2 and n > MOSTLY * prompts:
+            return f"the same answer to {n} of {prompts} prompts ({' '.join(text.split())[:60]!r})"
+    return None
+
+
+def _below(name: str, s: float | None, b: float | None) -> list[str]:
+    if b is None or s is None or s >= REGRESSION * b:
+        return []
+    return [f"{name} rate {s:.3f} < {REGRESSION}× the base student's {b:.3f}"]
+
+
 def regressions(models: dict[str, dict[str, Any]], trained: list[str]) -> dict[str, list[str]]:
-    """Per trained student, the quality losses against the base student (empty list = none)."""
+    """Per trained student, the quality losses against the base student (empty list = none).
+
+    The bars are about the text, not the token budget: clean (the recipe's checks but `truncated`, so a
+    refusal or an echo still counts), loop-free (over non-empty answers), non-empty (1 − the empty
+    rate: a student that stops answering cannot hide behind a perfect loop-free rate on the few answers
+    it gives) and relevance.
+    """
     base = models.get("base_student")
     out: dict[str, list[str]] = {}
     for name in trained:
         m = models[name]
         found = []
         if base is not None:
-            b, s = base["clean"]["rate"], m["clean"]["rate"]
-            if b is not None and s is not None and s < REGRESSION * b:
-                found.append(f"clean rate {s:.3f} < {REGRESSION}× the base student's {b:.3f}")
+            found += _below("clean", m["clean"]["rate"], base["clean"]["rate"])
+            found += _below("loop-free", m["loop_free"]["rate"], base["loop_free"]["rate"])
+            said = [None if x["empty"]["rate"] is None else 1 - x["empty"]["rate"] for x in (m, base)]
+            found += _below("non-empty", *said)
             cov = [x.get("relevance_coverage") or 0 for x in (base, m)]
             if base["relevance"] and m["relevance"] and min(cov) >= MIN_RELEVANCE_COVERAGE:
-                b, s = base["relevance"]["rate"], m["relevance"]["rate"]
-                if s < REGRESSION * b:
-                    found.append(f"relevance rate {s:.3f} < {REGRESSION}× the base student's {b:.3f}")
+                found += _below("relevance", m["relevance"]["rate"], base["relevance"]["rate"])
         out[name] = found
     return out
 
@@ -170,9 +227,11 @@ def build_report(
     benchmarks: Scores | None = None,
     benchmarks_note: str | None = None,
     speed: dict[str, dict[str, Any]] | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """report.json's content from the judged answer rows; `fidelity` holds each arm's measures per seed,
-    `benchmarks` each arm's lm-eval scores per seed (`eval.benchmarks`)."""
+    `benchmarks` each arm's lm-eval scores per seed (`eval.benchmarks`), `notes` what the eval left
+    out of its inputs (repeated or empty prompts), said in report.md too."""
     threshold = DEFAULT_RELEVANCE if relevance_threshold is None else relevance_threshold
     order = list(dict.fromkeys(r["prompt_id"] for r in rows))
     models = {
@@ -189,7 +248,8 @@ def build_report(
         ]
     trained = [n for n in names if n not in ("teacher", "base_student")]
     found = regressions(models, trained)
-    warnings = [f"WARNING: {n} regressed in quality: {'; '.join(w)}" for n, w in found.items() if w]
+    warnings = [f"WARNING: {n} is degenerate: {m['degenerate']}" for n, m in models.items() if m["degenerate"]]
+    warnings += [f"WARNING: {n} regressed in quality: {'; '.join(w)}" for n, w in found.items() if w]
     teacher = models.get("teacher", {}).get("behaviour", {}).get("rate")
     cov = [models[n]["relevance_coverage"] for n in names if models[n]["relevance_coverage"] is not None]
     return {
@@ -200,8 +260,9 @@ def build_report(
         "relevance_note": _relevance_note(relevance_measured, cov),
         "models": models,
         "ratio_to_teacher": {n: (m["behaviour"]["rate"] / teacher if teacher else None) for n, m in models.items()},
-        "verdict": {n: ("regressed" if found[n] else "ok") for n in trained},
+        "verdict": {n: ("regressed" if found[n] or models[n]["degenerate"] else "ok") for n in trained},
         "warnings": warnings,
+        "notes": list(notes or []),
         "fidelity": {n: _without(arms[n], "agreement_top1") | {"stops": models[n]["stops"]} for n in arms},
         "fidelity_paired": fidelity_pairs(arms, trained),
         "comparisons": comparisons(rows, arms, trained, order, differences or {})
@@ -381,7 +442,9 @@ def headline_rows(rep: dict[str, Any]) -> list[list[str]]:
                 name,
                 *(_cell(m[k]) for k in RATES),
                 "-" if ratio is None else f"{ratio:.2f}",
-                _cell(m["stops"]),
+                _cell(m["finished"]),
+                _cell(m["loop_free"]),
+                _cell(m["empty"]),
                 _cell(m["repeated_3gram_share"], "mean"),
                 _cell(m["distinct_2"], "mean"),
                 rep["verdict"].get(name, "-"),
@@ -390,7 +453,17 @@ def headline_rows(rep: dict[str, Any]) -> list[list[str]]:
     return out
 
 
-HEADLINE = ["model", *RATES, "behaviour × teacher", "stops", "repeated 3-grams", "distinct-2", "verdict"]
+HEADLINE = [
+    "model",
+    *RATES,
+    "behaviour × teacher",
+    "finished",
+    "loop-free",
+    "empty",
+    "repeated 3-grams",
+    "distinct-2",
+    "verdict",
+]
 
 
 def to_markdown(rep: dict[str, Any]) -> str:
@@ -399,11 +472,14 @@ def to_markdown(rep: dict[str, Any]) -> str:
         "",
         f"{rep['prompts']} held-out prompts × {rep['samples_per_prompt']} answer(s) per model (sample 0 greedy). "
         f"Behaviour: {', '.join(f'`{b}`' for b in rep['behaviour_checks'])} all pass. Clean: every other curate "
-        f"check passes. Joint: both. Relevance: prompt↔answer similarity ≥ {rep['relevance_threshold']} "
-        f"(all-MiniLM-L6-v2; {rep['relevance_note']}). Brackets: bootstrap 95% intervals over prompts "
-        "(and over training seeds, for arms trained with several).",
+        f"check passes (but `truncated`: see finished). Joint: both. Relevance: prompt↔answer similarity ≥ "
+        f"{rep['relevance_threshold']} (all-MiniLM-L6-v2; {rep['relevance_note']}). Empty: no word in the "
+        "answer; finished (ended before the token budget) and loop-free (repeated 3-grams and lines ≤ 0.3): "
+        "over the non-empty answers. Brackets: bootstrap 95% intervals over prompts (and over training "
+        "seeds, for arms trained with several); n/a: nothing to resample (one prompt).",
         "",
     ]
+    lines += [f"Note: {n}" for n in rep.get("notes") or []] + ([""] if rep.get("notes") else [])
     lines += [f"**{w}**" for w in rep["warnings"]] + ([""] if rep["warnings"] else [])
     lines += ["| " + " | ".join(HEADLINE) + " |", "|---|" + "---:|" * (len(HEADLINE) - 2) + "---|"]
     lines += ["| " + " | ".join(r) + " |" for r in headline_rows(rep)]

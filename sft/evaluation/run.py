@@ -25,11 +25,12 @@ from rich.console import Console
 
 from sft.evaluation.benchmarks import Scores, check_tasks, run_benchmarks
 from sft.evaluation.fidelity import TeacherAnswers, measure
-from sft.evaluation.quality import distinct_n, repeated_ngram_share
+from sft.evaluation.quality import answer_measures
 from sft.evaluation.report import build_report, write_outputs
 from sft.evaluation.speed import read_speed
 from sft.training.checkpoints import weights_problem
 from synth import embeddings
+from synth.adapters import base_mismatch
 from synth.curate.base import Context, RowCheck
 from synth.curate.checks.relevance import RelevanceCheck, RelevanceFilter
 from synth.engines import build_engine_for, sampling_params
@@ -37,6 +38,7 @@ from synth.engines.base import Engine, ProgressFn
 from synth.engines.hf import TransformersEngine
 from synth.errors import UserError
 from synth.generate import progress_bar
+from synth.io import staging_folder, swap_in_folder
 from synth.models import loading_model, resolve_model
 from synth.prompts import load_prompts
 from synth.recipe import Recipe, objective_overrides
@@ -147,6 +149,13 @@ def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
                 raise UserError(
                     f"{final}: not a complete model or adapter: {problem}", f"run `sft run` again for {obj}"
                 )
+            if (final / "adapter_config.json").is_file() and (
+                wrong := base_mismatch(final, Path(resolve_model(recipe.model.path)[0]))
+            ):
+                raise UserError(
+                    f"model.path={recipe.model.path!r}: {wrong}",
+                    f"set model.path back to the model {obj} was trained on, or run `sft run` again for {obj}",
+                )
     m = recipe.model
 
     def base() -> Engine:
@@ -250,6 +259,59 @@ def arm_differences(run_dir: Path, arms: list[str], seeds: list[int] | None = No
     return out
 
 
+RESERVED_ARMS = ("teacher", "base_student")
+"""The eval's own models: an arm of that name would be pooled with them."""
+
+
+def check_distinct(recipe: Recipe) -> None:
+    """Refuse an eval setting that lists one arm, check or task twice (an arm listed twice was answered,
+    judged and pooled twice; a task listed twice ran twice and was kept once), or an arm named like
+    the eval's own models; before anything loads."""
+    ev = recipe.eval
+    behaviour = ev.behaviour_check
+    lists = {
+        "eval.objectives": list(ev.objectives or []),
+        "eval.behaviour_check": [behaviour] if isinstance(behaviour, str) else list(behaviour or []),
+        "eval.benchmarks.tasks": list(ev.benchmarks.tasks) if ev.benchmarks else [],
+    }
+    for field, values in lists.items():
+        first: dict[str, int] = {}
+        for i, v in enumerate(values):
+            if v in first:
+                raise UserError(
+                    f"{field}[{i}]: {v!r} is listed twice (first at {field}[{first[v]}])",
+                    f"list each entry of {field} once",
+                )
+            first[v] = i
+    reserved = [(i, o) for i, o in enumerate(lists["eval.objectives"]) if o in RESERVED_ARMS]
+    if reserved:
+        i, o = reserved[0]
+        raise UserError(
+            f"eval.objectives[{i}]: {o!r} is the name of the eval's own {o.replace('_', ' ')}, not a trained arm",
+            "list only arms under RUN_DIR/train/ (sft, gkd, kd-stored, kd-model, ...)",
+        )
+
+
+def eval_prompts(recipe: Recipe, recipe_dir: Path | None) -> tuple[list[PromptItem], list[str]]:
+    """The held-out prompts, each once, and a note for each kind left out: exact repeats (the same
+    student and teacher view: answering one twice would count it twice in every rate and interval) and
+    empty prompts. A UserError when none is left. The prompt column is `eval.prompt_column`, else the
+    recipe's `prompts.prompt_column` (a user's held-out file is usually shaped like their prompts)."""
+    ev = recipe.eval
+    column = ev.prompt_column or recipe.prompts.prompt_column
+    spec = PromptsSpec(path=ev.prompts, prompt_column=column, system_prompt=recipe.prompts.system_prompt)
+    items, repeated = load_prompts(spec, recipe.teacher, recipe_dir, ev.limit, field="eval.prompts")
+    kept = [it for it in items if it.error is None]
+    notes = []
+    if repeated:
+        notes.append(f"eval.prompts: {repeated} exact duplicate prompt(s) dropped; each prompt is answered once")
+    if len(kept) < len(items):
+        notes.append(f"eval.prompts: {len(items) - len(kept)} empty prompt(s) left out")
+    if not kept:
+        raise UserError(f"eval.prompts: no prompt to answer in {ev.prompts}", "give it at least one non-empty prompt")
+    return kept, notes
+
+
 def _answer(
     engine: Engine, prompts: list[Messages], recipe: Recipe, on_progress: ProgressFn | None = None
 ) -> tuple[list[list[Any]], float | None]:
@@ -308,12 +370,14 @@ def _judge(rows: list[dict[str, Any]], checks: list[RowCheck], behaviour: list[s
     for check in checks:
         for r, v in zip(ok, check.run(ok) if ok else [], strict=True):
             r["verdicts"].append({"name": check.name, "passed": v.passed, "score": v.score, "reason": v.reason})
+    # the token-budget check says whether an answer finished, which `finished` reports; left in "clean",
+    # it would fail every long fluent answer and make a base student that writes long an easy bar
+    budget = {c.name for c in checks if getattr(c.spec, "type", None) == "truncated"}
     for r in rows:
         failed = {v["name"] for v in r["verdicts"] if not v["passed"]}
         r["behaviour"] = r["error"] is None and not failed.intersection(behaviour)
-        r["clean"] = r["error"] is None and not (failed - set(behaviour))
-        r["repeated_3gram_share"] = repeated_ngram_share(r["answer"], 3)
-        r["distinct_2"] = distinct_n(r["answer"], 2)
+        r["clean"] = r["error"] is None and not (failed - set(behaviour) - budget)
+        r.update(answer_measures(r["answer"], r["finish_reason"], r["error"]))  # empty, finished, loop_free, ...
         r["english"] = False
         r["relevance"] = r["teacher_similarity"] = None
         for key in [k for k in r if k.startswith("_")]:
@@ -351,9 +415,11 @@ def run_eval(
 ) -> dict[str, Any]:
     """Answer, judge and report; writes run_dir/eval/{answers.parquet, report.json, report.md, report.png}."""
     ev = recipe.eval
-    spec = PromptsSpec(path=ev.prompts, prompt_column=ev.prompt_column, system_prompt=recipe.prompts.system_prompt)
-    items, _ = load_prompts(spec, recipe.teacher, recipe_dir, ev.limit, field="eval.prompts")
-    items = [it for it in items if it.error is None]
+    check_distinct(recipe)
+    console = console or Console(stderr=True)
+    items, notes = eval_prompts(recipe, recipe_dir)
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
     behaviour, checks = _checks(recipe, recipe_dir)
     models = _models(recipe, run_dir)
     tasks = check_tasks(ev.benchmarks, recipe_dir) if ev.benchmarks else None
@@ -365,7 +431,6 @@ def run_eval(
     answers: TeacherAnswers | None = None
     teacher_engine: TransformersEngine | None = None  # kept loaded for the KL of the other models
     student_prompts = [it.prompt for it in items]
-    console = console or Console(stderr=True)
     try:
         for m in models:
             t0 = time.perf_counter()
@@ -431,9 +496,21 @@ def run_eval(
             else None
         ),
         speed=read_speed(run_dir, _speed_folders(models)),
-        differences=arm_differences(
-            run_dir, [m.arm for m in models if m.arm not in ("teacher", "base_student")], recipe.train.seeds
-        ),
+        differences=arm_differences(run_dir, [m.arm for m in models if m.arm not in RESERVED_ARMS], recipe.train.seeds),
+        notes=notes,
     )
-    write_outputs(run_dir / "eval", report, rows)
+    _write_as_one_set(run_dir / "eval", report, rows)
     return report
+
+
+def _write_as_one_set(out: Path, report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """The four eval files, written beside `out` and swapped in together: a kill half-way leaves the last
+    complete eval, never a new answers.parquet beside an old report.json."""
+    import shutil
+
+    tmp = staging_folder(out)
+    try:
+        write_outputs(tmp, report, rows)
+        swap_in_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
