@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,32 +22,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 from rich.table import Table
-from rich.text import Text
 
 from synth.cluster import Worker
 from synth.engines import Engine, SamplingParams, build_engine, sampling_params, teacher_provenance
 from synth.engines.base import ProgressFn
 from synth.errors import UserError
 from synth.io import atomic_write_parquet, atomic_write_text, read_parquet, sweep_temp_files
+from synth.progress import PlainProgress, progress
 from synth.prompts import load_prompts, teacher_view
 from synth.recipe import Recipe, dump_resolved, teacher_path
-from synth.records import SCHEMA, Completion, PromptItem, make_rows, rows_to_table
+from synth.records import SCHEMA, Completion, PromptItem, logprobs_problem, make_rows, rows_to_table
 from synth.shards import ShardSet, shard_index
 from synth.tables import key_values
 
 MANIFEST = "_manifest.json"
 SEPARATE_RUN = "use another --run-dir, or delete that generations folder to start over"
 SCAN_ONLY = ("prompt_ids", "teacher", "prompt", "teacher_prompt")  # scan state, not manifest entries
+MALFORMED_LOGPROBS = "malformed teacher log-probabilities"  # how such a failed row's error begins
 
 
 @dataclass
@@ -64,6 +57,7 @@ class GenerateSummary:
     failures: int = 0
     engine_rows: int = 0  # rows of prompts sent to the engine (not rejected up front as empty or too long)
     engine_failures: int = 0
+    logprob_failures: int = 0  # of the failures: malformed teacher log-probabilities
     first_error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -84,15 +78,6 @@ class GenerateSummary:
     @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-class TokensPerSecond(ProgressColumn):
-    """Completion tokens per second since the bar started."""
-
-    def render(self, task: Task) -> Text:
-        tokens = task.fields.get("tokens", 0)
-        elapsed = task.elapsed or 0
-        return Text(f"{tokens / elapsed:,.1f} tok/s" if elapsed > 0 else "- tok/s", style="cyan")
 
 
 def scan_shards(gen_dir: Path, console: Console | None = None) -> list[dict[str, Any]]:
@@ -260,6 +245,7 @@ class ShardResult:
     engine_rows: int  # rows of prompts sent to the engine (the others were rejected up front)
     engine_failures: int
     first_error: str | None
+    logprob_failures: int = 0  # rows failed because the teacher's log-probabilities broke the contract
 
 
 def generate_shard(
@@ -277,7 +263,10 @@ def generate_shard(
             item.error = engine.check_prompt(item.teacher_prompt, params)
     gen = [it for it in chunk if it.error is None]
     outputs = engine.generate([it.teacher_prompt for it in gen], params, on_progress) if gen else []
-    by_id = {it.prompt_id: comps for it, comps in zip(gen, outputs, strict=True)}
+    by_id = {
+        it.prompt_id: [checked_logprobs(c, it.prompt_id, params.logprobs, engine.vocab_size) for c in comps]
+        for it, comps in zip(gen, outputs, strict=True)
+    }
     rows: list[dict[str, Any]] = []
     for it in chunk:
         rows += make_rows(
@@ -289,7 +278,25 @@ def generate_shard(
         engine_rows=len(sent),
         engine_failures=sum(r["error"] is not None for r in sent),
         first_error=next((r["error"] for r in sent if r["error"]), None),
+        logprob_failures=sum((r["error"] or "").startswith(MALFORMED_LOGPROBS) for r in sent),
     )
+
+
+def checked_logprobs(c: Completion, prompt_id: str, k: int | None, vocab_size: int | None) -> Completion:
+    """The completion, or a failed one naming the prompt and the fault when its log-probabilities break
+    the stored top-k contract (`synth.records.logprobs_problem`).
+
+    Stored, a NaN, positive or out-of-range log-prob would be trained on by `sft run` as a soft label,
+    and an id past int32 would stop the whole shard at writing; as a failed row it is counted, shown,
+    and generated again by `--retry-failed`. Without `generate.logprobs` the manifest promises none,
+    so what a server volunteers is not stored."""
+    if c.error is not None:
+        return c
+    if not k:
+        return c if c.logprobs is None else replace(c, logprobs=None)
+    if problem := logprobs_problem(c, k, vocab_size):
+        return Completion.failed(f"{MALFORMED_LOGPROBS} for prompt {prompt_id}: {problem}")
+    return c
 
 
 def run_generate(
@@ -397,30 +404,33 @@ def _generate_shards(
 ) -> None:
     """Cut `todo` into shards and have the executor generate them; each is written, complete, by this
     process alone (atomically), whichever executor computed it."""
-    # Longest first: similar lengths share a shard, and a too-large batch fails early.
+    # Longest first: similar lengths share a shard, and a too-large batch fails early. Only the prompts
+    # of this run are ordered: --limit took the file's first N (load_prompts), so a rerun with a larger
+    # limit extends the same prompts.
     todo = sorted(todo, key=lambda it: -sum(len(m["content"]) for m in it.teacher_prompt))
     per_shard = recipe.generate.prompts_per_shard
     chunks = [todo[i : i + per_shard] for i in range(0, len(todo), per_shard)]
     first = 1 + max((i for s in shards if (i := shard_index(s["file"])) is not None), default=-1)
     names = [f"shard-{first + i:05d}.parquet" for i in range(len(chunks))]
-    with progress_bar(console) as progress:
-        task = progress.add_task("generating", total=len(todo) * params.n, tokens=0)
+    with progress_bar(console) as bar:
+        task = bar.add_task("generating", total=len(todo) * params.n, tokens=0)
 
         def on_progress(rows: int, tokens: int) -> None:
-            progress.update(task, advance=rows, tokens=progress.tasks[task].fields["tokens"] + tokens)
+            bar.update(task, advance=rows, tokens=bar.tasks[task].fields["tokens"] + tokens)
 
         def write(name: str, chunk: list[PromptItem], result: ShardResult, reported: int) -> None:
             table = result.table
             atomic_write_parquet(gen_dir / name, table)
             tokens = pc.sum(table["completion_tokens"]).as_py() or 0
             # a prompt rejected up front (empty, too long) has one failed row, not n
-            progress.update(task, total=progress.tasks[task].total - (len(chunk) * params.n - table.num_rows))
+            bar.update(task, total=bar.tasks[task].total - (len(chunk) * params.n - table.num_rows))
             on_progress(table.num_rows - reported, 0 if reported else tokens)
             summary.shards_written.append(name)
             summary.rows_written += table.num_rows
             summary.failures += table.num_rows - table["error"].null_count
             summary.engine_rows += result.engine_rows
             summary.engine_failures += result.engine_failures
+            summary.logprob_failures += result.logprob_failures
             summary.first_error = summary.first_error or result.first_error
             first_samples = pc.equal(table["sample_index"], 0)
             summary.prompt_tokens += pc.sum(pc.filter(table["prompt_tokens"], first_samples)).as_py() or 0
@@ -484,19 +494,10 @@ def _on_ray(
             pool.close()
 
 
-def progress_bar(console: Console) -> Progress:
-    """Rows done of total, completion tokens/s, elapsed and ETA (generate, and eval's answering)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} rows"),
-        TokensPerSecond(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+def progress_bar(console: Console) -> Progress | PlainProgress:
+    """Rows done of total, completion tokens/s, elapsed and ETA (generate, and eval's answering): a live
+    bar on a terminal, a plain line every $DISTILLERY_PROGRESS_SECONDS in a log (`synth.progress`)."""
+    return progress(console, unit="rows")
 
 
 def summary_table(s: GenerateSummary) -> Table:
@@ -513,6 +514,7 @@ def summary_table(s: GenerateSummary) -> Table:
             ("rows written now", s.rows_written),
             ("rows in run", s.rows_total),
             ("failed rows (with reason)", s.failures),
+            *([("  of them: malformed teacher log-probs", s.logprob_failures)] if s.logprob_failures else []),
             ("prompt tokens", f"{s.prompt_tokens:,}"),
             ("completion tokens", f"{s.completion_tokens:,}"),
             ("time", f"{s.seconds:,.1f} s"),

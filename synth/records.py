@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,109 @@ class Completion:
         return cls(text="", finish_reason="error", error=scrub(error))  # reasons reach verdicts and reports
 
 
+# --- the contract of stored teacher log-probabilities ------------------------------------------------
+# One place for what a stored top-k step must be: `synth generate` turns a completion whose steps
+# break it into a failed row (`logprobs_problem`), and `sft run` leaves out stored rows that break it
+# (sft/objectives/kd_data.py, for shards written before this check or edited since).
+
+PROBABILITY_SLACK = 1e-2
+"""How far above 1 the stored top-k probabilities may sum (float16 storage rounds each log-prob)."""
+FLOAT16_LOWEST = -65504.0
+"""The lowest finite float16: a log-prob below it (probability 0 to any float) is stored as it, not as -inf."""
+STORED_ID_LIMIT = 2**31
+"""Ids a shard's int32 columns can hold: the range checked when the vocabulary is unknown (a server)."""
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _ids_problem(top: list[Any] | tuple[Any, ...], token_id: Any, vocab_size: int | None) -> str | None:
+    """Why top-k ids (and the sampled id) are not distinct ids of the vocabulary, or None."""
+    ids = [*top, token_id] if token_id is not None else list(top)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return "an id that is not an integer"
+    limit = vocab_size if vocab_size is not None else STORED_ID_LIMIT
+    if any(i < 0 or i >= limit for i in ids):
+        where = "the vocabulary" if vocab_size is not None else "what a shard stores"
+        return f"an id outside {where} (0..{limit - 1})"
+    if len(set(top)) != len(top):
+        return "the same id twice in the top-k"
+    return None
+
+
+def _logprobs_problem(logprobs: list[Any] | tuple[Any, ...]) -> str | None:
+    """Why top-k log-probabilities are not a (partial) distribution: finite, <= 0, summing to at most 1."""
+    if not all(_is_number(x) and math.isfinite(x) for x in logprobs):
+        return "a log-probability that is not a finite number"
+    if any(x > 0 for x in logprobs):
+        return "a positive log-probability (probability above 1)"
+    if sum(math.exp(x) for x in logprobs) > 1 + PROBABILITY_SLACK:
+        return "the top-k probabilities sum above 1"
+    return None
+
+
+def step_problem(
+    j: int, top: Any, logprobs: Any, token_id: Any, vocab_size: int | None, *, ids: bool = True
+) -> str | None:
+    """Why token j's top-k cannot be a teacher's distribution, or None when it can.
+
+    Soft labels that are NaN, positive, out of the vocabulary or summing past 1 train to loss 0 or
+    renormalise garbage without a sign, so such a step is never trained on. `top` holds the top-k ids,
+    or with `ids=False` the token strings of a server that gave no ids (mapped by `sft run`);
+    `vocab_size` None (a server's vocabulary, unknown at generate) checks only that ids fit a shard."""
+    if not isinstance(top, list | tuple) or not isinstance(logprobs, list | tuple) or not top:
+        return f"token {j}: no top-k ids and log-probabilities"
+    if len(top) != len(logprobs):
+        return f"token {j}: {len(top)} ids but {len(logprobs)} log-probabilities"
+    if ids:
+        problem = _ids_problem(top, token_id, vocab_size)
+    elif not all(isinstance(s, str) for s in top):
+        problem = "a top-k token that is not a string"
+    else:
+        problem = None if token_id is None else _ids_problem([], token_id, vocab_size)
+    problem = problem or _logprobs_problem(logprobs)
+    return f"token {j}: {problem}" if problem else None
+
+
+def _text_problem(text: Any) -> str | None:
+    """Why a token string cannot be stored (a shard holds UTF-8 text), or None."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return f"a token that is {type(text).__name__}, not a string"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a token holding half of a UTF-16 surrogate pair, which is not text"
+    return None
+
+
+def logprobs_problem(c: Completion, k: int, vocab_size: int | None) -> str | None:
+    """Why a completion's log-probabilities, asked for with `generate.logprobs: k`, cannot be stored, or None.
+
+    The manifest promises k alternatives per token to `sft run`: a server that ignored the request
+    (no log-probs at all, or none for a non-empty answer) or sent NaN, positive, repeated or
+    out-of-range values must not leave rows that look like soft labels. The number of alternatives
+    is not held to k: servers give k, or k+1 with the sampled token, and both are distributions."""
+    if c.logprobs is None:
+        return f"no log-probabilities, although generate.logprobs={k} asked for them"
+    if not c.logprobs and c.text:
+        return f"no log-probabilities for a non-empty answer, although generate.logprobs={k} asked for them"
+    for j, t in enumerate(c.logprobs):
+        if not isinstance(t, TokenLogprob):
+            return f"token {j}: not a log-probability record"
+        if not _is_number(t.logprob) or not math.isfinite(t.logprob) or t.logprob > 0:
+            return f"token {j}: the sampled token's log-probability {t.logprob!r} is not a finite number <= 0"
+        strings = [t.token, *(t.top_tokens or [])]
+        if problem := next((p for s in strings if (p := _text_problem(s))), None):
+            return f"token {j}: {problem}"
+        top = t.top_ids if t.top_ids is not None else t.top_tokens
+        if problem := step_problem(j, top, t.top_logprobs, t.token_id, vocab_size, ids=t.top_ids is not None):
+            return problem
+    return None
+
+
 @dataclass
 class PromptItem:
     """One prompt in its two views: what the student sees and what the teacher sees."""
@@ -145,6 +249,15 @@ def prompt_id_for(prompt: Messages, teacher_prompt: Messages) -> str:
 def row_id_for(prompt_id: str, sample_index: int, teacher: dict[str, Any]) -> str:
     """Stable row id: hash of prompt, sample index, teacher model and sampling parameters."""
     return _digest({"p": prompt_id, "i": sample_index, "t": teacher})
+
+
+def _storable(logprobs: list[float] | None) -> list[float] | None:
+    """Top-k log-probs as the float16 column keeps them meaningfully: below its lowest value (-65504,
+    already probability 0) a value is stored as that value, not rounded to -inf, which `sft run`
+    would take for a broken row."""
+    if logprobs is None:
+        return None
+    return [max(x, FLOAT16_LOWEST) if _is_number(x) and math.isfinite(x) else x for x in logprobs]
 
 
 def make_rows(
@@ -175,7 +288,7 @@ def make_rows(
                         "logprob": t.logprob,
                         "top_tokens": t.top_tokens,
                         "top_ids": t.top_ids,
-                        "top_logprobs": t.top_logprobs,
+                        "top_logprobs": _storable(t.top_logprobs),
                     }
                     for t in c.logprobs
                 ],

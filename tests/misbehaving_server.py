@@ -6,6 +6,9 @@ prompts containing the word BAD, and answers normally for the others (so a shard
 rows). `/<mode>/v1/models` lists one model, `served-model`. Run: `python misbehaving_server.py PORT`.
 `/grader/v1` is a judge whose grades are known in advance: "Score: 9" for a response that says Paris,
 "Score: 2" otherwise, and "no idea" (unparsable) for a response that says UNSURE.
+Normal answers carry log-probabilities when the request asks for them (`logprobs`, `top_logprobs`);
+`/logprobs-in-prompt/v1` answers a BAD prompt with the choice fields its text carries as JSON after
+`PAYLOAD:` (`logprobs`, left out when the payload has none, and `content`), so a test can send any shape.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from typing import Any
 MODEL = "served-model"
 
 
-def good(text: str, n: int) -> dict[str, Any]:
-    """A well-formed chat completion with `n` choices answering `text`."""
-    return {
+def good(text: str, n: int, top_logprobs: int = 0) -> dict[str, Any]:
+    """A well-formed chat completion with `n` choices answering `text`, with `top_logprobs`
+    alternatives per token when the request asked for log-probabilities."""
+    answer = {
         "object": "chat.completion",
         "model": MODEL,
         "choices": [
@@ -33,6 +37,25 @@ def good(text: str, n: int) -> dict[str, Any]:
         ],
         "usage": {"prompt_tokens": 7, "completion_tokens": 5 * n, "total_tokens": 7 + 5 * n},
     }
+    if top_logprobs:
+        for c in answer["choices"]:
+            c["logprobs"] = {"content": word_logprobs(c["message"]["content"], top_logprobs)}
+    return answer
+
+
+def word_logprobs(answer: str, k: int) -> list[dict[str, Any]]:
+    """One log-prob entry per word of `answer` with k alternatives and their ids, as llama.cpp's server
+    gives them: the word first (log-prob -0.5), then `alt1`.. (-1.5, -2.5, ...), a distribution."""
+    steps = []
+    for word in answer.split(" "):
+        top = [{"token": word if r == 0 else f"alt{r}", "id": 10 + r, "logprob": -0.5 - r} for r in range(k)]
+        steps.append({**top[0], "top_logprobs": top})
+    return steps
+
+
+def requested_logprobs(body: dict[str, Any]) -> int:
+    """How many alternatives per token the request asked for (0: none)."""
+    return int(body.get("top_logprobs") or 1) if body.get("logprobs") else 0
 
 
 def grade(text: str) -> str:
@@ -65,18 +88,26 @@ def bad(mode: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, 
         return 200, json.dumps(ans).encode(), as_json
     if mode == "html":
         return 200, b"<!doctype html><html><body>Welcome to nginx!</body></html>", "text/html"
-    if mode == "bad-logprobs":
+    if mode == "logprobs-in-prompt":  # the prompt carries the choice's log-probs: PAYLOAD:{"logprobs": ...}
+        payload = json.loads(text.split("PAYLOAD:", 1)[1])
         ans = good(text, n)
+        for c in ans["choices"]:
+            c["message"]["content"] = payload.get("content", c["message"]["content"])
+            if "logprobs" in payload:
+                c["logprobs"] = payload["logprobs"]
+        return 200, json.dumps(ans).encode(), as_json
+    if mode == "bad-logprobs":
+        ans = good(text, n, requested_logprobs(body))
         for c in ans["choices"]:
             c["logprobs"] = {"content": [{"token": 5, "logprob": "high"}]}
         return 200, json.dumps(ans).encode(), as_json
     if mode == "eos-token":  # TGI's word for a normal stop, before it followed OpenAI
-        ans = good(text, n)
+        ans = good(text, n, requested_logprobs(body))
         for c in ans["choices"]:
             c["finish_reason"] = "eos_token"
         return 200, json.dumps(ans).encode(), as_json
     if mode == "content-filter":
-        ans = good(text, n)
+        ans = good(text, n, requested_logprobs(body))
         for c in ans["choices"]:
             c["finish_reason"] = "content_filter"
         return 200, json.dumps(ans).encode(), as_json
@@ -138,7 +169,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, json.dumps(answer).encode())
             return
         if mode in ("ok", "no-models") or ("BAD" not in text and mode != "fail-all"):
-            self._send(200, json.dumps(good(text, int(body.get("n") or 1))).encode())
+            self._send(200, json.dumps(good(text, int(body.get("n") or 1), requested_logprobs(body))).encode())
             return
         self._send(*bad("fail" if mode == "fail-all" else mode, body, dict(self.headers)))
 

@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
 import yaml
 
-from tests.conftest import RECIPE, ROOT, run_cli, write_jsonl
+from tests.conftest import RECIPE, ROOT, run_cli, shard_rows, write_jsonl
 
 pytestmark = pytest.mark.slow
 SMALL = ["generate.n=2", "generate.max_new_tokens=8", "generate.prompts_per_shard=2"]
@@ -135,3 +136,32 @@ def test_interrupted_run_resumes_with_every_row_once(tmp_path: Path, sig: signal
     assert not list((run / "generations").glob(".*.tmp"))
     manifest = json.loads((run / "generations" / "_manifest.json").read_text())
     assert manifest["complete"] and manifest["rows"] == 24
+
+
+def test_limit_takes_the_first_prompts_in_file_order_so_a_larger_limit_extends_them(
+    tmp_path: Path, misbehaving_server: Any
+) -> None:
+    """--limit 3, then --limit 5 in the same run: the 5 are the file's first 5 and hold the first 3, even
+    though generate batches by length (the longest prompts here come last in the file)."""
+    prompts = [{"id": str(i), "prompt": "Say something" + " more" * (i * 5)} for i in range(8)]
+    write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    recipe = {
+        "name": "limit",
+        "teacher": {"engine": "openai", "openai": {"base_url": misbehaving_server.url("ok"), "model": "served-model"}},
+        "prompts": {"path": "prompts.jsonl", "id_column": "id"},
+        "generate": {"n": 1, "max_new_tokens": 8, "prompts_per_shard": 2},
+    }
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe), encoding="utf-8")
+    run = tmp_path / "run"
+
+    def generated(limit: int) -> list[str]:
+        res = run_cli("synth", "generate", str(tmp_path / "recipe.yaml"), "--limit", str(limit), "--run-dir", str(run))
+        assert res.returncode == 0, res.stderr
+        # stderr is a pipe here, not a terminal: progress comes as plain lines, the last one at the end
+        assert re.search(r"generating: done, \d+/\d+ rows", res.stderr), res.stderr
+        return sorted(json.loads(r["meta"])["source_id"] for r in shard_rows(run))
+
+    first = generated(3)
+    assert first == ["0", "1", "2"]
+    extended = generated(5)
+    assert set(first) <= set(extended) and extended == ["0", "1", "2", "3", "4"]

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -71,8 +72,14 @@ def test_stored_logprobs_survive_curate_and_publish_and_train_a_kd_student(tmp_p
     card = (folder / "README.md").read_text()
     assert f"vocabulary hash `{vocab_hash(tok)}`" in card and "top-4 per generated token" in card
 
+    # one row with a broken stored step: left out of kd, and "rows trained" says so
+    table = pq.read_table(run / "curated" / "kept.parquet")
+    rows = table.to_pylist()
+    rows[0]["logprobs"][0]["top_logprobs"][0] = 0.5
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), run / "curated" / "kept.parquet")
     s = run_train(recipe, run)
     assert s.objective == "kd-stored" and (run / "train" / "kd-stored" / "final" / "model.safetensors").is_file()
+    assert s.rows == len(kept) and s.rows_trained == len(kept) - 1
     log = json.loads((run / "train" / "kd-stored" / "log.json").read_text())
     assert any("kd_loss" in e and "ce_loss" in e for e in log)
 

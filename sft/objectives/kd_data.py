@@ -15,7 +15,6 @@ generate` with `generate.logprobs: k`, passed through curate unchanged). Before 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from sft.objectives.kd import IDS, LOGPROBS, TOKENS
 from sft.training.lengths import chat_ids
 from synth.errors import UserError
 from synth.io import read_json
+from synth.records import step_problem
 from synth.tokenizers import vocab_hash
 
 
@@ -69,40 +69,11 @@ class StringMapper:
         return self.ids.get(token)
 
 
-PROBABILITY_SLACK = 1e-2
-"""How far above 1 the stored top-k probabilities may sum (float16 storage rounds each log-prob)."""
-
-
-def _step_problem(j: int, top: Any, logprobs: Any, token_id: Any, vocab_size: int | None) -> str | None:
-    """Why token j's stored top-k cannot be a teacher's distribution, or None when it can.
-
-    Soft labels that are NaN, positive, out of the vocabulary or summing past 1 train to loss 0 or
-    renormalise garbage without a sign; each such row is left out by name instead."""
-    if not isinstance(top, list | tuple) or not isinstance(logprobs, list | tuple) or not top:
-        return f"token {j}: no top-k ids and log-probabilities"
-    if len(top) != len(logprobs):
-        return f"token {j}: {len(top)} ids but {len(logprobs)} log-probabilities"
-    ids = [*top, token_id] if token_id is not None else list(top)
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        return f"token {j}: an id that is not an integer"
-    if any(i < 0 or (vocab_size is not None and i >= vocab_size) for i in ids):
-        return f"token {j}: an id outside the vocabulary (0..{(vocab_size or 0) - 1})"
-    if len(set(top)) != len(top):
-        return f"token {j}: the same id twice in the top-k"
-    if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in logprobs):
-        return f"token {j}: a log-probability that is not a finite number"
-    if any(x > 0 for x in logprobs):
-        return f"token {j}: a positive log-probability (probability above 1)"
-    if sum(math.exp(x) for x in logprobs) > 1 + PROBABILITY_SLACK:
-        return f"token {j}: the top-k probabilities sum above 1"
-    return None
-
-
 def topk_columns(
     row: dict[str, Any], mapper: StringMapper | None, vocab_size: int | None = None
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The KD columns of one row, or (None, why not): every step must hold a distribution over the
-    student's vocabulary (see `_step_problem`)."""
+    student's vocabulary (`synth.records.step_problem`, the check `synth generate` makes too)."""
     steps = row.get("logprobs")
     if not steps:
         return None, "no stored log-probabilities"
@@ -121,7 +92,7 @@ def topk_columns(
         token_id = t.get("token_id")
         if token_id is None and mapper is not None and isinstance(t.get("token"), str):
             token_id = mapper(t["token"])
-        if problem := _step_problem(j, top, t.get("top_logprobs"), token_id, vocab_size):
+        if problem := step_problem(j, top, t.get("top_logprobs"), token_id, vocab_size):
             return None, problem
         ids.append(list(top))
         logprobs.append([float(x) for x in t["top_logprobs"]])

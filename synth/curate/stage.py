@@ -29,7 +29,6 @@ import pyarrow.compute
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from synth import tables
@@ -41,6 +40,7 @@ from synth.curate.config import CurateSpec
 from synth.curate.report import CheckStats, write_reports
 from synth.errors import UserError
 from synth.io import staging_folder, swap_in_folder
+from synth.progress import progress
 from synth.recipe import Recipe, dump_resolved
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA, completion_text
 from synth.shards import ShardSet
@@ -264,22 +264,13 @@ def run_curate(
     work = tmp / "work"
     work.mkdir(parents=True)
     try:
-        with Progress(
-            TextColumn("[bold]curating"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("shards"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
-            task = progress.add_task("curate", total=len(shard_set.paths), rate="")
+        with progress(console, unit="shards", eta=False) as bar:  # plain lines when the output is a log
+            task = bar.add_task("curating", total=len(shard_set.paths), rows=0)
             for i, shard in enumerate(_checked_shards(recipe, recipe_dir, shard_set, summary)):
                 summary.rows_in += shard.table.num_rows
                 curator.absorb(shard)
                 pq.write_table(shard.table, work / f"part-{i:05d}.parquet")
-                rate = summary.rows_in / max(time.perf_counter() - start, 1e-9)
-                progress.update(task, advance=1, rate=f"{rate:,.0f} rows/s")
+                bar.update(task, advance=1, rows=summary.rows_in)
         late, late_rejected = curator.group_pass()
         _no_broken_function(recipe, summary.stats)  # before anything replaces the last curated/
         summary.kept, summary.rejected = _write_outputs(work, tmp, late, late_rejected, curator)

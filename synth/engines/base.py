@@ -47,6 +47,12 @@ class Engine(ABC):
         """The `teacher` column: which model, revision, engine and sampling made a row."""
         return {"model": self.model_id, "revision": self.revision, "engine": self.name, "sampling": params.as_dict()}
 
+    @property
+    def vocab_size(self) -> int | None:
+        """Size of the vocabulary its token ids index, where the engine holds the tokenizer; None for a
+        server (then `synth generate` checks only that stored ids fit a shard, and `sft run` the rest)."""
+        return None
+
     def check_prompt(self, messages: Messages, params: SamplingParams) -> str | None:
         """Reason a prompt cannot be generated from (e.g. longer than the context), else None."""
         return None

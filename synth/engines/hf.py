@@ -77,6 +77,10 @@ class TransformersEngine(Engine):
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
 
+    @property
+    def vocab_size(self) -> int | None:
+        return len(self.tokenizer)
+
     def encode(self, messages: Messages) -> list[int]:
         """Token ids of a chat prompt with the generation prompt appended."""
         return list(

@@ -278,9 +278,14 @@ def _usage(usage: Any) -> dict[str, int | None]:
 
 
 def _number(value: Any, what: str) -> float:
+    """A JSON number as a float; NaN and infinities pass (the log-prob contract names them later), an
+    integer too large for a float (JSON allows any) is a malformed answer, not an OverflowError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MalformedAnswer(f"{what} is {type(value).__name__} {str(value)[:40]!r}, not a number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise MalformedAnswer(f"{what} is an integer too large for a number ({len(str(value))} digits)") from None
 
 
 def _token_logprob(t: Any, i: int) -> TokenLogprob:
@@ -302,6 +307,15 @@ def _token_logprob(t: Any, i: int) -> TokenLogprob:
     )
 
 
+def _is_text(value: str) -> bool:
+    """Whether a decoded JSON string can be stored: a lone "\\ud800" escape decodes, but is no UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def to_completion(choice: Any, usage: dict[str, int | None], n_choices: int) -> Completion:
     """Map one OpenAI `choice` to a Completion (token counts only where they are knowable).
 
@@ -316,6 +330,8 @@ def to_completion(choice: Any, usage: dict[str, int | None], n_choices: int) -> 
     text = message.get("content")
     if text is not None and not isinstance(text, str):
         raise MalformedAnswer(f"message.content is {type(text).__name__}, not a string")
+    if text and not _is_text(text):
+        raise MalformedAnswer("message.content holds half of a UTF-16 surrogate pair, which is not text")
     lp_block = choice.get("logprobs")
     lp = lp_block.get("content") if isinstance(lp_block, dict) else None
     if lp_block is not None and not isinstance(lp_block, dict):

@@ -83,6 +83,10 @@ class VLLMEngine(Engine):
         self.tokenizer = self.llm.get_tokenizer()
         self.context = int(self.llm.model_config.max_model_len)
 
+    @property
+    def vocab_size(self) -> int | None:
+        return len(self.tokenizer)
+
     def check_prompt(self, messages: Messages, params: SamplingParams) -> str | None:
         n = len(
             self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
