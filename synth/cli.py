@@ -68,8 +68,9 @@ def generate(
         raise UserError(
             f"every one of the {summary.engine_rows} rows asked of the teacher failed; the first error: "
             f"{summary.first_error}",
-            "fix the cause (the server's URL, the model name, the key), then run the same command "
-            "with --retry-failed; the failed rows are kept with their reasons",
+            "fix the cause it names (the server's URL, the model name, the key; a server whose log-probs "
+            "are malformed), then run the same command with --retry-failed; the failed rows are kept with "
+            "their reasons",
         )
 
 
