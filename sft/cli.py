@@ -77,12 +77,13 @@ def evaluate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     Each model answers `eval.prompts` (students: the student's view; teacher: the teacher's view,
     through `teacher.engine`): one greedy answer per prompt, plus `eval.samples` sampled ones.
     Leads with four rates per model, each with a bootstrap 95% interval over prompts: behaviour
-    (every `eval.behaviour_check` passes), clean (every other curate check passes), joint (both)
+    (every `eval.behaviour_check` passes), clean (every other curate check passes, but `truncated`), joint (both)
     and relevance (prompt↔answer embedding similarity, English answers, `relevance` extra); beside
     them the empty rate and, over non-empty answers, finished (not cut at eval.max_new_tokens) and
     loop-free. Prints a WARNING, and marks the student "regressed", when a trained student's
-    loop-free, non-empty or relevance rate falls below 0.9× the base student's, and a WARNING naming
-    any model whose answers are mostly empty or mostly one text. Fidelity to the teacher, per model:
+    clean, loop-free, non-empty or relevance rate falls below 0.9× the base student's, and a WARNING
+    naming any model whose answers are mostly empty or mostly one text (a student's one text that is
+    the teacher's own most common answer aside). Fidelity to the teacher, per model:
     KL(teacher ‖ model) and perplexity on the teacher's greedy answers (teacher-forced, bootstrap intervals, paired
     differences between students), parameter count and greedy tokens/s. With `eval.benchmarks`, each
     model's lm-evaluation-harness scores, paired between models on the same examples. Writes RUN_DIR/eval/:

@@ -5,7 +5,8 @@ that may not exist on the machine that evaluates or publishes it). Eval and publ
 whatever `model.path` says *now*; after a recipe edit that is another model, possibly of another
 depth, and PEFT loads an adapter with keys for layers the base lacks without a word (it warns only
 about missing keys). So `sft run` records a fingerprint of the base's config beside the adapter, and
-every merge compares it first.
+every merge compares it first. Only a local base folder has a config to record (the embedded model,
+a pruned student, a downloaded folder); a Hub id is not checked.
 """
 
 from __future__ import annotations
@@ -16,12 +17,23 @@ from pathlib import Path
 from typing import Any
 
 RECORD = "distillery_base.json"
-# config fields that say nothing about the weights' shapes or meaning
-_VOLATILE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "_commit_hash"}
+SHAPE = (
+    "model_type",
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+)
+"""The config fields that fix the weights' shapes: the fingerprint leaves out the rest, which a newer
+transformers may add, rename or rewrite (versions, dtypes, defaults) for the very same weights."""
 
 
 def _fingerprint(config: dict[str, Any]) -> str:
-    kept = {k: v for k, v in config.items() if k not in _VOLATILE}
+    kept = {k: config.get(k) for k in SHAPE}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

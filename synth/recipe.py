@@ -354,19 +354,27 @@ PATHS_RULE = (
 def _anchor_model_paths(recipe: Recipe, recipe_dir: Path) -> Recipe:
     """Model folders follow `PATHS_RULE` as data files do (`synth.prompts.resolve_path`): a relative
     path that exists beside the recipe is rewritten relative to the working folder, where every
-    loader looks. Hub ids and aliases have no such folder and stay as they are."""
+    loader looks. Aliases ('self', the embedded model's names) win over a folder of that name, as in
+    `resolve_model`; a server teacher's `teacher.path` is the name it serves, not a folder."""
     import os
+
+    from synth.models import EMBEDDED_ALIASES
 
     def anchored(value: str) -> str:
         p = Path(value).expanduser()
-        if p.is_absolute() or value == "self" or recipe_dir.resolve() == Path.cwd().resolve():
+        if p.is_absolute() or value == "self" or value.lower() in EMBEDDED_ALIASES:
+            return value
+        if recipe_dir.resolve() == Path.cwd().resolve():
             return value
         beside = recipe_dir / p
         return os.path.relpath(beside) if (beside / "config.json").is_file() else value
 
+    served = recipe.teacher.engine == "openai"
     updates = {
         "model": recipe.model.model_copy(update={"path": anchored(recipe.model.path)}),
-        "teacher": recipe.teacher.model_copy(update={"path": anchored(recipe.teacher.path)}),
+        "teacher": recipe.teacher.model_copy(
+            update={"path": recipe.teacher.path if served else anchored(recipe.teacher.path)}
+        ),
         "train": recipe.train.model_copy(update={"teacher": anchored(recipe.train.teacher)}),
     }
     if recipe.prune is not None:

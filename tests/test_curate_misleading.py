@@ -42,7 +42,7 @@ def test_a_check_that_raises_on_every_row_is_an_error_not_a_verdict(tmp_path: Pa
     recipe = _recipe(tmp_path, [{"type": "python", "function": broken, "name": "mine"}])
     with pytest.raises(UserError) as err:
         run_curate(recipe, _run(tmp_path), recipe_dir=tmp_path)
-    assert "curate check 'mine': broken_check:check raised on every one of 8 rows (row " in err.value.message
+    assert "curate check 'mine': broken_check:check raised on every one of 8 rows (TypeError: " in err.value.message
     assert "TypeError: string indices" in err.value.message and "fix the function" in err.value.hint
     assert not (tmp_path / "run" / "curated").exists()
     # raising on some rows is a verdict on those rows: rejected with the exception as the reason
@@ -53,6 +53,9 @@ def test_a_check_that_raises_on_every_row_is_an_error_not_a_verdict(tmp_path: Pa
     )
     s = run_curate(_recipe(tmp_path, [{"type": "python", "function": picky}]), _run(tmp_path), recipe_dir=tmp_path)
     assert s.kept == 4 and s.rejected == 4
+    report = json.loads((tmp_path / "run" / "curated" / "report.json").read_text())
+    assert report["raised"] == {"python": [{"exception": "AssertionError:", "rows": 4}]}
+    assert report["decontamination"] == []  # what a function raised is not an eval item found in the data
 
 
 def test_a_check_module_beside_the_recipe_is_found_from_any_folder(tmp_path: Path, monkeypatch) -> None:

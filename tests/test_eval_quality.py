@@ -402,6 +402,16 @@ def test_eval_reads_the_prompt_column_of_the_recipes_prompts(tmp_path: Path) -> 
     (tmp_path / "held.jsonl").write_text(json.dumps({"q": "Name a colour.", "question": "no"}) + "\n")
     items, _ = eval_prompts(load_recipe(tmp_path / "r.yaml", ["eval.prompt_column=q"]), tmp_path)
     assert [it.prompt[-1]["content"] for it in items] == ["Name a colour."]
+    with pytest.raises(UserError) as err:  # the hint names the eval's own field, not the prompts'
+        eval_prompts(load_recipe(tmp_path / "r.yaml", ["eval.prompt_column=nothing"]), tmp_path)
+    assert "no column 'nothing'" in err.value.message and "eval.prompt_column=NAME" in err.value.hint
+    # the shipped held-out file keeps its own column whatever the recipe's prompts use
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "heldout_prompts.jsonl").write_text(json.dumps({"prompt": "Say hi."}) + "\n")
+    body["eval"] = {}
+    (tmp_path / "r.yaml").write_text(json.dumps(body))
+    items, _ = eval_prompts(load_recipe(tmp_path / "r.yaml"), tmp_path)
+    assert [it.prompt[-1]["content"] for it in items] == ["Say hi."]
 
 
 def test_a_fluent_student_that_fails_the_recipes_checks_regresses() -> None:
@@ -411,3 +421,17 @@ def test_a_fluent_student_that_fails_the_recipes_checks_regresses() -> None:
     sft = rep["models"]["sft"]
     assert sft["loop_free"]["rate"] == 1.0 and sft["finished"]["rate"] == 1.0 and sft["clean"]["rate"] == 0.0
     assert rep["verdict"]["sft"] == "regressed" and "clean rate 0.000 < 0.9×" in rep["warnings"][0]
+
+
+def test_a_student_that_gives_the_teachers_one_answer_learned_it() -> None:
+    """A refusal (or yes/no) behaviour: the teacher gives one text to most prompts, and so does a student
+    that learned it; the student is not degenerate for that (the teacher's warning stays, to read)."""
+    refusal = "I can't help with that."
+    rows = answer_rows("teacher", [(True, True, refusal) for _ in range(6)])
+    rows += answer_rows("base_student", [(False, True, varied(CLEAN, i)) for i in range(6)])
+    rows += answer_rows("sft", [(True, True, " " + refusal.upper()) for _ in range(6)])
+    rows += answer_rows("other", [(True, True, "No.") for _ in range(6)])
+    rep = report_for(rows, ["teacher", "base_student", "sft", "other"])
+    assert rep["models"]["sft"]["degenerate"] is None and rep["verdict"]["sft"] == "ok"
+    assert rep["models"]["other"]["degenerate"] and rep["verdict"]["other"] == "regressed"
+    assert rep["warnings"][0].startswith("WARNING: teacher is degenerate: the same answer to 6 of 6 prompts")

@@ -57,7 +57,8 @@ def test_an_adapter_knows_its_base(tmp_path: Path, smollm2_dir: Path) -> None:
     why = base_mismatch(adapter, other)
     assert why is not None and "'smollm2' (30 layers" in why and "(15 layers" in why
     # what does not change the weights does not count: a newer transformers or another dtype
-    (other / "config.json").write_text(json.dumps({**config, "transformers_version": "9.9", "torch_dtype": "x"}))
+    newer = {**config, "transformers_version": "9.9", "torch_dtype": "x", "a_new_default": 1}
+    (other / "config.json").write_text(json.dumps(newer))
     assert base_mismatch(adapter, other) is None
     assert base_mismatch(tmp_path, other) is None  # an adapter from before the record: nothing to compare
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from sft.evaluation.benchmarks import Scores, seed_tables, summarise
 from sft.evaluation.fidelity import paired
-from sft.evaluation.quality import most_common_answer
+from sft.evaluation.quality import most_common_answer, normalised
 from synth.curate.checks.relevance import RelevanceCheck
 from synth.io import atomic_write, atomic_write_parquet, atomic_write_text
 from synth.records import MESSAGE, VERDICT
@@ -140,7 +140,7 @@ def model_summary(
         "truncated": _rate(said, lambda r: r["finish_reason"] == "length", prompts),
         # finished before the token limit: a student that never stops shows here first
         "stops": finished,
-        "degenerate": degenerate(rows),
+        "degenerate": None,  # set by build_report, which knows the teacher's answers
         "errors": sum(r["error"] is not None for r in rows),
         "mean_completion_tokens": mean([r["completion_tokens"] for r in rows if r["completion_tokens"] is not None]),
     }
@@ -163,11 +163,12 @@ def model_summary(
     return out
 
 
-def degenerate(rows: list[Row]) -> str | None:
+def degenerate(rows: list[Row], teacher_text: str | None = None) -> str | None:
     """Why a model's answers are degenerate, or None: most of them empty, or one text answering most of
     the prompts it was asked (counted per prompt: a prompt's greedy and sampled answers may agree).
     Every text measure would call such a model fine: nothing said has no loop, one fluent answer is
-    fluent everywhere."""
+    fluent everywhere. A student whose one text is the teacher's own most common answer (a refusal or
+    yes/no behaviour) learned the behaviour: not degenerate."""
     empty = sum(r["empty"] for r in rows)
     if rows and empty > MOSTLY * len(rows):
         return f"{empty} of {len(rows)} answers are empty (no word, or no answer)"
@@ -175,7 +176,7 @@ def degenerate(rows: list[Row]) -> str | None:
     common = most_common_answer((r["prompt_id"], r["answer"]) for r in rows if not r["empty"])
     if common is not None:
         text, n = common
-        if n >= 2 and n > MOSTLY * prompts:
+        if n >= 2 and n > MOSTLY * prompts and normalised(text) != teacher_text:
             return f"the same answer to {n} of {prompts} prompts ({' '.join(text.split())[:60]!r})"
     return None
 
@@ -238,6 +239,13 @@ def build_report(
         n: model_summary([r for r in rows if r["model"] == n], threshold, relevance_measured, judges, order)
         for n in names
     }
+    teacher_common = most_common_answer(
+        (r["prompt_id"], r["answer"]) for r in rows if r["model"] == "teacher" and not r["empty"]
+    )
+    teacher_text = normalised(teacher_common[0]) if teacher_common else None
+    for n in names:
+        own = [r for r in rows if r["model"] == n]
+        models[n]["degenerate"] = degenerate(own, None if n == "teacher" else teacher_text)
     arms = {n: combine_seeds(fidelity[n]) for n in names if n in fidelity}
     for n in names:
         models[n]["agreement_top1_with_teacher"] = arms.get(n, {}).get("agreement_top1")

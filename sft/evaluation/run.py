@@ -43,7 +43,7 @@ from synth.models import loading_model, resolve_model
 from synth.prompts import load_prompts
 from synth.recipe import Recipe, objective_overrides
 from synth.records import Messages, PromptItem, assistant
-from synth.specs import PromptsSpec
+from synth.specs import EvalSpec, PromptsSpec
 
 
 @dataclass
@@ -295,12 +295,19 @@ def check_distinct(recipe: Recipe) -> None:
 def eval_prompts(recipe: Recipe, recipe_dir: Path | None) -> tuple[list[PromptItem], list[str]]:
     """The held-out prompts, each once, and a note for each kind left out: exact repeats (the same
     student and teacher view: answering one twice would count it twice in every rate and interval) and
-    empty prompts. A UserError when none is left. The prompt column is `eval.prompt_column`, else the
-    recipe's `prompts.prompt_column` (a user's held-out file is usually shaped like their prompts)."""
+    empty prompts. A UserError when none is left. The prompt column is `eval.prompt_column`; unset, it
+    is `prompts.prompt_column` for a held-out file of the user's (shaped like their prompts), and
+    "prompt" for the shipped one."""
     ev = recipe.eval
-    column = ev.prompt_column or recipe.prompts.prompt_column
+    shipped = ev.prompts == EvalSpec.model_fields["prompts"].default
+    column = ev.prompt_column or ("prompt" if shipped else recipe.prompts.prompt_column)
     spec = PromptsSpec(path=ev.prompts, prompt_column=column, system_prompt=recipe.prompts.system_prompt)
-    items, repeated = load_prompts(spec, recipe.teacher, recipe_dir, ev.limit, field="eval.prompts")
+    try:
+        items, repeated = load_prompts(spec, recipe.teacher, recipe_dir, ev.limit, field="eval.prompts")
+    except UserError as exc:
+        if f"no column {column!r}" not in exc.message:
+            raise
+        raise UserError(exc.message, "set eval.prompt_column=NAME: the held-out file's prompt column") from None
     kept = [it for it in items if it.error is None]
     notes = []
     if repeated:

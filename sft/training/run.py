@@ -198,6 +198,11 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[An
         return ds.select_columns(["prompt", "completion", "teacher_prompt"]), True
     info = check_tokenizer(run_dir, tokenizer, recipe.model.path)
     ds = _without_corrected(recipe, ds)
+    if not len(ds):
+        raise UserError(
+            "every curated row carries a reviewer's correction, and train.kd.corrected=leave_out leaves them all out",
+            "train on the corrections with train.kd.source=model or train.objective=sft train.targets=text",
+        )
     out, dropped = with_topk(ds, tokenizer)
     for i, why in dropped[:5]:
         _say(f"warning: curated row {i} ({ds[i]['id']}) left out of kd: {why}")
@@ -522,6 +527,7 @@ def _save_final(trainer: Any, tokenizer: Any, recipe: Recipe, student_path: str,
         staging_folder(final, "train")
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))  # every process calls it (sharded states gather); only the main one writes
+    trainer.accelerator.wait_for_everyone()  # DeepSpeed may write a shard per process: all done before the swap
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(str(staging))
         if (staging / "adapter_config.json").is_file():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synth.curate.base import Verdict, snippet
+from synth.curate.checks.verifiers import RAISED
 from synth.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -109,7 +110,14 @@ def build_report(summary: CurateSummary, curator: Curator) -> dict[str, Any]:
             {"eval_item": item, "text": text, "rows": n}
             for s in summary.stats.values()
             for (item, text), n in s.tally.most_common()
+            if item != RAISED
         ],
+        # a python check's function that raised: the exception and on how many rows (each rejected)
+        "raised": {
+            s.name: [{"exception": text, "rows": n} for (item, text), n in s.tally.most_common() if item == RAISED]
+            for s in summary.stats.values()
+            if any(item == RAISED for item, _ in s.tally)
+        },
     }
 
 
@@ -148,6 +156,9 @@ def to_markdown(rep: dict[str, Any], run_dir: Path) -> str:
             lines.append(f"**{name}**")
             lines += [f"- `{e['id']}`: {e['reason']} — “{e['completion']}”" for e in examples]
             lines.append("")
+    for check, found in rep["raised"].items():
+        lines += ["", f"## `{check}` raised (each such row rejected)", "", "| rows | exception |", "|---:|---|"]
+        lines += [f"| {f['rows']} | {f['exception']} |" for f in found]
     if rep["decontamination"]:
         lines += ["", "## Evaluation items found in the data", "", "| eval item | rows | text |", "|---|---:|---|"]
         lines += [f"| {m['eval_item']} | {m['rows']} | {m['text']} |" for m in rep["decontamination"]]

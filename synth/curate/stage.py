@@ -302,7 +302,8 @@ def _no_broken_function(recipe: Recipe, stats: dict[str, CheckStats]) -> None:
 
 def _unfinished(gen_dir: Path) -> str | None:
     """Why the generations may not be all there is: `synth generate` is writing them right now (its lock
-    is held), or its manifest says prompts are still missing (an interrupted run, or `--limit`)."""
+    is held), or its manifest says prompts are still missing (an interrupted run; a `--limit` run counts
+    the limited prompts as the source, so curating it says nothing)."""
     from filelock import FileLock, Timeout
 
     lock = FileLock(gen_dir / ".generate.lock")

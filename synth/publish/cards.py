@@ -208,8 +208,9 @@ def model_body(recipe: Recipe, run_dir: Path, repo_id: str, base: str, adapter: 
             "## Evaluation",
             "",
             f"`sft eval` on {ev.get('prompts')} held-out prompts × {ev.get('samples_per_prompt')} answers per "
-            f"model. Behaviour: {', '.join(ev.get('behaviour_checks') or [])}; clean: every other check passes; "
-            "joint: both; relevance: prompt↔answer similarity (English answers). Brackets: bootstrap 95% intervals.",
+            f"model. Behaviour: {', '.join(ev.get('behaviour_checks') or [])}; clean: every other check passes "
+            "(but `truncated`, reported as finished); joint: both; relevance: prompt↔answer similarity (English "
+            "answers); empty, finished and loop-free: see Distillery's README. Brackets: bootstrap 95% intervals.",
             "",
         ]
         lines += [f"**{w}**" for w in ev.get("warnings", [])]

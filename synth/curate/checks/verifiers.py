@@ -184,13 +184,15 @@ def raised_on_every_row(name: str, function: str, evaluated: int, tally: Counter
     """The error for a python check whose function raised on every row it saw (two or more): a bug in
     the function, not a verdict on the rows, and rejecting them all would look like a teacher that
     never passes the check. Decided over the whole run (the tally adds up across shards and Ray workers)."""
-    raised = [text for (item, text), n in tally.items() for _ in range(n) if item == RAISED]
-    if evaluated < 2 or len(raised) < evaluated:
+    raised = {text: n for (item, text), n in tally.items() if item == RAISED}
+    if evaluated < 2 or sum(raised.values()) < evaluated:
         return None
+    most = max(sorted(raised), key=raised.__getitem__)
     return UserError(
-        f"curate check {name!r}: {function} raised on every one of {evaluated} rows ({min(raised)})",
-        "fix the function (a row is a dict with prompt, completion, meta; see `synth.records`), then run "
-        "`synth curate` again; the previous curated/ is untouched",
+        f"curate check {name!r}: {function} raised on every one of {evaluated} rows ({most})",
+        "a function that raises on every row is taken for a bug: fix it (a row is a dict with prompt, "
+        "completion, meta; see `synth.records`), and return False to reject a row; the previous curated/ "
+        "is untouched",
     )
 
 
@@ -222,7 +224,7 @@ class PythonVerifier(RowCheck):
                 out.append(self._verdict(self.func(r)))
             except Exception as exc:  # user code: record, never crash the run
                 why = f"{type(exc).__name__}: {exc}"
-                self.tally[RAISED, f"row {r.get('id')}: {snippet(why, 200)}"] += 1  # see `raised_on_every_row`
+                self.tally[RAISED, snippet(why, 200)] += 1  # see `raised_on_every_row` and the curate report
                 out.append(Verdict(False, None, f"{self.spec.function} raised {why}"))
         return out
 
