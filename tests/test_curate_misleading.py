@@ -43,7 +43,7 @@ def test_a_check_that_raises_on_every_row_is_an_error_not_a_verdict(tmp_path: Pa
     with pytest.raises(UserError) as err:
         run_curate(recipe, _run(tmp_path), recipe_dir=tmp_path)
     assert "curate check 'mine': broken_check:check raised on every one of 8 rows (TypeError: " in err.value.message
-    assert "TypeError: string indices" in err.value.message and "fix the function" in err.value.hint
+    assert "TypeError: string indices" in err.value.message and "taken for a bug: fix it" in err.value.hint
     assert not (tmp_path / "run" / "curated").exists()
     # raising on some rows is a verdict on those rows: rejected with the exception as the reason
     picky = _module(

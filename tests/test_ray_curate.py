@@ -136,5 +136,5 @@ def test_a_worker_set_up_error_is_one_line(ray_cluster: str, tmp_path: Path) -> 
         env={"RAY_ADDRESS": ray_cluster},
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
-    assert "cannot import 'no_such_module'" in res.stderr
+    assert "no module 'no_such_module'" in res.stderr and "beside the recipe" in res.stderr
     assert not (run / "curated").exists()

@@ -330,7 +330,8 @@ def test_python_check_values_are_read_strictly(tmp_path: Path, server: Any) -> N
     for fn, says in [("nan", "finite number"), ("says_no", "passed='no'")]:
         check = f"curate.checks=[{{type: python, function: 'user_checks:{fn}'}}]"
         res = run_cli("synth", "curate", str(r), "--run-dir", str(run), check, cwd=tmp_path, env=ENV)
-        assert res.returncode == 0, res.stderr[-2000:]
+        # nothing kept is an error now, but curated/ is written with every row's reason
+        assert res.returncode == 2 and "curate kept 0 of 8 rows" in res.stderr, res.stderr[-2000:]
         rejected = pq.read_table(run / "curated" / "rejected.parquet").to_pylist()
         assert len(rejected) == 8 and all(says in row["reason"] for row in rejected), rejected[0]["reason"]
 

@@ -221,11 +221,16 @@ class PythonVerifier(RowCheck):
         out = []
         for r in rows:
             try:
-                out.append(self._verdict(self.func(r)))
+                value = self.func(r)
             except Exception as exc:  # user code: record, never crash the run
                 why = f"{type(exc).__name__}: {exc}"
                 self.tally[RAISED, snippet(why, 200)] += 1  # see `raised_on_every_row` and the curate report
                 out.append(Verdict(False, None, f"{self.spec.function} raised {why}"))
+                continue
+            try:
+                out.append(self._verdict(value))
+            except Exception as exc:  # a value that is not a verdict (NaN, passed="no"): that row rejected
+                out.append(Verdict(False, None, f"{self.spec.function} raised {type(exc).__name__}: {exc}"))
         return out
 
     def _verdict(self, value: Any) -> Verdict:
