@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from peak import measure  # bench/peak.py: this folder is on sys.path when run as a script
 
 from synth.engines.base import SamplingParams
 from synth.engines.hf import TransformersEngine
@@ -78,6 +79,13 @@ def main() -> None:
     print(f"{'naive loop (batch 1)':28}{tok_naive:>8}{t_naive:>10.1f}{r_naive:>10.1f}")
     print(f"{f'engine (batch {args.batch_size})':28}{tok_engine:>8}{t_engine:>10.1f}{r_engine:>10.1f}")
     print(f"speed-up (tokens/s ratio): {r_engine / r_naive:.2f}x")
+    # the compute limit: this machine's float32 matmul rate on the model's shapes (bench/peak.py), now
+    peak = measure(threads=torch.get_num_threads())["float32"]["median"]  # type: ignore[index]
+    flops = 2 * sum(p.numel() for p in engine.model.parameters())  # per generated token, matmuls only
+    print(
+        f"engine at {r_engine * flops / 1e9:.1f} GFLOP/s = {r_engine * flops / 1e9 / peak:.0%} of the measured "
+        f"float32 matmul peak ({peak:.1f} GFLOP/s; limit {peak * 1e9 / flops:.0f} tokens/s)"
+    )
 
 
 if __name__ == "__main__":
