@@ -88,6 +88,7 @@ lint: setup
 	$(BIN)/ruff check synth sft tests bench scripts
 
 bench: setup
+	$(BIN)/python bench/peak.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/curate.py
 	$(BIN)/python bench/executors.py
