@@ -14,26 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-HIDDEN, MLP = 576, 1536  # SmolLM2-135M's hidden and MLP widths
-
-
-def gflops(dtype: torch.dtype, tokens: int, repeats: int) -> dict[str, float | list[float]]:
-    """Median and spread of matmul GFLOP/s for one dtype (one warm-up, then `repeats` timed runs)."""
-    x = torch.randn(tokens, HIDDEN).to(dtype)
-    w = torch.randn(MLP, HIDDEN).to(dtype)
-    torch.nn.functional.linear(x, w)  # warm-up: allocations, kernel selection
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.nn.functional.linear(x, w)
-        rates.append(2 * tokens * HIDDEN * MLP / (time.perf_counter() - start) / 1e9)
-    return {"median": statistics.median(rates), "spread": [min(rates), max(rates)]}
+from synth.throughput import HIDDEN, MLP, matmul_gflops
 
 
 def measure(tokens: int = 512, repeats: int = 7, threads: int = 2) -> dict[str, object]:
@@ -46,7 +31,7 @@ def measure(tokens: int = 512, repeats: int = 7, threads: int = 2) -> dict[str, 
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        out[name] = gflops(dtype, tokens, repeats)
+        out[name] = matmul_gflops(dtype, tokens, repeats)
     f32, b16 = out["float32"], out["bfloat16"]
     out["bf16_over_fp32"] = b16["median"] / f32["median"]  # type: ignore[index]
     out["bf16_faster"] = b16["spread"][0] > f32["spread"][1]  # type: ignore[index]

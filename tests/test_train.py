@@ -57,6 +57,14 @@ def test_sft_loss_goes_down_and_result_loads_without_distillery(tmp_path: Path, 
     run = curated_run(tmp_path)
     s = run_train(recipe(tmp_path, lora={"enabled": lora}, epochs=50, max_steps=6), run)
     assert s.steps == 6 and s.last_loss < s.first_loss
+    # 6 steps of batch 2 over 4 rows: every row's tokens three times, padding not counted
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run / "train" / "sft" / "final")
+    chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in ANSWERS.items()]
+    per_epoch = sum(len(tok.apply_chat_template(c, tokenize=True, return_dict=False)) for c in chats)
+    assert s.throughput["tokens"] == 3 * per_epoch, (s.throughput, per_epoch)
+    assert 0 < s.throughput["mfu"] < 1 and s.throughput["tokens_per_s"] > 0
     final = run / "train" / "sft" / "final"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

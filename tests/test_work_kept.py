@@ -119,3 +119,15 @@ def test_a_full_fine_tune_replaces_an_earlier_adapter_and_adapters_stay_on_their
     assert "model.safetensors" in names and not names & {"adapter_config.json", "adapter_model.safetensors", RECORD}
     assert not [p.name for p in final.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
     assert s.rows_trained == 4
+
+
+def test_training_flops_follow_what_is_trained() -> None:
+    """6N per token for a full fine-tune, about 4N with LoRA (frozen weights get no gradient), plus the
+    forward of a teacher run alongside."""
+    from synth.throughput import matmul_gflops, training_flops_per_token
+
+    assert training_flops_per_token(100, 100) == 600
+    assert training_flops_per_token(100, 1) == 402
+    assert training_flops_per_token(100, 100, teacher_params=50) == 700
+    peak = matmul_gflops(tokens=64, repeats=3)
+    assert 0 < peak["spread"][0] <= peak["median"] <= peak["spread"][1]

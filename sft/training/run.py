@@ -49,6 +49,7 @@ class TrainSummary:
     skipped_checkpoints: list[str] = field(default_factory=list)  # newer ones a killed save left incomplete
     lengths: LengthReport | None = None  # rows that train.max_length truncated or dropped
     rows_trained: int = 0  # rows the trainer kept: kd also leaves out rows without usable or aligned labels
+    throughput: dict[str, Any] = field(default_factory=dict)  # tokens, tokens/s, MFU: see `_throughput`
 
     @property
     def seconds_per_step(self) -> float:
@@ -447,6 +448,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
         for folder, why in skipped:
             _say(f"skipping incomplete {folder.name} ({why}): a save that was cut short")
         _say(f"resuming from {last} (step {last.name.split('-')[-1]})")
+    counter = _TokenCounter(trainer.data_collator)
+    trainer.data_collator = counter
     started = _start_watch()
     trainer.add_callback(started)
     diverged = _divergence_watch()
@@ -484,6 +487,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
     # what the trainer kept: kd also leaves out rows without usable or aligned stored labels
     trained_set = trainer.train_dataset
     rows_trained = len(trained_set) if trained_set is not None else len(ds) - (lengths.dropped if lengths else 0)
+    throughput = _throughput(trainer, counter.tokens, seconds, device, t.objective)
     _model_card(trainer, recipe, final)
     if trainer.accelerator.is_main_process:
         swap_in_folder(staging, final)
@@ -492,6 +496,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
             "step": 0,
             "rows": len(ds),
             "rows_trained": rows_trained,
+            "throughput": throughput,
             "max_length": lengths.sentence() if lengths else None,
             "resumed_from": str(last) if last else None,
             "skipped_checkpoints": [f"{p.name}: {why}" for p, why in skipped],
@@ -513,6 +518,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
         [p.name for p, _ in skipped],
         lengths,
         rows_trained,
+        throughput,
     )
 
 
@@ -549,6 +555,52 @@ def train_all(recipe: Recipe, run_dir: Path, resume: bool = False) -> list[Train
             _say(f"training seed {seed} into train/{folder}")
         summaries.append(run_train(one, run_dir, resume=resume, folder=folder))
     return summaries
+
+
+class _TokenCounter:
+    """The trainer's data collator, counting the tokens (not the padding) of every batch it builds: TRL
+    counts them only in SFTTrainer's own loss, which KD and GKD replace."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.tokens = inner, 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        batch = self.inner(features)
+        mask = batch.get("attention_mask") if hasattr(batch, "get") else None
+        ids = batch.get("input_ids") if hasattr(batch, "get") else None
+        if mask is not None:
+            self.tokens += int(mask.sum())
+        elif ids is not None:
+            self.tokens += int(ids.numel())
+        return batch
+
+    def __getattr__(self, name: str) -> Any:  # what the trainer reads of the collator it was given
+        if name == "inner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def _throughput(trainer: Any, tokens: int, seconds: float, device: str, objective: str) -> dict[str, Any]:
+    """Trained tokens per second and, on a CPU, the model FLOPs utilisation against this machine's float32
+    matmul rate measured now (`synth.throughput`). Not for gkd: its on-policy generation is not in the
+    FLOP count, and an MFU without it would mislead."""
+    from synth.throughput import matmul_gflops, training_flops_per_token
+
+    tokens *= trainer.accelerator.num_processes  # each process counted its own batches
+    out: dict[str, Any] = {"tokens": tokens, "seconds": round(seconds, 1), "tokens_per_s": None, "mfu": None}
+    if not tokens or seconds <= 0:
+        return out
+    out["tokens_per_s"] = tokens / seconds
+    if device != "cpu" or objective == "gkd":
+        return out
+    params = sum(p.numel() for p in trainer.model.parameters())
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    teacher = getattr(trainer, "teacher_model", None)
+    teacher_params = sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
+    flops = training_flops_per_token(params, trainable, teacher_params)
+    peak = matmul_gflops()["median"]
+    out |= {"flops_per_token": flops, "peak_gflops": peak, "mfu": out["tokens_per_s"] * flops / (peak * 1e9)}
+    return out
 
 
 def _divergence_watch() -> Any:
