@@ -15,15 +15,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field
 
 from synth.records import completion_text
 from synth.specs import Strict
-
-if TYPE_CHECKING:  # the recipe holds the curate section, which is built from the checks
-    from synth.recipe import Recipe
 
 Row = dict[str, Any]
 WORD = re.compile(r"\w+", re.UNICODE)
@@ -91,9 +88,13 @@ class Verdict:
 
 @dataclass
 class Context:
-    """What checks may need at setup: the recipe and where relative paths start."""
+    """What checks may need at setup: the recipe and where relative paths start.
 
-    recipe: Recipe
+    `recipe` is a `synth.recipe.Recipe`, typed `Any` here on purpose: the recipe is assembled from
+    these checks' specs (recipe → curate config → checks → this module), so naming its type here
+    would close an import cycle."""
+
+    recipe: Any
     recipe_dir: Path | None = None
 
 

@@ -6,14 +6,11 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from synth.curate.base import Verdict, snippet
 from synth.curate.checks.verifiers import RAISED
 from synth.io import atomic_write_text
-
-if TYPE_CHECKING:
-    from synth.curate.stage import CurateSummary, Curator
 
 EXAMPLES = 3
 
@@ -68,9 +65,32 @@ def histogram(values: list[float], bins: int = 10) -> list[dict[str, Any]]:
     ]
 
 
-def build_report(summary: CurateSummary, curator: Curator) -> dict[str, Any]:
+@dataclass
+class CurateSummary:
+    """What one curate run did (also the basis of report.json)."""
+
+    run_dir: Path
+    rows_in: int = 0
+    prompts: int = 0
+    kept: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    score_name: str | None = None
+    stats: dict[str, CheckStats] = field(default_factory=dict)
+    workers: int = 0  # Ray workers; 0 for the local executor
+    shards_redone: int = 0  # shards checked again because their Ray worker died
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
+
+
+def build_report(summary: CurateSummary, kept_per_prompt: dict[str, int], select: dict[str, Any]) -> dict[str, Any]:
+    """report.json's content: the run's counts, each check's stats, and the select step's settings and
+    kept rows per prompt (passed in, not read off the stage's Curator, so this module needs nothing of
+    the stage)."""
     per_prompt: dict[str, int] = {}
-    for n in curator.kept_per_prompt.values():
+    for n in kept_per_prompt.values():
         per_prompt[str(n)] = per_prompt.get(str(n), 0) + 1
     return {
         "rows_in": summary.rows_in,
@@ -80,7 +100,7 @@ def build_report(summary: CurateSummary, curator: Curator) -> dict[str, Any]:
         "seconds": round(summary.seconds, 3),
         "rows_per_s": round(summary.rows_per_s, 1),
         "ranking_score": summary.score_name,
-        "select": curator.spec.select.model_dump(),
+        "select": select,
         "checks": [
             {
                 "name": s.name,
@@ -165,8 +185,10 @@ def to_markdown(rep: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(out: Path, summary: CurateSummary, curator: Curator) -> dict[str, Any]:
-    rep = build_report(summary, curator)
+def write_reports(
+    out: Path, summary: CurateSummary, kept_per_prompt: dict[str, int], select: dict[str, Any]
+) -> dict[str, Any]:
+    rep = build_report(summary, kept_per_prompt, select)
     atomic_write_text(out / "report.json", json.dumps(rep, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out / "report.md", to_markdown(rep, summary.run_dir))
     return rep

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,33 +37,13 @@ from synth.curate.base import Context, Row, RowCheck, Verdict
 from synth.curate.checks.dedup import GroupCheck
 from synth.curate.checks.verifiers import PythonCheck, raised_on_every_row
 from synth.curate.config import CurateSpec
-from synth.curate.report import CheckStats, write_reports
+from synth.curate.report import CheckStats, CurateSummary, write_reports
 from synth.errors import UserError
 from synth.io import staging_folder, swap_in_folder
 from synth.progress import progress
 from synth.recipe import Recipe, dump_resolved
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA, completion_text
 from synth.shards import ShardSet
-
-
-@dataclass
-class CurateSummary:
-    """What one curate run did (also the basis of report.json)."""
-
-    run_dir: Path
-    rows_in: int = 0
-    prompts: int = 0
-    kept: int = 0
-    rejected: int = 0
-    seconds: float = 0.0
-    score_name: str | None = None
-    stats: dict[str, CheckStats] = field(default_factory=dict)
-    workers: int = 0  # Ray workers; 0 for the local executor
-    shards_redone: int = 0  # shards checked again because their Ray worker died
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
 
 
 def _verdict_dict(name: str, v: Verdict) -> dict[str, Any]:
@@ -278,7 +258,7 @@ def run_curate(
         summary.seconds = time.perf_counter() - start
         shutil.rmtree(work)
         dump_resolved(recipe, tmp / "recipe.resolved.yaml")
-        write_reports(tmp, summary, curator)
+        write_reports(tmp, summary, curator.kept_per_prompt, curator.spec.select.model_dump())
         swap_in_folder(tmp, run_dir / "curated")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
