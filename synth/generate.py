@@ -34,10 +34,9 @@ from synth.progress import PlainProgress, progress
 from synth.prompts import load_prompts, teacher_view
 from synth.recipe import Recipe, dump_resolved, teacher_path
 from synth.records import SCHEMA, Completion, PromptItem, logprobs_problem, make_rows, rows_to_table
-from synth.shards import ShardSet, shard_index
+from synth.shards import MANIFEST, ShardSet, shard_index, writer_lock
 from synth.tables import key_values
 
-MANIFEST = "_manifest.json"
 SEPARATE_RUN = "use another --run-dir, or delete that generations folder to start over"
 SCAN_ONLY = ("prompt_ids", "teacher", "prompt", "teacher_prompt")  # scan state, not manifest entries
 MALFORMED_LOGPROBS = "malformed teacher log-probabilities"  # how such a failed row's error begins
@@ -323,9 +322,9 @@ def run_generate(
 @contextmanager
 def _only_writer(gen_dir: Path) -> Iterator[None]:
     """One `synth generate` per run folder at a time: two would write the same prompts twice."""
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
-    lock = FileLock(gen_dir / ".generate.lock")
+    lock = writer_lock(gen_dir)
     try:
         lock.acquire(timeout=0)
     except Timeout:

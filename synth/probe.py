@@ -34,7 +34,7 @@ from synth.errors import UserError
 from synth.generate import generate_shard, progress_bar
 from synth.io import atomic_write_parquet, atomic_write_text
 from synth.prompts import load_prompts
-from synth.recipe import Recipe
+from synth.recipe import Recipe, behaviour_checks
 from synth.records import REJECTED_SCHEMA, PromptItem, completion_text
 from synth.redact import excerpt, redact
 from synth.stats import bootstrap_ci, with_interval
@@ -132,30 +132,6 @@ class ProbeResult:
         return self.rate(self.kept)
 
 
-def behaviour_names(recipe: Recipe) -> list[str]:
-    """The checks that define the behaviour: `eval.behaviour_check`, else `curate.score`.
-
-    The same rule as `sft eval` (sft/evaluation/run.py), restated here because `synth` never imports
-    `sft`; checked before any sampling so a misnamed check costs no model time.
-    """
-    names = recipe.eval.behaviour_check or recipe.curate.score
-    if not names:
-        raise UserError(
-            "no behaviour check: neither eval.behaviour_check nor curate.score names one",
-            "set eval.behaviour_check to the curate check(s) that verify the behaviour (a name or a list)",
-        )
-    names = [names] if isinstance(names, str) else list(names)
-    row_checks = {c.label for c in recipe.curate.checks if c.per_row}
-    missing = [n for n in names if n not in row_checks]
-    if missing:
-        raise UserError(
-            f"eval.behaviour_check names {', '.join(map(repr, missing))}, not a row check in curate.checks "
-            f"(row checks: {', '.join(sorted(row_checks)) or 'none'})",
-            "set eval.behaviour_check to the name(s) of the check(s) that verify the behaviour",
-        )
-    return names
-
-
 def probe_params(recipe: Recipe) -> SamplingParams:
     """The recipe's own sampling settings with one sample per prompt: the probe asks how often the
     teacher shows the behaviour, and n samples of one prompt would mostly measure that prompt."""
@@ -225,7 +201,7 @@ def run_probe(
     teacher loads, so a recipe mistake fails in seconds, not after the sampling."""
     console = console or Console(stderr=True)
     items = probe_prompts(recipe, recipe_dir, prompts)
-    behaviour = behaviour_names(recipe)
+    behaviour = behaviour_checks(recipe, {c.label for c in recipe.curate.checks if c.per_row})
     params = probe_params(recipe)
     checker = ShardChecker(recipe, recipe_dir)  # loads models, eval sets and user code, as curate does
     own_engine = engine is None

@@ -85,6 +85,28 @@ def objective_overrides(folder: str) -> str:
     return f"train.objective={folder}"
 
 
+def behaviour_checks(recipe: Recipe, among: set[str] | None = None) -> list[str]:
+    """The curate checks that define the behaviour (all must pass): `eval.behaviour_check`, else
+    `curate.score`. With `among` (the row checks the caller will run), every name must be one of them:
+    a misnamed check is a UserError before any model time is spent. One rule for `sft eval`,
+    `synth probe` and curate's advice when nothing is kept."""
+    names = recipe.eval.behaviour_check or recipe.curate.score
+    if not names:
+        raise UserError(
+            "no behaviour check: neither eval.behaviour_check nor curate.score names one",
+            "set eval.behaviour_check to the curate check(s) that define the behaviour (a name or a list)",
+        )
+    names = [names] if isinstance(names, str) else list(names)
+    missing = [n for n in names if among is not None and n not in among]
+    if missing:
+        raise UserError(
+            f"eval.behaviour_check names {', '.join(map(repr, missing))}, not a row check in curate.checks "
+            f"(row checks: {', '.join(sorted(among or ())) or 'none'})",
+            "set eval.behaviour_check to the name(s) of the check(s) that define the behaviour",
+        )
+    return names
+
+
 def teacher_path(recipe: Recipe) -> str:
     """The teacher's model path, `self` resolved to the student's (model.path)."""
     return recipe.model.path if recipe.teacher.path == "self" else recipe.teacher.path

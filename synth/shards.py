@@ -13,12 +13,24 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from synth.errors import UserError
 from synth.io import read_parquet
 from synth.records import SCHEMA
+
+MANIFEST = "_manifest.json"  # generations/_manifest.json: what the shards hold, rewritten after each
+WRITER_LOCK = ".generate.lock"  # held by the one `synth generate` writing a generations folder
+
+
+def writer_lock(gen_dir: Path) -> Any:
+    """The lock `synth generate` holds on `gen_dir` while it writes (curate tries it to know)."""
+    from filelock import FileLock
+
+    return FileLock(gen_dir / WRITER_LOCK)
+
 
 SHARD_GLOB = "shard-*.parquet"
 FOREIGN_HINT = "it was not written by `synth generate` (or was edited); move it out of the generations folder"

@@ -113,9 +113,15 @@ def _mean(rows: list[Row], key: str, prompts: list[str]) -> dict[str, Any]:
 
 
 def model_summary(
-    rows: list[dict[str, Any]], threshold: float, relevance_measured: bool, judges: list[str], prompts: list[str]
+    rows: list[dict[str, Any]],
+    threshold: float,
+    relevance_measured: bool,
+    judges: list[str],
+    prompts: list[str],
+    teacher_text: str | None = None,
 ) -> dict[str, Any]:
-    """Every per-model number of the report, from that model's answer rows (all its seeds).
+    """Every per-model number of the report, from that model's answer rows (all its seeds);
+    `teacher_text` is the teacher's most common answer, normalised (see `degenerate`).
 
     `finished`, `loop_free` and `truncated` are over the non-empty answers (an empty one has no text to
     judge), `empty` over all of them; `stops` is `finished` under its older name."""
@@ -140,7 +146,7 @@ def model_summary(
         "truncated": _rate(said, lambda r: r["finish_reason"] == "length", prompts),
         # finished before the token limit: a student that never stops shows here first
         "stops": finished,
-        "degenerate": None,  # set by build_report, which knows the teacher's answers
+        "degenerate": degenerate(rows, teacher_text),
         "errors": sum(r["error"] is not None for r in rows),
         "mean_completion_tokens": mean([r["completion_tokens"] for r in rows if r["completion_tokens"] is not None]),
     }
@@ -235,17 +241,21 @@ def build_report(
     out of its inputs (repeated or empty prompts), said in report.md too."""
     threshold = DEFAULT_RELEVANCE if relevance_threshold is None else relevance_threshold
     order = list(dict.fromkeys(r["prompt_id"] for r in rows))
-    models = {
-        n: model_summary([r for r in rows if r["model"] == n], threshold, relevance_measured, judges, order)
-        for n in names
-    }
     teacher_common = most_common_answer(
         (r["prompt_id"], r["answer"]) for r in rows if r["model"] == "teacher" and not r["empty"]
     )
     teacher_text = normalised(teacher_common[0]) if teacher_common else None
-    for n in names:
-        own = [r for r in rows if r["model"] == n]
-        models[n]["degenerate"] = degenerate(own, None if n == "teacher" else teacher_text)
+    models = {
+        n: model_summary(
+            [r for r in rows if r["model"] == n],
+            threshold,
+            relevance_measured,
+            judges,
+            order,
+            None if n == "teacher" else teacher_text,
+        )
+        for n in names
+    }
     arms = {n: combine_seeds(fidelity[n]) for n in names if n in fidelity}
     for n in names:
         models[n]["agreement_top1_with_teacher"] = arms.get(n, {}).get("agreement_top1")

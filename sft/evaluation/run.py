@@ -41,7 +41,7 @@ from synth.generate import progress_bar
 from synth.io import staging_folder, swap_in_folder
 from synth.models import loading_model, resolve_model
 from synth.prompts import load_prompts
-from synth.recipe import Recipe, objective_overrides
+from synth.recipe import Recipe, behaviour_checks, objective_overrides
 from synth.records import Messages, PromptItem, assistant
 from synth.specs import EvalSpec, PromptsSpec
 
@@ -86,26 +86,10 @@ def trained_arms(run_dir: Path) -> list[str]:
     return sorted(single | seeded)
 
 
-def behaviour_names(recipe: Recipe) -> list[str]:
-    """The checks that define the behaviour (all must pass): eval.behaviour_check, else curate.score."""
-    names = recipe.eval.behaviour_check or recipe.curate.score
-    if not names:
-        raise UserError("no behaviour check: set eval.behaviour_check to the curate check(s) that define the behaviour")
-    return [names] if isinstance(names, str) else list(names)
-
-
 def _checks(recipe: Recipe, recipe_dir: Path | None) -> tuple[list[str], list[RowCheck]]:
     """The behaviour check names and every curate row check to apply to answers (set up once)."""
-    names = behaviour_names(recipe)
     specs = [c for c in recipe.curate.checks if c.per_row and c.in_eval]
-    labels = {c.label for c in specs}
-    missing = [n for n in names if n not in labels]
-    if missing:
-        raise UserError(
-            f"eval.behaviour_check names {', '.join(map(repr, missing))}, not a row check in curate.checks "
-            f"(row checks: {', '.join(sorted(labels)) or 'none'})",
-            "set eval.behaviour_check to the name(s) of the check(s) that define the behaviour",
-        )
+    names = behaviour_checks(recipe, {c.label for c in specs})
     checks = []
     for spec in specs:
         check = spec.runner(spec)

@@ -41,9 +41,9 @@ from synth.curate.report import CheckStats, CurateSummary, write_reports
 from synth.errors import UserError
 from synth.io import staging_folder, swap_in_folder
 from synth.progress import progress
-from synth.recipe import Recipe, dump_resolved
+from synth.recipe import Recipe, behaviour_checks, dump_resolved
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA, completion_text
-from synth.shards import ShardSet
+from synth.shards import MANIFEST, ShardSet, writer_lock
 
 
 def _verdict_dict(name: str, v: Verdict) -> dict[str, Any]:
@@ -270,13 +270,10 @@ def run_curate(
 def _no_broken_function(recipe: Recipe, stats: dict[str, CheckStats]) -> None:
     """Stop when a python check's function raised on every row: see `raised_on_every_row`."""
     for spec in recipe.curate.checks:
-        st = stats.get(spec.label)
-        error = (
-            raised_on_every_row(spec.label, spec.function, st.evaluated, st.tally)
-            if (isinstance(spec, PythonCheck) and st is not None)
-            else None
-        )
-        if error:
+        if not isinstance(spec, PythonCheck) or spec.label not in stats:
+            continue
+        st = stats[spec.label]
+        if error := raised_on_every_row(spec.label, spec.function, st.evaluated, st.tally):
             raise error
 
 
@@ -284,9 +281,9 @@ def _unfinished(gen_dir: Path) -> str | None:
     """Why the generations may not be all there is: `synth generate` is writing them right now (its lock
     is held), or its manifest says prompts are still missing (an interrupted run; a `--limit` run counts
     the limited prompts as the source, so curating it says nothing)."""
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
-    lock = FileLock(gen_dir / ".generate.lock")
+    lock = writer_lock(gen_dir)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -295,7 +292,7 @@ def _unfinished(gen_dir: Path) -> str | None:
             "wait for it to finish, then run `synth curate` again",
         ) from None
     lock.release()
-    manifest = gen_dir / "_manifest.json"
+    manifest = gen_dir / MANIFEST
     try:
         info = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -318,8 +315,10 @@ def _nothing_kept(recipe: Recipe, summary: CurateSummary) -> tuple[str, str]:
     if worst is None:
         return message, f"see {where}"
     message += f": {worst.name!r} rejected {worst.failed} of the {worst.evaluated} rows it saw"
-    behaviour = recipe.eval.behaviour_check or recipe.curate.score
-    behaviour = [behaviour] if isinstance(behaviour, str) else list(behaviour or [])
+    try:
+        behaviour = behaviour_checks(recipe)
+    except UserError:  # no behaviour named: advise on the check alone
+        behaviour = []
     if worst.name == "generate":
         fix = "fix the cause, and run `synth generate --retry-failed`"
         return message, f"the teacher failed on every prompt: see the reasons in {where}, {fix}"
