@@ -87,11 +87,18 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check synth sft tests bench scripts
 
+# Every benchmark, then issue 26's goals beside what they measured (bench/goals.py writes that table into
+# docs/benchmarks.md). About 45 minutes on 2 cores, most of it bench/demo.py (a whole `make demo`).
+BENCH_OUT ?= bench-results
 bench: setup
-	$(BIN)/python bench/peak.py
-	$(BIN)/python bench/generate.py
-	$(BIN)/python bench/curate.py
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/python bench/peak.py --out $(BENCH_OUT)/peak.json
+	$(BIN)/python bench/generate.py --out $(BENCH_OUT)/generate.json
+	$(BIN)/python bench/curate.py --out $(BENCH_OUT)/curate.json
+	$(BIN)/python bench/train.py --out $(BENCH_OUT)/train.json
+	$(BIN)/python bench/demo.py --out $(BENCH_OUT)/demo.json
 	$(BIN)/python bench/executors.py
+	$(BIN)/python bench/goals.py $(BENCH_OUT)
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache bench-results

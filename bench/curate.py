@@ -108,7 +108,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--shard-rows", type=int, default=5000)
+    ap.add_argument("--out", type=Path, help="write the results as JSON")
     args = ap.parse_args()
+    lines: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         t0 = time.perf_counter()
@@ -126,6 +128,9 @@ def main() -> None:
             rate = rows / seconds
             base_rate = base_rate or rate
             print(f"{label:46}{rows:>9,}{kept:>9,}{seconds:>9.1f}{rate:>10,.0f}{rss:>12,.0f}{rate / base_rate:>12.2f}x")
+            lines[label] = {"rows_per_s": rate, "peak_rss_mb": rss, "vs_baseline": rate / base_rate}
+    if args.out:
+        args.out.write_text(json.dumps({"rows": args.rows, "lines": lines}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

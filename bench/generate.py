@@ -1,19 +1,27 @@
-"""Benchmark: the transformers engine against a naive loop of one `model.generate` call per prompt.
+"""Benchmark: the transformers engine's decoding loop against batched `model.generate` (its own
+previous path, still its fallback), and optionally a naive loop of one `generate` per prompt.
 
-Both run in this process on the same model (the embedded SmolLM2-135M-Instruct), the same prompts
-(the first N of data/seed_prompts.jsonl with the default recipe's teacher view) and the same
-sampling settings. Prints completion tokens/s of each and the ratio. Not a test: numbers vary with
-the machine and its load, so compare the ratio, and run it on an idle machine.
+Same process, same model (the embedded SmolLM2-135M-Instruct, float32), the same prompts (the first N
+of data/seed_prompts.jsonl in the default recipe's teacher view), the default recipe's sampling
+(n = 4, temperature 0.7, top-p 0.95, up to 96 new tokens) and the same `--batch-size` sequences per
+forward pass. One short warm-up each, then `--repeats` runs of each line taken in turn (A B A B ...,
+so a machine that slows down slows both); median and min-max of completion tokens/s. The ratio is
+"faster" only when the spreads separate. Also this machine's float32 matmul peak measured in the same
+run (bench/peak.py) and each line's share of it: tokens/s x 2 x parameters (the matmul FLOPs of a
+token) over the peak.
 
-    .venv/bin/python bench/generate.py [--prompts 32] [--batch-size 32] [--max-new-tokens 48] [--threads N]
+    .venv/bin/python bench/generate.py [--prompts 16] [--n 4] [--batch-size 64] [--max-new-tokens 96]
+                                       [--repeats 3] [--naive] [--threads 2] [--out generate.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from peak import measure  # bench/peak.py: this folder is on sys.path when run as a script
@@ -23,69 +31,110 @@ from synth.engines.hf import TransformersEngine
 from synth.models import EMBEDDED_ID, embedded_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
+SYSTEM = "Always answer in at most 40 words."  # the default recipe's teacher view
 
 
 def naive(engine: TransformersEngine, prompts: list[list[dict[str, str]]], p: SamplingParams) -> int:
-    """One generate call per prompt, batch 1: what a hand-rolled script does. Returns tokens made."""
+    """One generate call per prompt and sample, batch 1: what a hand-rolled script does. Returns tokens made."""
     tokens = 0
     for i, messages in enumerate(prompts):
         ids = torch.tensor([engine.encode(messages)])
-        torch.manual_seed(p.seed + i)
-        with torch.inference_mode():
-            out = engine.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=p.max_new_tokens,
-                do_sample=True,
-                temperature=p.temperature,
-                top_p=p.top_p,
-                top_k=0,
-                pad_token_id=engine.tokenizer.pad_token_id,
-            )
-        new = out[0, ids.shape[1] :].tolist()
-        stop = next((j for j, t in enumerate(new) if t in engine.eos_ids), len(new))
-        tokens += stop
+        for j in range(p.n):
+            torch.manual_seed(p.seed + i * p.n + j)
+            with torch.inference_mode():
+                out = engine.model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=p.max_new_tokens,
+                    do_sample=True,
+                    temperature=p.temperature,
+                    top_p=p.top_p,
+                    top_k=0,
+                    pad_token_id=engine.tokenizer.pad_token_id,
+                )
+            new = out[0, ids.shape[1] :].tolist()
+            tokens += next((j for j, t in enumerate(new) if t in engine.eos_ids), len(new))
     return tokens
+
+
+def engine_run(engine: TransformersEngine, loop: bool, prompts: list[Any], p: SamplingParams) -> int:
+    """The engine with its decoding loop (loop=True) or with batched `model.generate`. Returns tokens made."""
+    engine.decoder_problem = None if loop else "benchmark baseline: model.generate"
+    out = engine.generate(prompts, p)
+    return sum(c.completion_tokens or 0 for comps in out for c in comps)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--naive", action="store_true", help="also time one generate call per prompt (slow)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--out", type=Path, help="write the results as JSON")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     lines = (ROOT / "data" / "seed_prompts.jsonl").read_text().splitlines()[: args.prompts]
-    system = {"role": "system", "content": "Always answer in French."}
+    system = {"role": "system", "content": SYSTEM}
     prompts = [[system, {"role": "user", "content": json.loads(x)["prompt"]}] for x in lines]
-    params = SamplingParams(n=1, temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
+    params = SamplingParams(
+        n=args.n, temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0
+    )  # fmt: skip
     engine = TransformersEngine(str(embedded_model_dir()), EMBEDDED_ID, batch_size=args.batch_size)
-
-    t0 = time.perf_counter()
-    out = engine.generate(prompts, params)
-    t_engine = time.perf_counter() - t0
-    tok_engine = sum(c.completion_tokens or 0 for comps in out for c in comps)
-
-    t0 = time.perf_counter()
-    tok_naive = naive(engine, prompts, params)
-    t_naive = time.perf_counter() - t0
-
-    r_engine, r_naive = tok_engine / t_engine, tok_naive / t_naive
-    print(f"model: {EMBEDDED_ID}")
-    print(f"prompts: {len(prompts)}, max_new_tokens: {args.max_new_tokens}, torch threads: {torch.get_num_threads()}")
-    print(f"{'':28}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}")
-    print(f"{'naive loop (batch 1)':28}{tok_naive:>8}{t_naive:>10.1f}{r_naive:>10.1f}")
-    print(f"{f'engine (batch {args.batch_size})':28}{tok_engine:>8}{t_engine:>10.1f}{r_engine:>10.1f}")
-    print(f"speed-up (tokens/s ratio): {r_engine / r_naive:.2f}x")
-    # the compute limit: this machine's float32 matmul rate on the model's shapes (bench/peak.py), now
-    peak = measure(threads=torch.get_num_threads())["float32"]["median"]  # type: ignore[index]
+    lines_run: dict[str, Any] = {"model.generate": False, "decoding loop": True}
+    for loop in lines_run.values():  # warm-up: allocations, kernel selection
+        engine_run(engine, loop, prompts[:2], SamplingParams(n=2, max_new_tokens=8))
+    rates: dict[str, list[float]] = {name: [] for name in lines_run}
+    tokens: dict[str, list[int]] = {name: [] for name in lines_run}
+    for r in range(args.repeats):
+        for name, loop in lines_run.items():
+            run = SamplingParams(**(params.as_dict() | {"seed": r}))
+            start = time.perf_counter()
+            made = engine_run(engine, loop, prompts, run)
+            rates[name].append(made / (time.perf_counter() - start))
+            tokens[name].append(made)
+    if args.naive:
+        start = time.perf_counter()
+        made = naive(engine, prompts, params)
+        rates["naive loop (batch 1)"], tokens["naive loop (batch 1)"] = [made / (time.perf_counter() - start)], [made]
+    peak = measure(threads=args.threads)["float32"]["median"]  # type: ignore[index]
     flops = 2 * sum(p.numel() for p in engine.model.parameters())  # per generated token, matmuls only
-    print(
-        f"engine at {r_engine * flops / 1e9:.1f} GFLOP/s = {r_engine * flops / 1e9 / peak:.0%} of the measured "
-        f"float32 matmul peak ({peak:.1f} GFLOP/s; limit {peak * 1e9 / flops:.0f} tokens/s)"
-    )
+    rows = {
+        name: {
+            "tokens_per_s": statistics.median(rs),
+            "spread": [min(rs), max(rs)],
+            "tokens": tokens[name],
+            "share_of_peak": statistics.median(rs) * flops / 1e9 / peak,
+        }
+        for name, rs in rates.items()
+    }
+    base, new = rows["model.generate"], rows["decoding loop"]
+    result = {
+        "model": EMBEDDED_ID,
+        "prompts": len(prompts),
+        "n": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "peak_gflops": peak,
+        "lines": rows,
+        "speedup": new["tokens_per_s"] / base["tokens_per_s"],
+        "separated": new["spread"][0] > base["spread"][1],
+    }
+    print(f"model: {EMBEDDED_ID}, {len(prompts)} prompts x n={args.n}, up to {args.max_new_tokens} new tokens")
+    print(f"batch {args.batch_size} sequences, {args.threads} threads, {args.repeats} runs each after a warm-up")
+    print(f"{'':24}{'tokens/s':>10}{'spread':>16}{'share of peak':>15}")
+    for name, row in rows.items():
+        lo, hi = row["spread"]
+        print(f"{name:24}{row['tokens_per_s']:>10.1f}{f'{lo:.1f}-{hi:.1f}':>16}{row['share_of_peak']:>15.0%}")
+    verdict = "faster (spreads separate)" if result["separated"] else "spreads overlap"
+    print(f"decoding loop / model.generate: {result['speedup']:.2f}x, {verdict}")
+    print(f"float32 matmul peak measured in this run: {peak:.1f} GFLOP/s (limit {peak * 1e9 / flops:.0f} tokens/s)")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ class GenerateSpec(Strict):
     max_new_tokens: int = Field(64, ge=1)
     seed: int = Field(0, ge=0, lt=2**63)
     logprobs: int | None = Field(None, ge=1, le=20, description="keep the teacher's top-k logprobs")
-    batch_size: int = Field(32, ge=1, description="sequences per forward pass (transformers engine)")
+    batch_size: int = Field(64, ge=1, description="sequences per forward pass (transformers engine)")
     prompts_per_shard: int = Field(32, ge=1, description="prompts per parquet shard (the unit of resume)")
 
 
@@ -311,6 +311,6 @@ class EvalSpec(Strict):
     samples: int = Field(0, ge=0, le=64, description="sampled answers per prompt beside the greedy one (sample 0)")
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(0.0, ge=0, description="sample 0's temperature (0 = greedy); samples use generate's")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1, description="sequences per forward pass (transformers engine)")
     objectives: list[str] = Field(default_factory=list, description="train folders to compare (default: all found)")
     benchmarks: BenchmarksSpec | None = Field(None, description="lm-evaluation-harness tasks on every model")

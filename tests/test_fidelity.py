@@ -91,6 +91,55 @@ def test_the_teacher_is_at_zero_and_a_copy_seeing_the_teacher_view_is_too(tokeni
     assert measure(teacher, tokenizer, data, None, is_teacher=False)["kl"] is None
 
 
+def test_the_teachers_stored_log_probs_give_the_kl_of_running_it_again(tokenizer: Any, tmp_path: Path) -> None:
+    import torch
+
+    from sft.evaluation import fidelity
+
+    teacher, student = tiny_llama(len(tokenizer), seed=0), tiny_llama(len(tokenizer), seed=1)
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(40)
+    data = _data()
+    store = fidelity.TeacherLogProbs(tmp_path)
+    measure(teacher, tokenizer, data, (teacher, tokenizer), True, store)  # the teacher's own pass fills it
+    assert (tmp_path / "teacher-logprobs.f32").is_file()
+    calls = []
+    original = fidelity._answer_log_probs
+
+    def counted(model: Any, *args: Any) -> Any:
+        calls.append(model is teacher)
+        return original(model, *args)
+
+    fidelity._answer_log_probs = counted  # type: ignore[assignment]
+    try:
+        stored = measure(student, tokenizer, data, (teacher, tokenizer), False, store)
+        assert not any(calls), "the teacher ran again although its log-probs were stored"
+        again = measure(student, tokenizer, data, (teacher, tokenizer), False)
+    finally:
+        fidelity._answer_log_probs = original  # type: ignore[assignment]
+    assert stored["kl_per_prompt"] == again["kl_per_prompt"] and stored["kl"] > 0
+    assert stored["nll_per_prompt"] == again["nll_per_prompt"]
+
+
+def test_stored_teacher_log_probs_are_only_used_for_the_same_answer_ids(tmp_path: Path) -> None:
+    import torch
+
+    from sft.evaluation.fidelity import TeacherLogProbs
+
+    store = TeacherLogProbs(tmp_path)
+    assert store.allocate([[5, 6], [7]], vocab=10)
+    store.put(0, torch.full((2, 10), -1.0))
+    store.put(1, torch.full((1, 10), -2.0))
+    assert torch.equal(store.get(1, [7]), torch.full((1, 10), -2.0))
+    assert store.get(0, [5, 6, 2]) is None  # another template's end-of-turn token: run the teacher
+    assert store.get(2, [5]) is None
+    big = TeacherLogProbs(tmp_path / "big")
+    (tmp_path / "big").mkdir()
+    assert not big.allocate([[1] * 10**6], vocab=10**5)  # 400 GB: the teacher runs per model instead
+    big.put(0, torch.zeros(1, 1))
+    assert big.get(0, [1] * 10**6) is None
+
+
 def test_paired_difference_skips_missing_prompts() -> None:
     d = paired([1.0, 2.0, None, 4.0, 3.0], [2.0, 2.5, 1.0, 5.0, 2.0])  # differences -1, -0.5, -1, +1
     assert d is not None and d["prompts"] == 4 and d["mean"] == pytest.approx(-1.5 / 4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from rich.console import Console
 
 from sft.training.run import run_train
 from synth.curate.stage import run_curate
@@ -204,6 +206,10 @@ def test_accelerate_launch_two_cpu_processes(tmp_path: Path) -> None:
 
 
 def eval_recipe(tmp_path: Path, **eval_fields: object) -> Path:
+    # three held-out prompts and one that SmolLM2 answers in a few tokens, so that both finish reasons
+    # ("stop", "length") are judged whatever the samples
+    held = (ROOT / "data/heldout_prompts.jsonl").read_text().splitlines()[:3]
+    (tmp_path / "held.jsonl").write_text("\n".join([*held, json.dumps({"prompt": "Say only the word yes."})]) + "\n")
     body = {
         "name": "t",
         "teacher": {"system_prompt": SYSTEM["content"]},
@@ -216,7 +222,7 @@ def eval_recipe(tmp_path: Path, **eval_fields: object) -> Path:
             ]
         },
         "eval": {
-            "prompts": str(ROOT / "data/heldout_prompts.jsonl"),
+            "prompts": str(tmp_path / "held.jsonl"),
             "limit": 4,
             "max_new_tokens": 24,
             "behaviour_check": "french",
@@ -296,10 +302,26 @@ def test_eval_keeps_every_answer_and_judges_each_one(tmp_path: Path) -> None:
     assert saved["models"]["sft"]["behaviour"] == rep["models"]["sft"]["behaviour"]
     greedy = [(r["model"], r["answer"]) for r in rows if r["sample_index"] == 0]
 
-    # several behaviour checks: all must pass; sample 0 is greedy, so the same answers come back
-    run_eval(load_recipe(eval_recipe(tmp_path, behaviour_check=["french", "truncated"])), run)
+    # several behaviour checks: all must pass; sample 0 is greedy, so the same answers come back, and
+    # the teacher's and base student's answers (and the base student's fidelity) are those of the last eval
+    out = io.StringIO()
+    again_rep = run_eval(
+        load_recipe(eval_recipe(tmp_path, samples=1, behaviour_check=["french", "truncated"])),
+        run,
+        console=Console(file=out, width=200),
+    )
+    assert "teacher: answers of an earlier eval of this run reused" in out.getvalue()
+    assert "base_student: answers and fidelity of an earlier eval of this run reused" in out.getvalue()
+    assert "sft: answered in" in out.getvalue()
+    assert again_rep["fidelity"]["base_student"]["kl"] == pytest.approx(rep["fidelity"]["base_student"]["kl"])
     again = datasets.load_dataset("parquet", data_files=str(run / "eval/answers.parquet"), split="train").to_list()
     assert [(r["model"], r["answer"]) for r in again if r["sample_index"] == 0] == greedy
+    out = io.StringIO()
+    run_eval(
+        load_recipe(eval_recipe(tmp_path, samples=1, max_new_tokens=20)), run, console=Console(file=out, width=200)
+    )
+    assert "reused" not in out.getvalue()  # another token budget: every model answers again
+    assert len(list((run / "eval-cache").glob("*.json"))) == 2
     for r in again:
         french = next(v["passed"] for v in r["verdicts"] if v["name"] == "french")
         assert r["behaviour"] == (french and r["finish_reason"] != "length")

@@ -20,14 +20,17 @@ alone drops that token, which made such a student look as close to the teacher a
 
 Both are averaged per prompt first, then over prompts (`kl_per_prompt`, `nll_per_prompt` keep the
 per-prompt values in prompt order, so two models can be compared pairwise), with a bootstrap 95%
-interval over prompts. The teacher model is kept loaded while the other models are measured (its
-logits are recomputed per model instead of storing prompts × tokens × vocabulary floats).
+interval over prompts. The teacher's log-probabilities on its answers are computed once, in its own
+pass, and written to a scratch file (`TeacherLogProbs`: float32, exact) that every other model's
+KL reads, instead of running the teacher again per model; memory stays flat however many prompts.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sft.objectives.teacher_view import teacher_prompt_ids
@@ -44,6 +47,63 @@ class TeacherAnswers:
     student_prompts: list[Messages]
     answers: list[str]
     stopped: list[bool]  # the teacher finished the answer itself (not cut at the token limit)
+
+
+STORE_LIMIT = 8 * 2**30
+"""At most this many bytes of the teacher's log-probs on disk (108 answers of ~120 tokens over a 49k
+vocabulary take 2.5 GB); beyond it the teacher is run again per model."""
+
+
+@dataclass
+class TeacherLogProbs:
+    """The teacher's log-probabilities at each token of its answers, one [tokens, vocabulary] float32
+    block per prompt in one file under `folder`, written and read with plain file I/O (not mapped:
+    the process's memory stays that of one block; the page cache keeps what fits). Filled by the
+    teacher's own fidelity pass; read by every other model whose answer tokens are the same ids
+    (another chat template may end an answer with another token: then the teacher runs again)."""
+
+    folder: Path
+    blocks: dict[int, tuple[list[int], int]] = field(default_factory=dict)  # prompt -> (ids, row offset)
+    vocab: int = 0
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "teacher-logprobs.f32"
+
+    def allocate(self, answers: list[list[int]], vocab: int) -> bool:
+        """Room for these answers' log-probs; False (nothing stored, the teacher runs per model as
+        before) when they would take more than STORE_LIMIT bytes or half the free disk."""
+        total = sum(len(ids) for ids in answers)
+        size = 4 * total * vocab
+        if size > min(STORE_LIMIT, shutil.disk_usage(self.folder).free // 2):
+            return False
+        offset = 0
+        for i, ids in enumerate(answers):
+            self.blocks[i] = (ids, offset)
+            offset += len(ids)
+        self.vocab = vocab
+        with self.path.open("wb") as f:
+            f.truncate(size)
+        return True
+
+    def put(self, prompt: int, lp: Any) -> None:
+        if prompt not in self.blocks:
+            return
+        offset = self.blocks[prompt][1]
+        with self.path.open("r+b") as f:
+            f.seek(4 * offset * self.vocab)
+            f.write(lp.float().cpu().numpy().tobytes())
+
+    def get(self, prompt: int, ids: list[int]) -> Any | None:
+        """The teacher's log-probs on these answer ids, or None when it has none for them."""
+        import numpy as np
+        import torch
+
+        if prompt not in self.blocks or self.blocks[prompt][0] != ids:
+            return None
+        offset = self.blocks[prompt][1]
+        block = np.fromfile(self.path, dtype=np.float32, count=len(ids) * self.vocab, offset=4 * offset * self.vocab)
+        return torch.from_numpy(block.reshape(len(ids), self.vocab))
 
 
 def answer_token_ids(
@@ -82,12 +142,20 @@ def _answer_log_probs(model: Any, tokenizer: Any, messages: Messages, answer_ids
     return torch.log_softmax(logits, dim=-1)
 
 
-def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | None, is_teacher: bool) -> dict[str, Any]:
+def measure(
+    model: Any,
+    tokenizer: Any,
+    data: TeacherAnswers,
+    teacher: Any | None,
+    is_teacher: bool,
+    store: TeacherLogProbs | None = None,
+) -> dict[str, Any]:
     """Per-prompt KL and NLL of `model` on the teacher's answers, with means, intervals and top-1 agreement.
 
     `teacher` is the teacher's (model, tokenizer), or None when the teacher is not a local model (a
     server): then `kl` is None and only the NLL of the teacher's answers is measured. So it is when
-    the two vocabularies differ (a KL over token ids needs the same ids on both sides).
+    the two vocabularies differ (a KL over token ids needs the same ids on both sides). `store`: the
+    teacher's pass fills it, the other models' passes read the teacher's log-probs from it.
     """
     import torch
 
@@ -100,11 +168,16 @@ def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | Non
     nll_pp: list[float | None] = []
     stop_pp: list[float | None] = []  # per prompt: None where the teacher did not finish its answer
     hits = total = 0
+    answers = [
+        answer_token_ids(tokenizer, answer, stopped, t_view)
+        for t_view, answer, stopped in zip(data.teacher_prompts, data.answers, data.stopped, strict=True)
+    ]
+    if is_teacher and store is not None:
+        store.allocate([ids for ids, _ in answers], model.get_output_embeddings().weight.shape[0])
     with torch.inference_mode():
-        for t_view, s_view, answer, stopped in zip(
-            data.teacher_prompts, data.student_prompts, data.answers, data.stopped, strict=True
+        for i, (t_view, s_view, (answer_ids, stopped)) in enumerate(
+            zip(data.teacher_prompts, data.student_prompts, answers, strict=True)
         ):
-            answer_ids, stopped = answer_token_ids(tokenizer, answer, stopped, t_view)
             if not answer_ids:
                 kl_pp.append(None)
                 nll_pp.append(None)
@@ -116,8 +189,13 @@ def measure(model: Any, tokenizer: Any, data: TeacherAnswers, teacher: Any | Non
             token_nll = -lp.gather(1, target[:, None])[:, 0]
             nll_pp.append(float(token_nll.mean()))
             stop_pp.append(float(token_nll[-1]) if stopped else None)
+            if is_teacher and store is not None:
+                store.put(i, lp)
             if teacher is not None and not is_teacher:
-                t_lp = _answer_log_probs(teacher[0], teacher[1], t_view, answer_ids).to(lp.device)
+                t_lp = store.get(i, answer_ids) if store is not None else None
+                if t_lp is None:
+                    t_lp = _answer_log_probs(teacher[0], teacher[1], t_view, answer_ids)
+                t_lp = t_lp.to(lp.device)
                 kl_pp.append(float((t_lp.exp() * (t_lp - lp)).sum(-1).mean()))
             else:
                 kl_pp.append(0.0 if is_teacher else None)

@@ -15,6 +15,7 @@ measures are then aggregated with bootstrap intervals in sft/evaluation/report.p
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,7 +25,8 @@ from typing import Any
 from rich.console import Console
 
 from sft.evaluation.benchmarks import Scores, check_tasks, run_benchmarks
-from sft.evaluation.fidelity import TeacherAnswers, measure
+from sft.evaluation.cache import EvalCache, cache_key, folder_fingerprint
+from sft.evaluation.fidelity import TeacherAnswers, TeacherLogProbs, measure
 from sft.evaluation.quality import answer_measures
 from sft.evaluation.report import build_report, write_outputs
 from sft.evaluation.speed import read_speed
@@ -392,6 +394,44 @@ def _relevance(rows: list[dict[str, Any]]) -> None:
         r["teacher_similarity"] = s
 
 
+def _cache_keys(recipe: Recipe, models: list[EvalModel], items: list[PromptItem]) -> dict[str, str]:
+    """The cache keys of the teacher and the base student (sft/evaluation/cache.py), where both are
+    local model folders; none when the teacher is not. The base student's is completed with the
+    teacher's answers of this eval, which its fidelity is measured on."""
+    ev = recipe.eval
+    by_name = {m.name: m for m in models}
+    teacher, base = by_name["teacher"], by_name["base_student"]
+    if teacher.folder is None:
+        return {}
+    common = {
+        "eval": {k: getattr(ev, k) for k in ("max_new_tokens", "temperature", "samples", "batch_size")},
+        "sampling": sampling_params(recipe).as_dict(),
+        "device": recipe.runtime.device,
+        "model": recipe.model.model_dump(mode="json"),
+    }
+    keys = {
+        "teacher": cache_key(
+            common
+            | {
+                "arm": "teacher",
+                "teacher": recipe.teacher.model_dump(mode="json"),
+                "files": folder_fingerprint(teacher.folder),
+                "prompts": [it.teacher_prompt for it in items],
+            }
+        )
+    }
+    if base.folder is not None:
+        keys["base_student"] = cache_key(
+            common
+            | {
+                "arm": "base_student",
+                "files": folder_fingerprint(base.folder),
+                "prompts": [it.prompt for it in items],
+            }
+        )
+    return keys
+
+
 def _speed_folders(models: list[EvalModel]) -> dict[str, list[Path]]:
     """Per arm, its model folders in seed order: where bench/speed.py's measurements are looked up."""
     out: dict[str, list[Path]] = {}
@@ -422,19 +462,38 @@ def run_eval(
     answers: TeacherAnswers | None = None
     teacher_engine: TransformersEngine | None = None  # kept loaded for the KL of the other models
     student_prompts = [it.prompt for it in items]
+    scratch = staging_folder(run_dir / "eval-scratch")  # a killed eval's is swept by the next
+    store = TeacherLogProbs(scratch)
+    cache = EvalCache(run_dir)
+    keys = {} if tasks else _cache_keys(recipe, models, items)
     try:
         for m in models:
             t0 = time.perf_counter()
+            key = keys.get(m.name)
+            if key is not None and m.name != "teacher":  # its fidelity is measured on these very answers
+                key = cache_key({"key": key, "teacher_answers": answers and [answers.answers, answers.stopped]})
+            hit = cache.load(m.arm, key)
+            prompts = [it.teacher_prompt for it in items] if m.teacher_view else student_prompts
+            if hit is not None and hit["fidelity"] is not None:  # the base student: nothing to compute
+                rows += _rows(m, items, prompts, hit["comps"])
+                fidelity.setdefault(m.arm, []).append((m.seed, hit["fidelity"]))
+                console.print(f"{m.name}: answers and fidelity of an earlier eval of this run reused", highlight=False)
+                seconds[m.arm] = round(time.perf_counter() - t0, 1)
+                continue
             engine = m.engine()
             try:
-                prompts = [it.teacher_prompt for it in items] if m.teacher_view else student_prompts
-                with progress_bar(console) as bar:
-                    task = bar.add_task(m.name, total=len(items) * (1 + ev.samples), tokens=0)
+                if hit is not None:
+                    comps, tokens_per_s = hit["comps"], hit["tokens_per_s"]
+                    console.print(f"{m.name}: answers of an earlier eval of this run reused", highlight=False)
+                else:
+                    with progress_bar(console) as bar:
+                        task = bar.add_task(m.name, total=len(items) * (1 + ev.samples), tokens=0)
 
-                    def advance(rows: int, tokens: int, bar: Any = bar, task: Any = task) -> None:
-                        bar.update(task, advance=rows, tokens=bar.tasks[task].fields["tokens"] + tokens)
+                        def advance(rows: int, tokens: int, bar: Any = bar, task: Any = task) -> None:
+                            bar.update(task, advance=rows, tokens=bar.tasks[task].fields["tokens"] + tokens)
 
-                    comps, tokens_per_s = _answer(engine, prompts, recipe, advance)
+                        comps, tokens_per_s = _answer(engine, prompts, recipe, advance)
+                answered = time.perf_counter()
                 rows += _rows(m, items, prompts, comps)
                 if m.name == "teacher":
                     answers = TeacherAnswers(
@@ -445,10 +504,16 @@ def run_eval(
                     )
                     if isinstance(engine, TransformersEngine):
                         teacher_engine = engine
+                measured = None
                 if isinstance(engine, TransformersEngine) and answers is not None:
                     teacher = None if teacher_engine is None else (teacher_engine.model, teacher_engine.tokenizer)
-                    measured = measure(engine.model, engine.tokenizer, answers, teacher, m.name == "teacher")
-                    fidelity.setdefault(m.arm, []).append((m.seed, measured | {"tokens_per_s": tokens_per_s}))
+                    measured = measure(engine.model, engine.tokenizer, answers, teacher, m.name == "teacher", store)
+                    measured |= {"tokens_per_s": tokens_per_s}
+                    fidelity.setdefault(m.arm, []).append((m.seed, measured))
+                    spent = f"answered in {answered - t0:.0f} s, fidelity in {time.perf_counter() - answered:.0f} s"
+                    console.print(f"{m.name}: {spent}", highlight=False)
+                # the teacher's fidelity is measured each time: its pass fills `store` for the others' KL
+                cache.save(m.arm, key, comps, tokens_per_s, None if m.name == "teacher" else measured)
                 if tasks and ev.benchmarks and isinstance(engine, TransformersEngine):
                     console.print(f"benchmarks: {m.name} on {', '.join(ev.benchmarks.tasks)}")
                     found = run_benchmarks(engine.model, engine.tokenizer, tasks, ev.benchmarks)
@@ -466,6 +531,7 @@ def run_eval(
             teacher_engine.close()
         for check in checks:
             check.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     _relevance(rows)
     threshold = next((c.min_similarity for c in recipe.curate.checks if c.type == "relevance"), None)
     report = build_report(
@@ -497,8 +563,6 @@ def run_eval(
 def _write_as_one_set(out: Path, report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """The four eval files, written beside `out` and swapped in together: a kill half-way leaves the last
     complete eval, never a new answers.parquet beside an old report.json."""
-    import shutil
-
     tmp = staging_folder(out)
     try:
         write_outputs(tmp, report, rows)

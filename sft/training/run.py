@@ -454,6 +454,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
     trainer.add_callback(started)
     diverged = _divergence_watch()
     trainer.add_callback(diverged)
+    clock = _step_clock()
+    trainer.add_callback(clock)
     start = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(last) if last else None)
@@ -487,7 +489,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
     # what the trainer kept: kd also leaves out rows without usable or aligned stored labels
     trained_set = trainer.train_dataset
     rows_trained = len(trained_set) if trained_set is not None else len(ds) - (lengths.dropped if lengths else 0)
-    throughput = _throughput(trainer, counter.tokens, seconds, device, t.objective)
+    throughput = _throughput(trainer, counter.tokens, seconds, device, t.objective) | clock.summary()
     _model_card(trainer, recipe, final)
     if trainer.accelerator.is_main_process:
         swap_in_folder(staging, final)
@@ -629,6 +631,34 @@ def _finite_weights(model: Any) -> bool:
     import torch
 
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
+def _step_clock() -> Any:
+    """A trainer callback timing each optimizer step (data, forward, backward, update; not saves or logs):
+    `summary()` gives the median after the first, which pays for warm-up, and the min-max spread."""
+    import statistics
+
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.began = 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.began = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.seconds.append(time.perf_counter() - self.began)
+
+        def summary(self) -> dict[str, Any]:
+            steady = self.seconds[1:] or self.seconds
+            if not steady:
+                return {"step_seconds": None}
+            median, spread = round(statistics.median(steady), 3), [round(min(steady), 3), round(max(steady), 3)]
+            return {"step_seconds": {"median": median, "spread": spread, "steps": len(steady)}}
+
+    return StepClock()
 
 
 def _start_watch() -> Any:

@@ -1,8 +1,11 @@
-"""transformers engine: batched `generate` on CPU or GPU.
+"""transformers engine: batched decoding with a local transformers model, on CPU or GPU.
 
-Why it is fast on a CPU: prompts are sorted by token length so that a batch pads little, batches are
-left-padded so every row's new tokens start at the same position, and the `n` samples of a prompt
-come from one `num_return_sequences` call instead of `n` calls.
+Why it is fast on a CPU: prompts are sorted by token length, longest first, and decoded by
+synth/engines/decode.py with up to `batch_size` sequences per forward pass: a prompt is prefilled
+once for its `n` samples, finished sequences leave the batch, and new prompts take their rows
+(measured in bench/generate.py against batched `model.generate`). A model that loop does not cover
+(a generation config with a logits processor, a sliding-window or state-space cache) is decoded with
+`model.generate` in length-sorted, left-padded batches instead; `decoder_problem` says why.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import torch
 
 from synth.engines.base import Engine, ProgressFn, SamplingParams
+from synth.engines.decode import Decoded, Unsupported, decode, supports
 from synth.errors import UserError
 from synth.models import loading_model
 from synth.records import Completion, Messages, TokenLogprob
@@ -76,6 +80,8 @@ class TransformersEngine(Engine):
             eos = self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        # why `model.generate` decodes instead of synth/engines/decode.py (None: the faster loop is used)
+        self.decoder_problem: str | None = supports(self.model)
 
     @property
     def vocab_size(self) -> int | None:
@@ -100,6 +106,11 @@ class TransformersEngine(Engine):
     ) -> list[list[Completion]]:
         encoded = [self.encode(m) for m in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        if self.decoder_problem is None:
+            try:
+                return self._decode(encoded, order, params, on_progress)
+            except Unsupported as exc:
+                self.decoder_problem = str(exc)
         per_batch = max(1, self.batch_size // params.n)
         results: list[list[Completion]] = [[] for _ in prompts]
         for start in range(0, len(order), per_batch):
@@ -111,6 +122,70 @@ class TransformersEngine(Engine):
                 done = [c for comps in batch for c in comps]
                 on_progress(len(done), sum(c.completion_tokens or 0 for c in done))
         return results
+
+    def _decode(
+        self, encoded: list[list[int]], order: list[int], params: SamplingParams, on_progress: ProgressFn | None
+    ) -> list[list[Completion]]:
+        """All prompts through synth/engines/decode.py, longest first, `batch_size` sequences at a time."""
+        # a seed per prompt: the same prompt with the same seed samples the same text, whatever else is decoded
+        digests = [hashlib.sha256(repr((params.seed, encoded[i])).encode()).digest() for i in order]
+        greedy = params.temperature <= 0
+        copies = params.n if greedy else 1  # a greedy answer is generated once and copied n times
+
+        def done(_: int, seq: Decoded) -> None:
+            if on_progress:
+                on_progress(copies, copies * (len(seq.tokens) - seq.stopped))
+
+        try:
+            with torch.inference_mode():
+                out = decode(
+                    self.model,
+                    [encoded[i] for i in order],
+                    n=params.n,
+                    max_new_tokens=params.max_new_tokens,
+                    eos_ids=self.eos_ids,
+                    pad_id=self.tokenizer.pad_token_id,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=params.top_k,
+                    logprobs=params.logprobs,
+                    seeds=[int.from_bytes(d[:8], "little") % (2**63) for d in digests],
+                    max_rows=self.batch_size,
+                    on_done=done,
+                )
+        except torch.OutOfMemoryError as exc:
+            raise UserError(
+                f"out of memory generating {self.batch_size} sequences at a time",
+                "lower generate.batch_size or generate.max_new_tokens",
+            ) from exc
+        results: list[list[Completion]] = [[] for _ in encoded]
+        for i, seqs in zip(order, out, strict=True):
+            comps = [self._completion(seq, len(encoded[i])) for seq in seqs]
+            results[i] = [replace(comps[0]) for _ in range(params.n)] if greedy and params.n > 1 else comps
+        return results
+
+    def _completion(self, seq: Decoded, prompt_tokens: int) -> Completion:
+        kept = seq.tokens[:-1] if seq.stopped else seq.tokens
+        return Completion(
+            text=self.tokenizer.decode(kept, skip_special_tokens=True),
+            finish_reason="stop" if seq.stopped else "length",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(kept),
+            # the stop token's step too: a student trained on these learns when to stop
+            logprobs=None
+            if seq.logprobs is None
+            else [
+                TokenLogprob(
+                    token=self.tokenizer.decode([tok]),
+                    token_id=tok,
+                    logprob=lp,
+                    top_tokens=None,
+                    top_ids=ids,
+                    top_logprobs=lps,
+                )
+                for tok, (lp, ids, lps) in zip(seq.tokens, seq.logprobs, strict=True)
+            ],
+        )
 
     def _generate_batch(self, encoded: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         pad = self.tokenizer.pad_token_id
