@@ -128,3 +128,10 @@ def test_a_token_exactly_at_the_top_p_boundary_is_dropped_as_transformers_does()
     ours, theirs = _ours(logits, 1.0, 0.75, None), _hf_kept(logits, 1.0, 0.75, None)
     assert torch.equal(ours > 0, theirs > 0)
     assert int((ours > 0).sum()) == 2
+
+
+def test_a_model_without_a_stop_token_runs_to_the_token_limit() -> None:
+    model = tiny_llama(vocab_size=300, layers=1)
+    with torch.inference_mode():
+        out = decode(model, [[3, 4, 5]], n=2, max_new_tokens=5, eos_ids={None}, pad_id=0, temperature=1.0)  # type: ignore[arg-type]
+    assert [len(d.tokens) for d in out[0]] == [5, 5] and not any(d.stopped for d in out[0])

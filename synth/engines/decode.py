@@ -171,7 +171,7 @@ def decode(
     queue = list(range(len(prompts)))
     seeds = seeds if seeds is not None else list(range(len(prompts)))
     batch = _Batch(model, pad_id)
-    eos = torch.tensor(sorted(eos_ids), device=batch.device)
+    eos = torch.tensor(sorted(i for i in eos_ids if i is not None), dtype=torch.long, device=batch.device)
     admit_at = max(reps, max_rows // 4)
     while queue or batch.rows:
         free = max_rows - batch.rows
