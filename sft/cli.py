@@ -135,9 +135,12 @@ def evaluate(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     console.print(f"answers, report and picture: {run_dir / 'eval'}/", highlight=False)
 
 
+WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+
+
 @recipe_command(app, "prune", interrupted="pruning starts over: run the same command again.")
 def prune(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
-    """Make a smaller student by removing the teacher's least important layers (depth pruning).
+    """Make a smaller student by removing the teacher's least important layers and channels.
 
     Reads the recipe's `prune:` section: the model to prune (`source`, default the teacher), how many
     layers to drop (`drop` or `keep_ratio`), and calibration prompts. Each layer's importance is its
@@ -146,6 +149,10 @@ def prune(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
     plain transformers model folder to `prune.out` (with prune.json: what was dropped and every
     layer's importance) for `model.path` to name; `sft run` with `train.objective=kd` then recovers
     it from the teacher's probabilities.
+
+    Width (`hidden_size`, `intermediate_size`, `kv_heads`), after the depth cut: the hidden channels,
+    MLP channels and key-value head groups least active on the calibration prompts go (Minitron); the
+    way below ~60% of the parameters when the embeddings are a large share of them.
     """
     from sft.compression.prune import prune_model
     from synth.errors import UserError
@@ -176,12 +183,17 @@ def prune(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
         method=spec.method,
         max_length=spec.max_length,
         device=check_device(recipe.runtime.device),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        kv_heads=spec.kv_heads,
     )
+    width = [(k, f"{a} → {b}") for k, (a, b) in ((k, (s.width or {}).get(k, (0, 0))) for k in WIDTH_FIELDS) if a != b]
     rows = [
         ("source", source),
         ("layers", f"{s.layers_before} → {s.layers_after}"),
+        *width,
         ("parameters", f"{s.params_before / 1e6:.1f}M → {s.params_after / 1e6:.1f}M"),
-        ("dropped layers", ", ".join(map(str, s.dropped))),
+        ("dropped layers", ", ".join(map(str, s.dropped)) or "-"),
         ("calibration prompts", s.calibration_prompts),
         ("per-layer config cut", ", ".join(s.config_fields) or "-"),
         ("reloaded, max logit diff", f"{s.reload_max_logit_difference:.1e}"),

@@ -253,7 +253,8 @@ class TrainSpec(Strict):
 
 
 class PruneSpec(Strict):
-    """`sft prune`: a smaller student made from a model by removing its least important layers."""
+    """`sft prune`: a smaller student made from a model by removing its least important layers (depth)
+    and/or its least active channels and heads (width)."""
 
     source: str = Field("self", description="the model to prune: 'self' = teacher.path (else model.path), or a model")
     out: str = Field(..., description="the folder to write (a plain transformers model); name it in model.path")
@@ -264,13 +265,23 @@ class PruneSpec(Strict):
         description="block_influence: the layers that change the hidden state least (ShortGPT); "
         "block_distance: one contiguous block (angular distance)",
     )
+    hidden_size: int | None = Field(
+        None, ge=1, description="width: the hidden (embedding) channels to keep, the most active ones (Minitron)"
+    )
+    intermediate_size: int | None = Field(None, ge=1, description="width: MLP channels to keep in every layer")
+    kv_heads: int | None = Field(
+        None, ge=1, description="width: key-value head groups to keep in every layer (their query heads follow)"
+    )
     calibration: PromptsSpec = Field(default_factory=PromptsSpec, description="prompts the importance is measured on")
     max_length: int = Field(256, ge=8)
 
     @model_validator(mode="after")
     def _one_size(self) -> PruneSpec:
-        if (self.drop is None) == (self.keep_ratio is None):
-            raise ValueError("give exactly one of drop or keep_ratio")
+        if self.drop is not None and self.keep_ratio is not None:
+            raise ValueError("give at most one of drop or keep_ratio")
+        width = (self.hidden_size, self.intermediate_size, self.kv_heads)
+        if self.drop is None and self.keep_ratio is None and all(v is None for v in width):
+            raise ValueError("give drop or keep_ratio (depth), or hidden_size, intermediate_size, kv_heads (width)")
         return self
 
 

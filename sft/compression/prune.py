@@ -361,6 +361,7 @@ class PruneSummary:
     max_length: int = 0
     config_fields: list[str] = field(default_factory=list)  # per-layer config fields cut or renumbered
     reload_max_logit_difference: float | None = None  # the saved folder against the pruned model in memory
+    width: dict[str, Any] | None = None  # width pruning: sizes [before, after] and what was kept (see _width)
     format: str = field(default=FORMAT)
 
 
@@ -370,14 +371,36 @@ def _params(model: Any) -> int:
 
 
 def _n_drop(n_layers: int, n_drop: int | None, keep_ratio: float | None) -> int:
-    if (n_drop is None) == (keep_ratio is None):
-        raise ValueError("give exactly one of n_drop and keep_ratio")
+    if n_drop is not None and keep_ratio is not None:
+        raise ValueError("give at most one of n_drop and keep_ratio")
+    if n_drop is None and keep_ratio is None:
+        return 0
     if keep_ratio is not None:
         if not 0.0 < keep_ratio <= 1.0:
             raise UserError(f"keep_ratio must be in (0, 1], got {keep_ratio}", "e.g. keep_ratio=0.5 keeps half")
         return n_layers - max(1, round(n_layers * keep_ratio))
     assert n_drop is not None
     return n_drop
+
+
+def _narrow(
+    model: Any, tokenizer: Any, prompts: Sequence[Prompt], max_length: int, batch_size: int, sizes: tuple
+) -> tuple[Any, dict[str, Any]]:
+    """Width-prune `model` to `sizes` (hidden, intermediate, key-value groups; None keeps that size) and
+    say what changed: each size [before, after], and the teacher's indices of what was kept."""
+    from sft.compression.width import _shape, choose_width, prune_width, width_importance
+
+    importance = width_importance(model, _batches(tokenizer, prompts, max_length, batch_size))
+    choice = choose_width(importance, *sizes)
+    before = _shape(model.config)
+    model = prune_width(model, choice)
+    after = _shape(model.config)
+    names = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+    record: dict[str, Any] = {n: [a, b] for n, a, b in zip(names, before, after, strict=True)}
+    record["hidden_kept"] = choice.hidden
+    record["kv_groups_kept"] = choice.kv_groups
+    record["hidden_importance"] = [round(float(x), 6) for x in importance.hidden]
+    return model, record
 
 
 def _check_out_dir(out: Path) -> None:
@@ -404,10 +427,16 @@ def prune_model(
     max_length: int = 512,
     batch_size: int = 8,
     device: str = "cpu",
+    hidden_size: int | None = None,
+    intermediate_size: int | None = None,
+    kv_heads: int | None = None,
 ) -> PruneSummary:
     """Load the teacher, measure its layers on `prompts`, drop the least important, save the student.
 
-    Give either `n_drop` (layers to remove) or `keep_ratio` (fraction of layers to keep). `method`
+    Depth: `n_drop` (layers to remove) or `keep_ratio` (fraction of layers to keep). Width
+    (`sft.compression.width`, measured on the depth-pruned model, after the cut): the new
+    `hidden_size`, `intermediate_size` and number of key-value groups `kv_heads`. At least one of
+    them must prune something. `method`
     "block_influence" drops the lowest-BI layers wherever they are (ShortGPT); "block_distance" drops
     one contiguous block (Gromov et al.). The output is written to a temporary sibling folder and
     renamed into place, so out_dir is never half-written; an existing out_dir is replaced only if it
@@ -426,20 +455,28 @@ def prune_model(
         model = AutoModelForCausalLM.from_pretrained(teacher_dir).to(device)
     n_layers = len(_decoder_layers(model))
     k = _n_drop(n_layers, n_drop, keep_ratio)
-    if k == 0:
-        raise UserError(
-            f"prune: keep_ratio {keep_ratio} of {n_layers} layers removes none", "use a smaller keep_ratio or drop: N"
-        )
+    narrower = any(v is not None for v in (hidden_size, intermediate_size, kv_heads))
+    if k == 0 and not narrower:
+        why = f"keep_ratio {keep_ratio} of {n_layers} layers removes none" if keep_ratio else "nothing to remove"
+        raise UserError(f"prune: {why}", "give drop: N or a smaller keep_ratio, or a width (hidden_size, ...)")
     params_before = _params(model)
-    importance = layer_importance(model, tokenizer, prompts, max_length, batch_size)
+    if narrower:
+        from sft.compression.width import _check_supported
+
+        _check_supported(model)  # the clear error before minutes of measuring
+    importance = layer_importance(model, tokenizer, prompts, max_length, batch_size) if k else []
     distances = None
     if method == "block_influence":
-        drop = choose_layers_to_drop(importance, k, keep_first, keep_last)
+        drop = choose_layers_to_drop(importance, k, keep_first, keep_last) if k else []
     else:
         _prunable(n_layers, k, keep_first, keep_last)  # the clear error before a measurement that cannot fit
         distances = block_distances(model, tokenizer, prompts, max(k, 1), max_length, batch_size) if k else []
         drop = choose_block_to_drop(distances, k, keep_first, keep_last) if k else []
     config_fields = prune_layers(model, drop)
+    width = None
+    if narrower:
+        sizes = (hidden_size, intermediate_size, kv_heads)
+        model, width = _narrow(model, tokenizer, prompts, max_length, batch_size, sizes)
     summary = PruneSummary(
         teacher=str(teacher_dir),
         out_dir=str(out),
@@ -455,6 +492,7 @@ def prune_model(
         calibration_prompts=len(prompts),
         max_length=max_length,
         config_fields=config_fields,
+        width=width,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_folder(out)  # also removes what a killed `sft prune` left
