@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from synth.curate.config import CurateSpec
 from synth.errors import UserError
@@ -69,6 +69,21 @@ class Recipe(Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     publish: PublishSpec = Field(default_factory=PublishSpec)
 
+    @model_validator(mode="after")
+    def _scratch_arm(self) -> Recipe:
+        """A from-scratch student trains into its own arm (train/<objective>-scratch), never over the
+        pretrained one's; LoRA on random weights would train almost nothing, so it is refused."""
+        if self.model.init == "random":
+            if self.train.lora.enabled:
+                raise ValueError(
+                    "model.init=random needs train.lora.enabled=false (a random model must train every weight)"
+                )
+            if self.train.name is None:
+                self.train = self.train.model_copy(update={"name": f"{self.train.folder}-scratch"})
+        if self.train.folder in ("teacher", "base_student"):
+            raise ValueError(f"train.name {self.train.folder!r} is the name of a model sft eval always shows")
+        return self
+
     def content_hash(self) -> str:
         """Hash of what the recipe asks for: everything it says but `runtime` (threads, device, executor,
         cluster), which says where and how fast the work runs; a run moved to a Ray cluster, or resumed
@@ -79,10 +94,15 @@ class Recipe(Strict):
 
 
 def objective_overrides(folder: str) -> str:
-    """The overrides that train into train/<folder>: `kd-stored` is `train.objective=kd train.kd.source=stored`."""
-    if folder.startswith("kd-"):
+    """The overrides that train into train/<folder>: `kd-stored` is `train.objective=kd train.kd.source=stored`,
+    `sft-scratch` is `train.objective=sft model.init=random`; another name, `train.name=<folder>`."""
+    if folder.endswith("-scratch") and folder != "-scratch":
+        return f"{objective_overrides(folder.removesuffix('-scratch'))} model.init=random"
+    if folder in ("kd-stored", "kd-model"):
         return f"train.objective=kd train.kd.source={folder.removeprefix('kd-')}"
-    return f"train.objective={folder}"
+    if folder in ("sft", "gkd", "kd"):
+        return f"train.objective={folder}"
+    return f"train.name={folder} (with the settings that arm was trained with)"
 
 
 def behaviour_checks(recipe: Recipe, among: set[str] | None = None) -> list[str]:

@@ -64,6 +64,12 @@ class ModelSpec(Strict):
     path: str = Field("smollm2", description="'smollm2' = the embedded SmolLM2-135M-Instruct, else a folder")
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained",
+        description="sft run: pretrained = the weights at model.path; random = a model of the same shape with "
+        "fresh random weights (seeded by train.seed), the from-scratch baseline a distilled student is compared "
+        "with (trains into train/<arm>-scratch/ unless train.name says otherwise)",
+    )
 
 
 class OpenAISettings(Strict):
@@ -199,6 +205,13 @@ class TrainSpec(Strict):
     """How `sft run` trains the student on curated/kept.parquet."""
 
     objective: Literal["sft", "gkd", "kd"] = "sft"
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="the arm's folder under train/ and its name in `sft eval` (default: the objective's: sft, "
+        "gkd, kd-stored, kd-model; with model.init=random, that + '-scratch'): arms that differ in something "
+        "else than the objective (another student, a schedule) need their own",
+    )
     teacher: str = Field(
         "self",
         description="gkd and kd with source model: 'self' (the student's initial weights on teacher_prompt) "
@@ -236,7 +249,10 @@ class TrainSpec(Strict):
 
     @property
     def folder(self) -> str:
-        """The output folder under train/ (and the name `sft eval` shows): kd runs say their source."""
+        """The output folder under train/ (and the name `sft eval` shows): `name`, else the objective's
+        (kd runs say their source)."""
+        if self.name is not None:
+            return self.name
         return f"kd-{self.kd.source}" if self.objective == "kd" else self.objective
 
     def runs(self) -> list[tuple[int, str]]:

@@ -158,6 +158,20 @@ def _student(recipe: Recipe) -> tuple[str, Any]:
     return path, tokenizer
 
 
+def _student_model(recipe: Recipe, student_path: str) -> Any:
+    """The student's weights: model.path's, or with model.init=random a model of the same config with
+    fresh weights drawn by the architecture's own initialisation, seeded by train.seed (so that the
+    from-scratch arm's seeds differ in their weights as well as their data order)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
+
+    with loading_model("model.path", recipe.model.path):
+        if recipe.model.init == "pretrained":
+            return AutoModelForCausalLM.from_pretrained(student_path)
+        config = AutoConfig.from_pretrained(student_path)
+    set_seed(recipe.train.seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
 def _teacher_model(recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -396,10 +410,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
     kd_data = _kd_rows(recipe, run_dir, usable, tokenizer) if kd_path else None  # before any write
     out.mkdir(parents=True, exist_ok=True)
     dump_resolved(recipe, out / "recipe.resolved.yaml")
-    from transformers import AutoModelForCausalLM
 
-    with loading_model("model.path", recipe.model.path):
-        model = AutoModelForCausalLM.from_pretrained(student_path)
+    model = _student_model(recipe, student_path)
     peft_config = _lora_config(recipe, model)
     try:
         if kd_data is not None:
