@@ -196,8 +196,9 @@ class KDSpec(Strict):
     hidden_weight: float = Field(
         0.0,
         ge=0,
-        description="model: weight of a hidden-state loss between each student layer and the teacher layer it "
-        "maps onto (a pruned student's prune.json says which; else the same layer count is required)",
+        description="model (and train.objective=gkd): weight of a hidden-state loss between each student layer and "
+        "the teacher layer it maps onto (a pruned student's prune.json says which; else the same layer count is "
+        "required; the hidden sizes must agree, so not for a width-pruned student)",
     )
 
 
@@ -241,6 +242,14 @@ class TrainSpec(Strict):
     )
     # gkd (TRL GKDTrainer) parameters
     lmbda: float = Field(0.5, ge=0, le=1, description="share of steps trained on the student's own samples")
+    lmbda_start: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="gkd schedule: lmbda at step 0, moving linearly to lmbda over lmbda_ramp_steps (e.g. 0 → 1: "
+        "the teacher's curated answers first, the student's own samples once it writes something worth scoring)",
+    )
+    lmbda_ramp_steps: int = Field(0, ge=0, description="gkd schedule: steps over which lmbda_start moves to lmbda")
     beta: float = Field(0.5, ge=0, le=1, description="generalized JSD: 0 = forward KL, 1 = reverse KL")
     temperature: float = Field(0.9, gt=0)
     max_new_tokens: int = Field(48, ge=1)
@@ -260,6 +269,12 @@ class TrainSpec(Strict):
         if self.seeds is None:
             return [(self.seed, self.folder)]
         return [(s, f"{self.folder}/seed-{s}") for s in self.seeds]
+
+    @model_validator(mode="after")
+    def _ramp_has_steps(self) -> TrainSpec:
+        if self.lmbda_start is not None and self.lmbda_ramp_steps == 0:
+            raise ValueError("train.lmbda_start needs train.lmbda_ramp_steps > 0 (the steps to move to train.lmbda)")
+        return self
 
     @model_validator(mode="after")
     def _distinct_seeds(self) -> TrainSpec:

@@ -55,7 +55,12 @@ def test_random_weights_have_the_students_shape_and_differ_by_seed(tmp_path: Pat
         r = load_recipe(write(tmp_path, {"path": str(tiny_student), "init": init}, seed=seed))
         return _student_model(r, str(tiny_student)).state_dict()
 
-    pretrained, a, a_again, b = weights(0, "pretrained"), weights(0, "random"), weights(0, "random"), weights(1, "random")
+    pretrained, a, a_again, b = (
+        weights(0, "pretrained"),
+        weights(0, "random"),
+        weights(0, "random"),
+        weights(1, "random"),
+    )
     assert a.keys() == pretrained.keys() and all(a[k].shape == pretrained[k].shape for k in a)
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(a[q], pretrained[q]) and not torch.equal(a[q], b[q])

@@ -433,9 +433,15 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
                 lambda r: {"messages": r["prompt"] + r["completion"]},
                 remove_columns=[c for c in ds.column_names if c != "teacher_prompt"],
             )
+            teacher = _teacher_model(recipe, student_path, tokenizer)
+            hidden = t.kd.hidden_weight
             trainer = SelfDistillGKDTrainer(
                 model=model,
-                teacher_model=_teacher_model(recipe, student_path, tokenizer),
+                teacher_model=teacher,
+                lmbda_start=t.lmbda_start,
+                ramp_steps=t.lmbda_ramp_steps,
+                hidden_weight=hidden,
+                layer_map=_layer_map(student_path, model, teacher) if hidden else None,
                 args=config,
                 train_dataset=train,
                 processing_class=tokenizer,
