@@ -94,6 +94,9 @@ class SelfDistillGKDTrainer(GKDTrainer):
         right-padded, each up to and including its stop token, labels only on the completion)."""
         from synth.engines.decode import Unsupported, decode, supports
 
+        # a PEFT model's adapters live inside its base model's layers: decode with the base model, whose
+        # forward takes the cache argument the loop passes (PEFT's forwards it under a deprecated name)
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model
         if supports(model) is not None:
             self.decoded_with = "model.generate"
             return GKDTrainer.generate_on_policy_outputs(model, inputs, generation_config)
