@@ -107,6 +107,64 @@ def probe(
 
 @recipe_command(
     app,
+    "prompts",
+    recipe_help="The YAML recipe with a synthesize: section.",
+    interrupted="nothing was written: run the same command again.",
+)
+def prompts(recipe: Recipe, run_dir: Path, recipe_dir: Path) -> None:
+    """Write new user prompts with the teacher itself (Magpie), for more teacher data.
+
+    Reads the recipe's `synthesize:` section. The teacher (a local transformers model) is given only
+    the opening of a user turn of its chat template and writes the user's message; each candidate is
+    kept unless it was cut at `synthesize.max_new_tokens`, is outside the word bounds, holds template
+    markup, duplicates another candidate or a prompt of `prompts.path`, or shares a word n-gram with
+    the eval prompts (`synthesize.eval_sets`, default `eval.prompts`). Writes the kept prompts to
+    `synthesize.out` (JSONL: id, prompt, source) and prints what was rejected and why; point
+    `prompts.path` at that file for `synth generate` and every later stage.
+    """
+    from synth.magpie import synthesize_prompts
+    from synth.prompts import iter_source, resolve_path
+    from synth.tables import key_values
+
+    spec = recipe.synthesize
+    if spec is None:
+        raise UserError(
+            "the recipe has no synthesize: section",
+            "add synthesize: {out: data/magpie.jsonl, n: 200}; see README, 'synth prompts'",
+        )
+    out = Path(spec.out).expanduser()
+    evals = spec.eval_sets if spec.eval_sets is not None else [recipe.eval.prompts]
+    field = "synthesize.eval_sets" if spec.eval_sets is not None else "eval.prompts"
+    eval_paths = [resolve_path(p, recipe_dir, field) for p in evals]
+    known: list[str] = []
+    if recipe.prompts.path:
+        source = resolve_path(recipe.prompts.path, recipe_dir)
+        if source.resolve() != out.resolve():  # the file being replaced is no reason to reject its prompts again
+            column = recipe.prompts.prompt_column
+            known = [str(r[column]) for _, r in iter_source(recipe.prompts, recipe_dir) if r.get(column)]
+    s = synthesize_prompts(recipe, recipe_dir, out, eval_paths, known)
+    rows = [
+        ("teacher", s.teacher),
+        ("candidates sampled", s.candidates),
+        ("kept", f"{s.kept} of {spec.n} wanted"),
+        *[(f"rejected: {why}", n) for why, n in s.rejected.most_common()],
+        ("tokens/s", f"{s.tokens / max(s.seconds, 1e-9):.1f} ({s.tokens} tokens in {s.seconds:.0f} s)"),
+        ("written", str(out)),
+    ]
+    console = Console()
+    console.print(key_values("synth prompts (Magpie)", rows))
+    for text in s.examples:
+        console.print(f"  - {text}", highlight=False, markup=False)
+    if s.kept < spec.n:
+        console.print(
+            f"only {s.kept} of {spec.n} kept within synthesize.candidates={spec.candidates}: raise it, or relax "
+            "the filters the table names",
+            highlight=False,
+        )
+
+
+@recipe_command(
+    app,
     recipe_help="The YAML recipe whose generations to curate.",
     interrupted="curate starts over: run the same command again (the last complete curated/ is untouched).",
 )

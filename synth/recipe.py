@@ -32,6 +32,7 @@ from synth.specs import (
     PruneSpec,
     RuntimeSpec,
     Strict,
+    SynthesizeSpec,
     TeacherSpec,
     TrainSpec,
     VLLMSettings,
@@ -61,6 +62,7 @@ class Recipe(Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
     prompts: PromptsSpec = Field(default_factory=PromptsSpec)
+    synthesize: SynthesizeSpec | None = None
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
     curate: CurateSpec = Field(default_factory=CurateSpec)
     review: ReviewSpec = Field(default_factory=ReviewSpec)

@@ -147,6 +147,27 @@ class PromptsSpec(Strict):
     limit: int | None = Field(None, ge=1)
 
 
+class SynthesizeSpec(Strict):
+    """`synth prompts`: new user prompts written by the teacher itself (Magpie), filtered and written as
+    a prompts file for `prompts.path`."""
+
+    out: str = Field(..., description="the JSONL prompts file to write (under the folder you run in)")
+    n: int = Field(200, ge=1, description="prompts to keep")
+    candidates: int = Field(1000, ge=1, description="at most this many sampled before stopping short of n")
+    temperature: float = Field(1.0, gt=0, le=5)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(96, ge=8, description="a prompt cut here is rejected (an unfinished request)")
+    min_words: int = Field(3, ge=1)
+    max_words: int = Field(80, ge=1)
+    system_prompt: str | None = Field(None, description="the system turn before the user's (default: the template's)")
+    eval_sets: list[str] | None = Field(
+        None, description="prompt files (column prompt) no kept prompt may overlap (default: eval.prompts)"
+    )
+    decontaminate_ngram: int = Field(13, ge=3, le=50, description="as curate's decontaminate check")
+    seed: int = Field(0, ge=0, lt=2**31)
+    batch_size: int = Field(64, ge=1, description="candidates sampled together")
+
+
 class GenerateSpec(Strict):
     """Sampling parameters and batching for `synth generate`."""
 
