@@ -82,3 +82,19 @@ def test_sft_run_from_scratch_trains_the_random_model(tmp_path: Path, tiny_stude
     # trained from another start: far from the pretrained weights, not a few steps away from them
     assert (trained[q] - start[q]).abs().max() > 0.05
     assert not (run / "train/sft").exists()
+
+
+def test_eval_names_the_random_init_as_what_else_differed(tmp_path: Path) -> None:
+    """Distilled against from scratch: the comparison says the start differed, not the arm's name."""
+    import yaml
+
+    from sft.evaluation.run import arm_differences
+
+    for arm, init in (("kd-stored", "pretrained"), ("kd-stored-scratch", "random")):
+        r = load_recipe(write(tmp_path, {"init": init}, objective="kd", max_steps=60))
+        folder = tmp_path / "run/train" / arm
+        (folder / "final").mkdir(parents=True)
+        (folder / "recipe.resolved.yaml").write_text(yaml.safe_dump(r.model_dump(mode="json")))
+        (folder / "log.json").write_text(json.dumps([{"step": 0, "rows_trained": 4}, {"step": 60, "loss": 1.0}]))
+    diff = arm_differences(tmp_path / "run", ["kd-stored-scratch", "kd-stored"])
+    assert diff == {"kd-stored-scratch - kd-stored": ["model.init: 'random' vs 'pretrained'"]}

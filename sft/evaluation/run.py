@@ -198,10 +198,11 @@ def _arm_settings(run_dir: Path, arm: str, seeds: list[int] | None = None) -> di
     train = dict(resolved.get("train") or {})
     objective = train.get("objective")
     kd = dict(train.pop("kd", None) or {})
-    flat: dict[str, Any] = {"model.path": (resolved.get("model") or {}).get("path")}
-    gkd_only = ("lmbda", "beta", "temperature", "max_new_tokens", "seq_kd")
+    model = resolved.get("model") or {}
+    flat: dict[str, Any] = {"model.path": model.get("path"), "model.init": model.get("init", "pretrained")}
+    gkd_only = ("lmbda", "lmbda_start", "lmbda_ramp_steps", "beta", "temperature", "max_new_tokens", "seq_kd")
     for key, value in train.items():
-        if key in ("objective", "seed", "seeds") or (key in gkd_only and objective != "gkd"):
+        if key in ("objective", "seed", "seeds", "name") or (key in gkd_only and objective != "gkd"):
             continue
         if key == "teacher" and not (objective == "gkd" or kd.get("source") == "model"):
             continue
