@@ -44,6 +44,14 @@ def test_sft_prune_writes_the_student_model_path_names(tmp_path: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "student")  # plain transformers, no Distillery
     assert model.config.num_hidden_layers == 15
 
+    # depth and width: the demo's 28% student, its new sizes in the summary and the folder
+    recipe = _recipe(tmp_path, drop=18, hidden_size=384, intermediate_size=1024, kv_heads=2)
+    res = run_cli("sft", "prune", str(recipe), "--run-dir", str(tmp_path / "run"), cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "576 → 384" in res.stdout and "1536 → 1024" in res.stdout and "134.5M → 37.8M" in res.stdout
+    c = AutoModelForCausalLM.from_pretrained(tmp_path / "student").config
+    assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_key_value_heads) == (12, 384, 1024, 2)
+
 
 def test_prune_mistakes_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "none.yaml").write_text(json.dumps({"name": "p"}))
