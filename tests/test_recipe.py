@@ -159,3 +159,14 @@ def test_a_model_folder_beside_the_recipe_is_found_from_any_folder(tmp_path: Pat
     assert r.teacher.path == "runs/made"  # not beside the recipe: the folder you run in
     assert load_recipe(recipes / "r.yaml", ["model.path=smollm2"]).model.path == "smollm2"
     assert "beside the recipe first" in PATHS_RULE
+
+
+def test_every_shipped_recipe_is_valid() -> None:
+    """A recipe in recipes/ that no command has run yet (the GPU one) must still parse and validate."""
+    from tests.conftest import ROOT
+
+    shipped = sorted((ROOT / "recipes").glob("*.yaml"))
+    assert len(shipped) >= 4
+    for path in shipped:
+        recipe = load_recipe(path)
+        assert recipe.name == path.stem, path
