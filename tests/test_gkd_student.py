@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft.objectives.gkd import SelfDistillGKDTrainer, TeacherViewCollator, lmbda_at
+from sft.objectives.gkd import TeacherViewCollator, TeacherViewGKDTrainer, lmbda_at
 from synth.recipe import load_recipe
 from tests.conftest import tiny_llama
 from tests.test_train import ANSWERS, SYSTEM, curated_run
@@ -32,7 +32,7 @@ def rows() -> list[dict]:
     return out
 
 
-def trainer(tmp_path: Path, tokenizer, student, teacher, **kwargs) -> SelfDistillGKDTrainer:
+def trainer(tmp_path: Path, tokenizer, student, teacher, **kwargs) -> TeacherViewGKDTrainer:
     import datasets
     from trl.experimental.gkd import GKDConfig
 
@@ -52,7 +52,7 @@ def trainer(tmp_path: Path, tokenizer, student, teacher, **kwargs) -> SelfDistil
         seed=0,
         logging_steps=1,
     )
-    return SelfDistillGKDTrainer(
+    return TeacherViewGKDTrainer(
         model=student,
         teacher_model=teacher,
         args=args,

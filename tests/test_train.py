@@ -112,7 +112,7 @@ def test_gkd_teacher_reads_the_teacher_view(tmp_path: Path, monkeypatch: pytest.
     from sft.objectives import gkd
 
     seen: list[tuple[list[int], list[int]]] = []
-    original = gkd.SelfDistillGKDTrainer.compute_loss
+    original = gkd.TeacherViewGKDTrainer.compute_loss
 
     def spy(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = original(self, model, inputs, return_outputs, num_items_in_batch)
@@ -124,7 +124,7 @@ def test_gkd_teacher_reads_the_teacher_view(tmp_path: Path, monkeypatch: pytest.
             seen.append((inputs["input_ids"][i][mask].tolist(), t_ids[i][:real].tolist()))
         return loss
 
-    monkeypatch.setattr(gkd.SelfDistillGKDTrainer, "compute_loss", spy)
+    monkeypatch.setattr(gkd.TeacherViewGKDTrainer, "compute_loss", spy)
     run = curated_run(tmp_path)
     s = run_train(recipe(tmp_path, objective="gkd", lmbda=0.0, max_steps=2), run)
     assert s.steps == 2 and s.train_loss > 0

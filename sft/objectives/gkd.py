@@ -61,8 +61,9 @@ def lmbda_at(step: int, start: float, end: float, ramp_steps: int) -> float:
     return start + (end - start) * step / ramp_steps
 
 
-class SelfDistillGKDTrainer(GKDTrainer):
-    """GKD whose teacher reads `teacher_prompt` + the same completion tokens as the student."""
+class TeacherViewGKDTrainer(GKDTrainer):
+    """GKD whose teacher (the student's own starting weights, or another model with its tokenizer)
+    reads `teacher_prompt` + the same completion tokens as the student."""
 
     last_teacher_input_ids: torch.Tensor | None = None  # kept for tests: what the teacher saw
     decoded_with: str | None = None  # kept for tests: "decode loop" or "model.generate"

@@ -427,7 +427,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
                 peft_config=peft_config,
             )
         else:
-            from sft.objectives.gkd import SelfDistillGKDTrainer, TeacherViewCollator
+            from sft.objectives.gkd import TeacherViewCollator, TeacherViewGKDTrainer
 
             train = usable.map(
                 lambda r: {"messages": r["prompt"] + r["completion"]},
@@ -435,7 +435,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
             )
             teacher = _teacher_model(recipe, student_path, tokenizer)
             hidden = t.kd.hidden_weight
-            trainer = SelfDistillGKDTrainer(
+            trainer = TeacherViewGKDTrainer(
                 model=model,
                 teacher_model=teacher,
                 lmbda_start=t.lmbda_start,
