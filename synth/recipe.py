@@ -86,6 +86,26 @@ class Recipe(Strict):
             raise ValueError(f"train.name {self.train.folder!r} is the name of a model sft eval always shows")
         return self
 
+    @model_validator(mode="after")
+    def _codistill_pair(self) -> Recipe:
+        """Refuse a co-distillation pair that cannot learn from each other: two copies of the same weights,
+        trained in full on the same batches, stay identical (their divergence is 0 at every step)."""
+        t = self.train
+        if t.objective != "codistill":
+            return self
+        if self.model.init == "random":
+            raise ValueError(
+                "train.objective=codistill trains a pretrained student (model.init=random is not supported)"
+            )
+        spec = t.codistill.partner
+        twin = spec in ("self", self.model.path) or (spec == "teacher" and t.teacher in ("self", self.model.path))
+        if twin and not t.lora.enabled and spec != "teacher":
+            raise ValueError(
+                "train.codistill.partner is a copy of the student: trained in full on the same batches the two stay "
+                "identical; set train.lora.enabled=true (each draws its own adapter) or name another model"
+            )
+        return self
+
     def content_hash(self) -> str:
         """Hash of what the recipe asks for: everything it says but `runtime` (threads, device, executor,
         cluster), which says where and how fast the work runs; a run moved to a Ray cluster, or resumed
@@ -97,12 +117,15 @@ class Recipe(Strict):
 
 def objective_overrides(folder: str) -> str:
     """The overrides that train into train/<folder>: `kd-stored` is `train.objective=kd train.kd.source=stored`,
-    `sft-scratch` is `train.objective=sft model.init=random`; another name, `train.name=<folder>`."""
+    `sft-scratch` is `train.objective=sft model.init=random`, `codistill-partner` is trained by the
+    `codistill` run; another name, `train.name=<folder>`."""
+    if folder == "codistill-partner":
+        return "train.objective=codistill (which trains codistill and its partner)"
     if folder.endswith("-scratch") and folder != "-scratch":
         return f"{objective_overrides(folder.removesuffix('-scratch'))} model.init=random"
     if folder in ("kd-stored", "kd-model"):
         return f"train.objective=kd train.kd.source={folder.removeprefix('kd-')}"
-    if folder in ("sft", "gkd", "kd"):
+    if folder in ("sft", "gkd", "kd", "codistill"):
         return f"train.objective={folder}"
     return f"train.name={folder} (with the settings that arm was trained with)"
 

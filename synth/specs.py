@@ -196,7 +196,8 @@ class LoraSpec(Strict):
 
 
 class KDSpec(Strict):
-    """Soft-label distillation (`train.objective: kd`): loss = alpha·CE + (1 − alpha)·T²·D(teacher_T ‖ student_T)."""
+    """Soft-label distillation (`train.objective: kd`): loss = alpha·CE + (1 − alpha)·T²·D(teacher_T ‖ student_T).
+    `temperature` and `beta` also set T and D for `codistill`."""
 
     source: Literal["stored", "model"] = Field(
         "stored",
@@ -223,16 +224,33 @@ class KDSpec(Strict):
     )
 
 
+class CodistillSpec(Strict):
+    """Co-distillation (`train.objective: codistill`): the student and a partner trained at once, each with
+    loss = CE + w·T²·D(other ‖ itself) (T and D: train.kd.temperature and train.kd.beta)."""
+
+    partner: str = Field(
+        "teacher",
+        description="teacher: train.teacher ('self' = the student's initial weights) reading teacher_prompt, "
+        "trained together with the student; or another model with the student's tokenizer, a second student "
+        "reading the student's prompt ('self': another copy of the student, with its own LoRA adapter)",
+    )
+    weight: float = Field(1.0, ge=0, description="w: weight of the divergence to the other model")
+    warmup_steps: int = Field(
+        0, ge=0, description="w rises linearly from 0 over these first steps (early predictions are not worth copying)"
+    )
+
+
 class TrainSpec(Strict):
     """How `sft run` trains the student on curated/kept.parquet."""
 
-    objective: Literal["sft", "gkd", "kd"] = "sft"
+    objective: Literal["sft", "gkd", "kd", "codistill"] = "sft"
     name: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="the arm's folder under train/ and its name in `sft eval` (default: the objective's: sft, "
-        "gkd, kd-stored, kd-model; with model.init=random, that + '-scratch'): arms that differ in something "
-        "else than the objective (another student, a schedule) need their own",
+        "gkd, kd-stored, kd-model, codistill (its partner: codistill-partner); with model.init=random, that + "
+        "'-scratch'): arms that differ in something else than the objective (another student, a schedule) "
+        "need their own",
     )
     teacher: str = Field(
         "self",
@@ -240,6 +258,7 @@ class TrainSpec(Strict):
         "or another model with the same tokenizer",
     )
     kd: KDSpec = Field(default_factory=KDSpec)
+    codistill: CodistillSpec = Field(default_factory=CodistillSpec)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="overrides epochs when > 0")
@@ -284,6 +303,11 @@ class TrainSpec(Strict):
         if self.name is not None:
             return self.name
         return f"kd-{self.kd.source}" if self.objective == "kd" else self.objective
+
+    @property
+    def partner_folder(self) -> str:
+        """co-distillation: the arm the partner is saved as (train/<folder>-partner)."""
+        return f"{self.folder}-partner"
 
     def runs(self) -> list[tuple[int, str]]:
         """(seed, folder under train/) of every model `sft run` trains: one, or one per `seeds` entry."""

@@ -201,14 +201,21 @@ def _arm_settings(run_dir: Path, arm: str, seeds: list[int] | None = None) -> di
     model = resolved.get("model") or {}
     flat: dict[str, Any] = {"model.path": model.get("path"), "model.init": model.get("init", "pretrained")}
     gkd_only = ("lmbda", "lmbda_start", "lmbda_ramp_steps", "beta", "temperature", "max_new_tokens", "seq_kd")
+    codistill = dict(train.pop("codistill", None) or {})
+    with_teacher = objective == "codistill" and codistill.get("partner", "teacher") == "teacher"
     for key, value in train.items():
         if key in ("objective", "seed", "seeds", "name") or (key in gkd_only and objective != "gkd"):
             continue
-        if key == "teacher" and not (objective == "gkd" or kd.get("source") == "model"):
+        if key == "teacher" and not (objective == "gkd" or kd.get("source") == "model" or with_teacher):
             continue
         flat[f"train.{key}"] = value
     if objective == "kd":
         flat |= {f"train.kd.{k}": v for k, v in kd.items() if k != "source"}
+    if objective == "codistill":
+        flat |= {f"train.codistill.{k}": v for k, v in codistill.items()}
+        flat |= {f"train.kd.{k}": kd.get(k) for k in ("temperature", "beta")}
+        # the teacher trained together reads teacher_prompt; the student and another partner read the prompt
+        flat["reads"] = "teacher_prompt" if with_teacher and arm.split("/")[0].endswith("-partner") else "prompt"
     # what the student is taught to reproduce: the same rows can give different tokens and positions
     stored_rows = train.get("targets") == "stored" or (objective == "kd" and kd.get("source") == "stored")
     at_stored = train.get("targets") == "stored" or (

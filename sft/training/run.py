@@ -173,21 +173,66 @@ def _student_model(recipe: Recipe, student_path: str) -> Any:
 
 
 def _teacher_model(recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
+    """train.teacher's weights ('self': the student's own initial ones)."""
+    return _same_vocab_model("train.teacher", recipe.train.teacher, recipe, student_path, tokenizer)
+
+
+def _same_vocab_model(field: str, spec: str, recipe: Recipe, student_path: str, tokenizer: Any) -> Any:
+    """A model whose logits are compared with the student's ('self': the student's initial weights);
+    one with another vocabulary is a UserError naming `field`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = recipe.train.teacher
     if spec == "self":
         return AutoModelForCausalLM.from_pretrained(student_path)
-    with loading_model("train.teacher", spec):
+    with loading_model(field, spec):
         path = resolve_model(spec)[0]
         theirs = AutoTokenizer.from_pretrained(path)
     if len(theirs) != len(tokenizer):
         raise UserError(
-            f"teacher {spec!r} has a vocabulary of {len(theirs)} tokens, the student "
+            f"{field}={spec!r} has a vocabulary of {len(theirs)} tokens, the student "
             f"{recipe.model.path!r} {len(tokenizer)}: logit distillation needs the same tokenizer"
         )
-    with loading_model("train.teacher", spec):
+    with loading_model(field, spec):
         return AutoModelForCausalLM.from_pretrained(path)
+
+
+def _codistill_trainer(
+    recipe: Recipe, model: Any, config: Any, ds: Any, tokenizer: Any, peft_config: Any, student_path: str
+) -> Any:
+    """`sft.objectives.codistill.CodistillTrainer`: the student and its partner (the teacher reading
+    teacher_prompt, or another student reading the prompt), on the same rows."""
+    from sft.objectives.codistill import CodistillTrainer
+
+    spec, kd = recipe.train.codistill, recipe.train.kd
+    with_teacher = spec.partner == "teacher"
+    own_weights = recipe.train.teacher in ("self", recipe.model.path)
+    if with_teacher and own_weights and not recipe.train.lora.enabled:
+        same_view = all(r["teacher_prompt"] == r["prompt"] for r in ds.select_columns(["prompt", "teacher_prompt"]))
+        if same_view:
+            raise UserError(
+                "train.codistill.partner=teacher is the student's own weights reading the same prompt: trained in "
+                "full on the same batches the two stay identical",
+                "give the teacher a privileged view (teacher.system_prompt), set train.lora.enabled=true, or name "
+                "another model in train.teacher",
+            )
+    if with_teacher:
+        partner = _teacher_model(recipe, student_path, tokenizer)
+    else:
+        partner = _same_vocab_model("train.codistill.partner", spec.partner, recipe, student_path, tokenizer)
+    columns = ["prompt", "completion", "teacher_prompt"] if with_teacher else ["prompt", "completion"]
+    return CodistillTrainer(
+        model=model,
+        args=config,
+        train_dataset=ds.select_columns(columns),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        partner=partner,
+        weight=spec.weight,
+        warmup_steps=spec.warmup_steps,
+        temperature=kd.temperature,
+        beta=kd.beta,
+        partner_reads_teacher_prompt=with_teacher,
+    )
 
 
 def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[Any, bool]:
@@ -377,11 +422,11 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
     out = run_dir / "train" / (folder or t.folder)
     user_args, secrets = checked_user_args(recipe)
     args = _common_args(recipe, out, device, user_args)
-    if t.objective in ("sft", "kd"):
+    if t.objective in ("sft", "kd", "codistill"):
         from trl import SFTConfig
 
         # kd may hand TRL pre-tokenised rows (the teacher's sampled ids): the loss stays on the completion
-        kd_args = {"completion_only_loss": True} if t.objective == "kd" or t.targets == "stored" else {}
+        kd_args = {"completion_only_loss": True} if t.objective != "sft" or t.targets == "stored" else {}
         config = trl_config(SFTConfig, {**kd_args, **args}, user_args)
     else:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -402,7 +447,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
     lengths, unusable = length_report(ds, tokenizer, t.objective, args, user_args)
     usable = ds.select(sorted(set(range(len(ds))) - set(unusable)))  # KD's and GKD's collators would fail on them
     kd_path = t.objective == "kd" or t.targets == "stored"  # KDTrainer (sft: cross-entropy alone)
-    if t.targets == "stored" and (t.objective == "gkd" or (t.objective == "kd" and t.kd.source == "model")):
+    text_only = t.objective in ("gkd", "codistill") or (t.objective == "kd" and t.kd.source == "model")
+    if t.targets == "stored" and text_only:
         raise UserError(
             "train.targets=stored is for sft and kd with train.kd.source=stored",
             "set train.targets=text for this objective (its comparisons then name the difference)",
@@ -416,6 +462,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
     try:
         if kd_data is not None:
             trainer = _kd_trainer(recipe, model, config, kd_data, tokenizer, peft_config, student_path)
+        elif t.objective == "codistill":
+            trainer = _codistill_trainer(recipe, model, config, usable, tokenizer, peft_config, student_path)
         elif t.objective == "sft":
             from trl import SFTTrainer
 
@@ -503,6 +551,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
             + f", then run `sft run` again (checkpoints in {out} from that step on hold the diverged weights)",
         )
     staging = _save_final(trainer, tokenizer, recipe, student_path, final)
+    codistill = t.objective == "codistill"
+    partner = _save_partner(trainer, tokenizer, recipe, run_dir, folder or t.folder) if codistill else None
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     # what the trainer kept: kd also leaves out rows without usable or aligned stored labels
     trained_set = trainer.train_dataset
@@ -511,6 +561,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
     _model_card(trainer, recipe, final)
     if trainer.accelerator.is_main_process:
         swap_in_folder(staging, final)
+        if partner is not None:
+            swap_in_folder(*partner)
         # first entry: what this run trained on, and from where, beside TRL's per-step log
         run_info = {
             "step": 0,
@@ -523,6 +575,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
         }
         log = [run_info, *trainer.state.log_history]
         atomic_write_text(out / "log.json", json.dumps(log, indent=1) + "\n")
+        if partner is not None:  # the same run: its log (partner_* entries are the partner's losses)
+            atomic_write_text(partner[1].parent / "log.json", json.dumps(log, indent=1) + "\n")
     steps_run = result.global_step - (int(last.name.split("-")[-1]) if last else 0)
     return TrainSummary(
         folder or t.folder,
@@ -559,6 +613,26 @@ def _save_final(trainer: Any, tokenizer: Any, recipe: Recipe, student_path: str,
         if (staging / "adapter_config.json").is_file():
             record_base(staging, recipe.model.path, Path(student_path))
     return staging
+
+
+def _save_partner(trainer: Any, tokenizer: Any, recipe: Recipe, run_dir: Path, folder: str) -> tuple[Path, Path]:
+    """codistill: the partner saved as its own arm, train/<arm>-partner/[seed-<s>/]final (a full model,
+    LoRA merged), with a resolved recipe whose model.path is the partner's; (staging, final) for the swap."""
+    from sft.objectives.codistill import save_partner
+
+    t = recipe.train
+    out = run_dir / "train" / folder.replace(t.folder, t.partner_folder, 1)
+    final = out / "final"
+    staging = final.parent / f".{final.name}.train.tmp"
+    if trainer.accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        staging_folder(final, "train")
+        save_partner(trainer, tokenizer, staging)
+        path = t.teacher if t.codistill.partner == "teacher" else t.codistill.partner
+        path = recipe.model.path if path == "self" else path
+        as_partner = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": path})})
+        dump_resolved(as_partner, out / "recipe.resolved.yaml")
+    return staging, final
 
 
 def train_all(recipe: Recipe, run_dir: Path, resume: bool = False) -> list[TrainSummary]:
@@ -617,6 +691,10 @@ def _throughput(trainer: Any, tokens: int, seconds: float, device: str, objectiv
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     teacher = getattr(trainer, "teacher_model", None)
     teacher_params = sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
+    partner = getattr(trainer, "partner", None)  # codistill: a second model trained alongside
+    if partner is not None:
+        params += sum(p.numel() for p in partner.parameters())
+        trainable += sum(p.numel() for p in partner.parameters() if p.requires_grad)
     flops = training_flops_per_token(params, trainable, teacher_params)
     peak = matmul_gflops()["median"]
     out |= {"flops_per_token": flops, "peak_gflops": peak, "mfu": out["tokens_per_s"] * flops / (peak * 1e9)}
