@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RECIPE  ?= recipes/concise-answers.yaml
 
-.PHONY: setup setup-vllm lock demo demo-gkd demo-compress test test-fast test-vllm test-fresh lint bench clean
+.PHONY: setup setup-vllm lock demo demo-gkd demo-codistill demo-compress test test-fast test-vllm test-fresh lint bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,17 @@ demo: setup
 demo-gkd: setup
 	$(BIN)/sft run $(RECIPE) train.objective=gkd
 	$(BIN)/sft eval $(RECIPE)
+
+# Co-distillation on the default recipe: the student and its teacher (the same weights reading the system
+# prompt), each with its own LoRA adapter, trained together (the divergence to the other ramped in over the
+# first epoch), against the student trained alone (sft): three seeds each, the same rows, steps and learning
+# rate; eval on 40 held-out prompts. About 70 minutes on a 2-core CPU.
+demo-codistill: setup
+	$(BIN)/synth generate $(RECIPE)
+	$(BIN)/synth curate $(RECIPE)
+	$(BIN)/sft run $(RECIPE) 'train.seeds=[0,1,2]'
+	$(BIN)/sft run $(RECIPE) train.objective=codistill train.codistill.warmup_steps=9 'train.seeds=[0,1,2]'
+	$(BIN)/sft eval $(RECIPE) 'train.seeds=[0,1,2]' 'eval.objectives=[sft,codistill,codistill-partner]' eval.limit=40
 
 # Compression, one seed (about an hour on a 2-core CPU): the teacher's answers with their top-8
 # log-probs; two students pruned from it, half its depth (61% of the parameters) and depth + width

@@ -210,6 +210,12 @@ class KDSpec(Strict):
     )
     beta: float = Field(0.0, ge=0, le=1, description="D: 0 = forward KL, 1 = reverse KL, between: generalized JSD")
     tail: bool = Field(True, description="stored: the mass outside the top-k as one extra bucket")
+    cross_tokenizer: Literal["auto", "off"] = Field(
+        "auto",
+        description="stored: soft labels of a teacher whose tokenizer is not the student's; auto: aligned by text "
+        "(KL on the teacher's top-k mapped to the student's tokens where one token matches one, ULD on sorted "
+        "probabilities where the tokenisers split the text differently); off: refuse them",
+    )
     corrected: Literal["refuse", "leave_out"] = Field(
         "refuse",
         description="stored: rows a reviewer corrected (synth review pull) have soft labels for the teacher's "

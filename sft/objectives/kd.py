@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from sft.objectives.cross_tokenizer import uld_loss
 from sft.objectives.kd_loss import combined_loss, dense_kd_loss, sparse_kd_loss
 from sft.objectives.teacher_view import teacher_prompt_ids, teacher_view
 
@@ -48,7 +49,10 @@ IDS = "teacher_topk_ids"
 LOGPROBS = "teacher_topk_logprobs"
 TOKENS = "teacher_token_ids"  # optional: the sampled token ids, for an exact check
 ROW = "kd_row"  # the row's index in the dataset given to the trainer, so reports name it after shuffling
-KD_COLUMNS = (IDS, LOGPROBS, TOKENS, "teacher_prompt", ROW)
+# soft labels of a teacher with another tokenizer (sft.objectives.cross_tokenizer): the groups of answer
+# tokens compared by ULD, and the teacher's merged probabilities for each
+ULD_TOKENS, ULD_PROBS = "uld_tokens", "uld_probs"
+KD_COLUMNS = (IDS, LOGPROBS, TOKENS, "teacher_prompt", ROW, ULD_TOKENS, ULD_PROBS)
 
 
 @dataclass
@@ -74,8 +78,10 @@ class KDCollator:
     """TRL's `DataCollatorForLanguageModeling` plus the stored teacher top-k, aligned to label positions.
 
     Adds `teacher_ids` [B, L, k] (-1 where none), `teacher_logprobs` [B, L, k] and `teacher_mask` [B, L]
-    (a stored distribution exists for the token at that label position) when rows carry the stored
-    columns, and `teacher_prompt_ids` (lists) when they carry `teacher_prompt`.
+    (a stored distribution exists for the token at that label position: an empty top-k, which a
+    cross-tokenizer row has where no single teacher token matches, is none) when rows carry the stored
+    columns, `uld_spans` (per row: (label positions, the teacher's sorted merged probabilities)) when
+    they carry ULD groups, and `teacher_prompt_ids` (lists) when they carry `teacher_prompt`.
     """
 
     pad_token_id: int
@@ -143,10 +149,22 @@ class KDCollator:
             n = len(where)
             ids[i, where] = torch.tensor([s + [-1] * (k - len(s)) for s in e[IDS][:n]], dtype=torch.long).view(n, k)
             lps[i, where] = torch.tensor([s + [0.0] * (k - len(s)) for s in e[LOGPROBS][:n]]).view(n, k)
-            mask[i, where] = True
+            mask[i, where] = torch.tensor([len(s) > 0 for s in e[IDS][:n]])
         if bad:
             raise MisalignedRows(bad)
-        return {"teacher_ids": ids, "teacher_logprobs": lps, "teacher_mask": mask}
+        out = {"teacher_ids": ids, "teacher_logprobs": lps, "teacher_mask": mask}
+        if ULD_TOKENS in examples[0]:
+            out["uld_spans"] = [self._uld_spans(e) for e in examples]
+        return out
+
+    def _uld_spans(self, example: dict[str, Any]) -> list[tuple[list[int], list[float]]]:
+        """A row's ULD groups at their label positions (a group that max_length cut is left out)."""
+        completion = [p for p, label in enumerate(example["labels"]) if label != -100]
+        return [
+            ([completion[j] for j in tokens], probs)
+            for tokens, probs in zip(example[ULD_TOKENS], example[ULD_PROBS], strict=True)
+            if tokens and max(tokens) < len(completion)
+        ]
 
 
 def end_token_ids(tokenizer: Any, model: Any) -> tuple[int, ...]:
@@ -265,6 +283,9 @@ class KDTrainer(SFTTrainer):
                 self.beta,
                 self.tail,
             )
+            if inputs.get("uld_spans"):  # a teacher with another tokenizer: the stretches split differently
+                uld_sum, uld_n = uld_loss(logits, inputs["input_ids"], inputs["uld_spans"])
+                kd_sum, kd_n = kd_sum + uld_sum, kd_n + uld_n.to(kd_n.device)
         elif self.teacher_model is not None:
             kd_sum, kd_n, hidden_sum = self._dense_kd(
                 inputs, logits, ce_mask, outputs.hidden_states if hidden else None

@@ -15,10 +15,11 @@ generate` with `generate.logprobs: k`, passed through curate unchanged). Before 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sft.objectives.kd import IDS, LOGPROBS, TOKENS
+from sft.objectives.kd import IDS, LOGPROBS, TOKENS, ULD_PROBS, ULD_TOKENS
 from sft.training.lengths import chat_ids
 from synth.errors import UserError
 from synth.io import read_json
@@ -26,8 +27,9 @@ from synth.records import step_problem
 from synth.tokenizers import vocab_hash
 
 
-def check_tokenizer(run_dir: Path, tokenizer: Any, student: str) -> dict[str, Any]:
-    """The manifest's logprob description, after checking that its tokenizer is the student's."""
+def check_tokenizer(run_dir: Path, tokenizer: Any, student: str, cross: bool = False) -> dict[str, Any]:
+    """The manifest's logprob description, after checking that its tokenizer is the student's; with
+    `cross` (train.kd.cross_tokenizer=auto) another or an unknown tokenizer passes, `info["cross"]` true."""
     manifest_path = run_dir / "generations" / "_manifest.json"
     manifest = read_json(manifest_path, "the generation manifest", hint="run `synth generate` again to rewrite it")
     info = manifest.get("logprobs") if isinstance(manifest, dict) else None
@@ -37,6 +39,8 @@ def check_tokenizer(run_dir: Path, tokenizer: Any, student: str) -> dict[str, An
             "generate with generate.logprobs=K (e.g. 8) in a new run folder, or use train.kd.source=model",
         )
     recorded = info.get("tokenizer") or {}
+    if cross and recorded.get("vocab_hash") != vocab_hash(tokenizer):
+        return {**info, "cross": True}
     if not recorded.get("vocab_hash"):
         raise UserError(
             f"{manifest_path}: the tokenizer of the stored log-probabilities is unknown (a server's model with "
@@ -50,8 +54,8 @@ def check_tokenizer(run_dir: Path, tokenizer: Any, student: str) -> dict[str, An
             f"model.path={student!r}: the student's tokenizer (vocabulary hash {mine}, {len(tokenizer)} tokens) "
             f"is not the tokenizer of the stored log-probabilities ({recorded.get('name')}, hash "
             f"{recorded['vocab_hash']}, {recorded.get('vocab_size')} tokens)",
-            "soft labels need the teacher's vocabulary: use a student with the teacher's tokenizer, or "
-            "train.objective=sft (hard labels)",
+            "set train.kd.cross_tokenizer=auto (aligned by text), use a student with the teacher's tokenizer, "
+            "or train.objective=sft (hard labels)",
         )
     return info
 
@@ -149,3 +153,114 @@ def with_sampled_tokens(ds: Any, tokenizer: Any) -> Any:
         return {"input_ids": prompt_ids + completion, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion)}
 
     return ds.map(tokenise, remove_columns=[c for c in ds.column_names if c in ("prompt", "completion")])
+
+
+@dataclass
+class CrossReport:
+    """What cross-tokenizer alignment made of the stored soft labels, for `sft run` to say."""
+
+    rows: int = 0
+    tokens: int = 0  # student answer tokens up to the end of turn
+    direct: int = 0  # of them with a mapped teacher distribution (one teacher token, same text)
+    uld_groups: int = 0  # stretches the two tokenisers split differently, compared by ULD
+    unmapped_mass: float = 0.0  # summed teacher probability of alternatives with no student token
+
+    def sentence(self) -> str:
+        share = self.direct / self.tokens if self.tokens else 0.0
+        return (
+            f"cross-tokenizer soft labels on {self.rows} rows: {share:.0%} of {self.tokens} answer tokens matched one "
+            f"teacher token (KL on the mapped top-k), {self.uld_groups} stretches split differently (ULD); "
+            f"{self.unmapped_mass / max(1, self.direct):.1%} of the teacher's top-k mass per matched token had no "
+            "student token (counted in the tail)"
+        )
+
+
+def with_cross_topk(ds: Any, tokenizer: Any, teacher_tokenizer: Any) -> tuple[Any, list[tuple[int, str]], CrossReport]:
+    """Rows whose stored soft labels belong to another tokenizer, in the student's terms
+    (`sft.objectives.cross_tokenizer`): pre-tokenised (`input_ids`, `completion_mask`, as TRL takes them),
+    the mapped top-k per answer token up to the end of turn (empty where there is none) and the ULD
+    groups; rows that cannot be aligned are left out with why. `teacher_tokenizer` None: the rows must
+    carry the teacher's token strings (a server's)."""
+    from sft.objectives.cross_tokenizer import alternative_texts, cross_targets, pieces_from_ids
+
+    mapper = StringMapper(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    rows = ds.to_list()
+    keep, dropped, report = [], [], CrossReport()
+    extra: dict[str, list[Any]] = {
+        "input_ids": [],
+        "completion_mask": [],
+        IDS: [],
+        LOGPROBS: [],
+        ULD_TOKENS: [],
+        ULD_PROBS: [],
+    }
+    for i, row in enumerate(rows):
+        steps = row.get("logprobs") or []
+        if not steps:
+            dropped.append((i, "no stored log-probabilities"))
+            continue
+        by_ids = teacher_tokenizer is not None and all(
+            s.get("token_id") is not None and s.get("top_ids") for s in steps
+        )
+        if not by_ids and any(s.get("token") is None or s.get("top_tokens") is None for s in steps):
+            dropped.append((i, "the teacher's token texts are unknown (neither its tokenizer nor token strings)"))
+            continue
+        problem = next(
+            (
+                p
+                for j, s in enumerate(steps)
+                if (p := step_problem(j, s.get("top_ids") if by_ids else s.get("top_tokens"), s.get("top_logprobs"),
+                                      s.get("token_id") if by_ids else None, None, ids=by_ids))
+            ),
+            None,
+        )  # fmt: skip
+        if problem:
+            dropped.append((i, problem))
+            continue
+        prompt_ids = chat_ids(tokenizer, row["prompt"], generation_prompt=True)
+        full = chat_ids(tokenizer, row["prompt"] + row["completion"])
+        start = next((n for n, (a, b) in enumerate(zip(prompt_ids, full, strict=False)) if a != b), len(prompt_ids))
+        completion = full[start:]
+        ends = [j for j, t in enumerate(completion) if t in special]
+        if not ends:
+            dropped.append((i, "the chat template closes the answer with no special token"))
+            continue
+        end_at = ends[0]  # the end-of-turn token right after the answer's text
+        if by_ids:
+            t_ids = [s["token_id"] for s in steps]
+            t_pieces = pieces_from_ids(teacher_tokenizer, t_ids)
+            alts = [alternative_texts(teacher_tokenizer, t_ids, j, s["top_ids"]) for j, s in enumerate(steps)]
+        else:
+            t_pieces = [s["token"] for s in steps]
+            alts = [list(s["top_tokens"]) for s in steps]
+        targets = cross_targets(
+            pieces_from_ids(tokenizer, completion),
+            completion,
+            t_pieces,
+            steps,
+            alts,
+            row["completion"][-1]["content"],
+            mapper,
+            completion[end_at],
+        )
+        if isinstance(targets, str):
+            dropped.append((i, targets))
+            continue
+        keep.append(i)
+        last = ends[-1] + 1  # the collator places one entry per answer token up to the last end token
+        extra["input_ids"].append(full[:start] + completion)
+        extra["completion_mask"].append([0] * start + [1] * len(completion))
+        extra[IDS].append(targets.ids[:last])
+        extra[LOGPROBS].append(targets.logprobs[:last])
+        extra[ULD_TOKENS].append(targets.uld_tokens)
+        extra[ULD_PROBS].append(targets.uld_probs)
+        report.rows += 1
+        report.tokens += end_at + 1
+        report.direct += targets.direct
+        report.uld_groups += len(targets.uld_tokens)
+        report.unmapped_mass += targets.unmapped_mass
+    out = ds.select(keep).remove_columns([c for c in ds.column_names if c in ("prompt", "completion")])
+    for k, values in extra.items():
+        out = out.add_column(k, values)
+    return out, dropped, report

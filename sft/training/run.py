@@ -256,13 +256,15 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[An
                 "(teacher.system_prompt), or set train.kd.alpha > 0",
             )
         return ds.select_columns(["prompt", "completion", "teacher_prompt"]), True
-    info = check_tokenizer(run_dir, tokenizer, recipe.model.path)
+    info = check_tokenizer(run_dir, tokenizer, recipe.model.path, cross=kd.cross_tokenizer == "auto")
     ds = _without_corrected(recipe, ds)
     if not len(ds):
         raise UserError(
             "every curated row carries a reviewer's correction, and train.kd.corrected=leave_out leaves them all out",
             "train on the corrections with train.kd.source=model or train.objective=sft train.targets=text",
         )
+    if info.get("cross"):
+        return _cross_rows(recipe, info, ds, tokenizer)
     out, dropped = with_topk(ds, tokenizer)
     for i, why in dropped[:5]:
         _say(f"warning: curated row {i} ({ds[i]['id']}) left out of kd: {why}")
@@ -285,6 +287,37 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[An
     if TOKENS in out.column_names:  # train on the very tokens the stored top-k belong to
         out = with_sampled_tokens(out, tokenizer)
     return out, bool(info.get("includes_stop_token", True))
+
+
+def _cross_rows(recipe: Recipe, info: dict[str, Any], ds: Any, tokenizer: Any) -> tuple[Any, bool]:
+    """Stored soft labels of a teacher with another tokenizer, aligned to the student's tokens by text
+    (`sft.objectives.cross_tokenizer`); the teacher's tokenizer from the manifest when it loads here,
+    else the rows' token strings."""
+    from sft.objectives.kd import IDS, LOGPROBS, ULD_PROBS, ULD_TOKENS
+    from sft.objectives.kd_data import with_cross_topk
+    from synth.tokenizers import load_local
+
+    if recipe.train.targets == "stored":
+        raise UserError(
+            "train.targets=stored: the stored tokens are the teacher's, and its tokenizer is not the student's",
+            "set train.targets=text (the student's tokens of the same text)",
+        )
+    name = (info.get("tokenizer") or {}).get("name")
+    teacher_tokenizer = load_local(name) if name else None
+    out, dropped, report = with_cross_topk(ds, tokenizer, teacher_tokenizer)
+    for i, why in dropped[:5]:
+        _say(f"warning: curated row {i} ({ds[i]['id']}) left out of kd: {why}")
+    if dropped:
+        _say(
+            f"warning: {len(dropped)} of {len(ds)} rows could not be aligned with the student's tokens and are left out"
+        )
+    if not len(out):
+        raise UserError(
+            f"no curated row's soft labels (teacher tokenizer {name or 'unknown'}) align with the student's tokens",
+            "see the warnings above; train.objective=sft trains on the text alone",
+        )
+    _say(report.sentence())
+    return out.select_columns(["input_ids", "completion_mask", IDS, LOGPROBS, ULD_TOKENS, ULD_PROBS]), True
 
 
 def _without_corrected(recipe: Recipe, ds: Any) -> Any:
