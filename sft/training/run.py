@@ -190,7 +190,9 @@ def _same_vocab_model(field: str, spec: str, recipe: Recipe, student_path: str, 
     if len(theirs) != len(tokenizer):
         raise UserError(
             f"{field}={spec!r} has a vocabulary of {len(theirs)} tokens, the student "
-            f"{recipe.model.path!r} {len(tokenizer)}: logit distillation needs the same tokenizer"
+            f"{recipe.model.path!r} {len(tokenizer)}: a teacher run alongside needs the same tokenizer",
+            "for a teacher with another tokenizer, store its soft labels (teacher.path, generate.logprobs=K) and "
+            "train with train.kd.source=stored: they are aligned to the student's tokens by text",
         )
     with loading_model(field, spec):
         return AutoModelForCausalLM.from_pretrained(path)
