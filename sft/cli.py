@@ -39,10 +39,13 @@ def run(
 
     `train.objective=sft` runs TRL's SFTTrainer on the curated answers (loss on the completion
     only); `train.objective=kd` adds the teacher's probabilities (soft labels): the top-k
-    log-probabilities `synth generate` stored (`train.kd.source=stored`) or a teacher model run
-    alongside (`train.kd.source=model`); `train.objective=gkd` runs TRL's GKDTrainer with the
-    teacher (by default the student's own initial weights) reading `teacher_prompt`, the privileged
-    view. LoRA by default (`train.lora.enabled=false` for a full fine-tune). Writes
+    log-probabilities `synth generate` stored (`train.kd.source=stored`; a teacher with another
+    tokenizer is aligned to the student's tokens by text) or a teacher model run alongside
+    (`train.kd.source=model`); `train.objective=gkd` runs TRL's GKDTrainer with the teacher (by
+    default the student's own initial weights) reading `teacher_prompt`, the privileged view;
+    `train.objective=codistill` trains the student and its teacher (or a second student) together,
+    each taught by the other, and saves the partner as RUN_DIR/train/codistill-partner/. LoRA by
+    default (`train.lora.enabled=false` for a full fine-tune). Writes
     RUN_DIR/train/OBJECTIVE/ (kd: kd-stored or kd-model): checkpoints,
     `final/` (adapter or model + tokenizer), `log.json`; with `train.seeds=[0,1,2]`, one such folder
     per seed, RUN_DIR/train/OBJECTIVE/seed-S/, for comparisons with intervals over seeds. Several processes:
@@ -211,7 +214,8 @@ def publish(
     objective: str = typer.Option(
         None,
         "--objective",
-        help="Which trained student: sft, gkd, kd-stored or kd-model, or ARM/seed-S for one seed of "
+        help="Which trained student: sft, gkd, kd-stored, kd-model, codistill, codistill-partner (or any arm "
+        "under RUN_DIR/train/), or ARM/seed-S for one seed of "
         "train.seeds (default: the recipe's).",
     ),
     dataset: str = typer.Option(None, "--dataset", help="Dataset repo the card links (default: publish.repo_id)."),

@@ -103,8 +103,14 @@ class KDCollator:
             return "a token's ids and log-probs differ in length"
         labels = example["labels"]
         completion = [p for p, label in enumerate(labels) if label != -100]
-        ends = [j for j, p in enumerate(completion) if labels[p] in self.end_token_ids]
         n = len(ids)
+        if ULD_TOKENS in example:  # aligned to the student's own tokens by text already (cross_tokenizer)
+            return (
+                completion[:n]
+                if n <= len(completion) or self._cut(example)
+                else f"{n} entries, {len(completion)} tokens"
+            )
+        ends = [j for j, p in enumerate(completion) if labels[p] in self.end_token_ids]
         if ends:
             # with the stop token's step (an answer that stopped), or without it (an answer cut at
             # max_new_tokens, which the template still closes; or an engine that does not report it)
@@ -113,7 +119,7 @@ class KDCollator:
             if n not in allowed:
                 return f"{n} stored tokens, the completion has {full} up to and including its end-of-turn token"
             where = completion[:n]
-        elif self.max_length is not None and len(example["input_ids"]) >= self.max_length:
+        elif self._cut(example):
             if n < len(completion):  # truncated at max_length: the stored tokens must cover what is left
                 return f"{n} stored tokens, the completion (cut at max_length) still has {len(completion)}"
             where = completion
@@ -123,6 +129,10 @@ class KDCollator:
         if sampled is not None and [labels[p] for p in where] != list(sampled)[: len(where)]:
             return "the stored token ids differ from the tokenised completion"
         return where
+
+    def _cut(self, example: dict[str, Any]) -> bool:
+        """Whether max_length cut the row (it fills max_length exactly)."""
+        return self.max_length is not None and len(example["input_ids"]) >= self.max_length
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         lm = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)

@@ -181,10 +181,9 @@ def with_cross_topk(ds: Any, tokenizer: Any, teacher_tokenizer: Any) -> tuple[An
     the mapped top-k per answer token up to the end of turn (empty where there is none) and the ULD
     groups; rows that cannot be aligned are left out with why. `teacher_tokenizer` None: the rows must
     carry the teacher's token strings (a server's)."""
-    from sft.objectives.cross_tokenizer import alternative_texts, cross_targets, pieces_from_ids
+    from sft.objectives.cross_tokenizer import alternative_texts, char_ends, cross_targets, pieces_from_ids
 
     mapper = StringMapper(tokenizer)
-    special = set(tokenizer.all_special_ids)
     rows = ds.to_list()
     keep, dropped, report = [], [], CrossReport()
     extra: dict[str, list[Any]] = {
@@ -222,11 +221,18 @@ def with_cross_topk(ds: Any, tokenizer: Any, teacher_tokenizer: Any) -> tuple[An
         full = chat_ids(tokenizer, row["prompt"] + row["completion"])
         start = next((n for n, (a, b) in enumerate(zip(prompt_ids, full, strict=False)) if a != b), len(prompt_ids))
         completion = full[start:]
-        ends = [j for j, t in enumerate(completion) if t in special]
-        if not ends:
-            dropped.append((i, "the chat template closes the answer with no special token"))
+        text = row["completion"][-1]["content"]
+        s_pieces = pieces_from_ids(tokenizer, completion)
+        s_ends = char_ends(text, s_pieces)
+        # the end-of-turn token: the first after the tokens that spell the answer
+        end_at = (
+            next((j for j, e in enumerate(s_ends) if e == len(text)), None) if not isinstance(s_ends, str) else None
+        )
+        end_at = None if end_at is None else end_at + (1 if text else 0)
+        if end_at is None or end_at >= len(completion):
+            why = s_ends if isinstance(s_ends, str) else "the chat template closes the answer with no token"
+            dropped.append((i, f"the student's tokens: {why}"))
             continue
-        end_at = ends[0]  # the end-of-turn token right after the answer's text
         if by_ids:
             t_ids = [s["token_id"] for s in steps]
             t_pieces = pieces_from_ids(teacher_tokenizer, t_ids)
@@ -234,21 +240,12 @@ def with_cross_topk(ds: Any, tokenizer: Any, teacher_tokenizer: Any) -> tuple[An
         else:
             t_pieces = [s["token"] for s in steps]
             alts = [list(s["top_tokens"]) for s in steps]
-        targets = cross_targets(
-            pieces_from_ids(tokenizer, completion),
-            completion,
-            t_pieces,
-            steps,
-            alts,
-            row["completion"][-1]["content"],
-            mapper,
-            completion[end_at],
-        )
+        targets = cross_targets(s_pieces, completion, t_pieces, steps, alts, text, mapper, completion[end_at])
         if isinstance(targets, str):
             dropped.append((i, targets))
             continue
         keep.append(i)
-        last = ends[-1] + 1  # the collator places one entry per answer token up to the last end token
+        last = end_at + 1  # one entry per answer token up to the end of turn; the template's rest: none
         extra["input_ids"].append(full[:start] + completion)
         extra["completion_mask"].append([0] * start + [1] * len(completion))
         extra[IDS].append(targets.ids[:last])
