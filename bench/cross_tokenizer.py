@@ -36,16 +36,16 @@ def measure(run_dir: Path, student: str) -> dict[str, Any]:
     tokenizer = teacher if student == "teacher" else AutoTokenizer.from_pretrained(resolve_model(student)[0])
     rows = datasets.load_dataset("parquet", data_files=str(run_dir / "curated" / "kept.parquet"), split="train")
     start = time.perf_counter()
-    out, dropped, report = with_cross_topk(rows, tokenizer, teacher)
+    _, dropped, report = with_cross_topk(rows, tokenizer, teacher)
     seconds = time.perf_counter() - start
-    reasons = collections.Counter(why.split(":")[0] + ": " + why.split(":")[-1].split("(")[0].strip() for _, why in dropped)
+    reasons = collections.Counter(why for _, why in dropped)
     return {
         "teacher_tokenizer": teacher_name,
         "student_tokenizer": student,
         "student_vocab": len(tokenizer),
         "rows": len(rows),
         "rows_aligned": report.rows,
-        "left_out": dict(reasons.most_common()),
+        "left_out": dict(reasons.most_common(10)),
         "answer_tokens": report.tokens,
         "direct_share": report.direct / report.tokens if report.tokens else None,
         "uld_groups": report.uld_groups,

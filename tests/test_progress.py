@@ -161,7 +161,9 @@ def test_generate_and_curate_write_progress_lines_to_a_log(tmp_path: Path, monke
     run_generate(recipe, tmp_path / "run", tmp_path, console=log_console(out), engine=SlowEngine(0.4))
     lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("generating: ")]
     assert len(lines) >= 3, out.getvalue()  # 3 shards of 0.4 s each, a line every 0.15 s
-    assert re.fullmatch(r"generating: \d+/12 rows \(\d+%\), [\d.,]+ rows/s, [\d.,]+ tok/s, elapsed 0:00:0\d.*", lines[0])
+    assert re.fullmatch(
+        r"generating: \d+/12 rows \(\d+%\), [\d.,]+ rows/s, [\d.,]+ tok/s, elapsed 0:00:0\d.*", lines[0]
+    )
     assert re.fullmatch(r"generating: done, 12/12 rows \(100%\), [\d.,]+ rows/s, [\d.,]+ tok/s, in 0:00:0\d", lines[-1])
     out = io.StringIO()
     run_curate(recipe, tmp_path / "run", tmp_path, console=log_console(out))
