@@ -79,8 +79,9 @@ def embedded_model_dir() -> Path:
 
 
 def resolve_model(path: str) -> tuple[str, str]:
-    """Return (what to load, the id recorded in provenance) for a model path or alias."""
-    if path.lower() in EMBEDDED_ALIASES:
+    """Return (what to load, the id recorded in provenance) for a model path or alias (the recorded id of
+    the embedded model too, as a manifest names it)."""
+    if path.lower() in EMBEDDED_ALIASES or path == EMBEDDED_ID:
         return str(embedded_model_dir()), EMBEDDED_ID
     p = Path(path).expanduser()
     if p.exists():

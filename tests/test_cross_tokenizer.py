@@ -305,3 +305,13 @@ def test_the_kd_loss_adds_the_uld_groups(student, teacher, tmp_path: Path) -> No
         uld, _ = uld_loss(logits, batch["input_ids"], batch["uld_spans"])
     tokens = int((batch["labels"][:, 1:] != -100).sum())
     assert float(both - sparse_only) == pytest.approx(float(uld) / tokens, rel=1e-4) and float(uld) > 0
+
+
+def test_the_embedded_teachers_recorded_name_loads_its_tokenizer(student) -> None:
+    """A manifest names the embedded teacher by its provenance id: `sft run` must load that tokenizer
+    (else every row of the demo's teacher would lack its token texts)."""
+    from synth.models import EMBEDDED_ID
+    from synth.tokenizers import load_local
+
+    loaded = load_local(EMBEDDED_ID)
+    assert loaded is not None and vocab_hash(loaded) == vocab_hash(student)
