@@ -285,8 +285,11 @@ def test_sft_run_trains_smollm2_with_its_teacher_and_eval_shows_both(tmp_path: P
         steps[0]["partner_ce_loss"] < steps[0]["ce_loss"]
     )  # the teacher, told to answer in French, finds them likelier
 
+    train_all(recipe(tmp_path, max_steps=2), run)  # the student alone, as sft
     rep = run_eval(load_recipe(eval_recipe(tmp_path, limit=2, max_new_tokens=8)), run, recipe_dir=tmp_path)
-    assert list(rep["models"]) == ["teacher", "base_student", "codistill", "codistill-partner"]
+    assert list(rep["models"]) == ["teacher", "base_student", "codistill", "codistill-partner", "sft"]
     assert rep["models"]["codistill-partner"]["answers"] == 2
     by_pair = {(c["a"], c["b"], c["metric"]): c for c in rep["comparisons"]}
     assert "reads: 'prompt' vs 'teacher_prompt'" in by_pair[("codistill", "codistill-partner", "kl")]["differences"]
+    # the teacher trained together read teacher_prompt: never "nothing else differed" against an arm that did not
+    assert "reads: 'teacher_prompt' vs 'prompt'" in by_pair[("codistill-partner", "sft", "kl")]["differences"]

@@ -214,8 +214,8 @@ def _arm_settings(run_dir: Path, arm: str, seeds: list[int] | None = None) -> di
     if objective == "codistill":
         flat |= {f"train.codistill.{k}": v for k, v in codistill.items()}
         flat |= {f"train.kd.{k}": kd.get(k) for k in ("temperature", "beta")}
-        # the teacher trained together reads teacher_prompt; the student and another partner read the prompt
-        flat["reads"] = "teacher_prompt" if with_teacher and arm.split("/")[0].endswith("-partner") else "prompt"
+    # what the trained model read: the prompt, but for the teacher trained together (codistill's partner)
+    flat["reads"] = "teacher_prompt" if with_teacher and arm.split("/")[0].endswith("-partner") else "prompt"
     # what the student is taught to reproduce: the same rows can give different tokens and positions
     stored_rows = train.get("targets") == "stored" or (objective == "kd" and kd.get("source") == "stored")
     at_stored = train.get("targets") == "stored" or (
