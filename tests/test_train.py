@@ -145,7 +145,7 @@ def test_bad_training_input_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no curated set"):
         run_train(recipe(tmp_path), tmp_path / "nowhere")
     (tmp_path / "x.yaml").write_text(json.dumps({"name": "t", "train": {"objective": "ppo"}}))
-    with pytest.raises(UserError, match=r"train.objective.*'sft', 'gkd' or 'kd'"):
+    with pytest.raises(UserError, match=r"train.objective.*'sft', 'gkd', 'kd' or 'codistill'"):
         load_recipe(tmp_path / "x.yaml")
     run = curated_run(tmp_path)
     with pytest.raises(UserError, match=r"train\.args: warmup_stepz not a field of TRL's SFTConfig"):
