@@ -232,6 +232,11 @@ def test_sft_run_distils_stored_soft_labels_of_another_tokenizer(tmp_path: Path,
     said = capsys.readouterr().err
     assert "cross-tokenizer soft labels on 4 rows" in said and "split differently (ULD)" in said
     log = json.loads((s.out_dir / "log.json").read_text())
+    assert log[0]["cross_tokenizer"] is True
+    from sft.evaluation.run import _arm_settings
+
+    # the student learnt its own tokens of the text, not the teacher's sampled ids
+    assert _arm_settings(run, "kd-stored")["targets"].startswith("the completion text, tokenised again")
     kd = [e["kd_loss"] for e in log if "kd_loss" in e]
     assert len(kd) == 2 and all(math.isfinite(x) and x > 0 for x in kd)
 

@@ -221,13 +221,15 @@ def _arm_settings(run_dir: Path, arm: str, seeds: list[int] | None = None) -> di
     at_stored = train.get("targets") == "stored" or (
         objective == "kd" and kd.get("source") == "stored" and not kd.get("alpha")
     )
+    first = log[0] if log and isinstance(log[0], dict) else {}
+    cross = bool(first.get("cross_tokenizer"))  # another tokenizer's soft labels, on the student's own tokens
+    stored_rows, at_stored = stored_rows and not cross, at_stored and not cross
     flat["targets"] = (
         ("the teacher's sampled token ids" if stored_rows else "the completion text, tokenised again")
         + (", loss where the teacher generated" if at_stored else ", loss at every completion token and the "
            "template's closing tokens")
     )  # fmt: skip
     flat.pop("train.targets", None)  # said by `targets`
-    first = log[0] if log and isinstance(log[0], dict) else {}
     flat["rows trained"] = first.get("rows_trained")
     flat["steps"] = max((e.get("step", 0) for e in log if isinstance(e, dict)), default=None)
     flat["seeds"] = len(models)

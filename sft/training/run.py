@@ -605,6 +605,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
             "rows_trained": rows_trained,
             "throughput": throughput,
             "max_length": lengths.sentence() if lengths else None,
+            # soft labels of another tokenizer, aligned to the student's own tokens of the text
+            "cross_tokenizer": bool(trained_set is not None and "uld_tokens" in trained_set.column_names),
             "resumed_from": str(last) if last else None,
             "skipped_checkpoints": [f"{p.name}: {why}" for p, why in skipped],
         }
