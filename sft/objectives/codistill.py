@@ -33,7 +33,7 @@ from trl import SFTTrainer
 
 from sft.objectives.kd import ROW, KDCollator, end_token_ids
 from sft.objectives.kd_loss import dense_kd_loss
-from sft.objectives.teacher_view import teacher_view
+from sft.objectives.teacher_view import pair_indices, teacher_view
 
 PARTNER_FILE = "partner.safetensors"
 
@@ -168,7 +168,7 @@ class CodistillTrainer(SFTTrainer):
         ids, labels = inputs["input_ids"], inputs["labels"]
         if self.partner_view:
             t_ids, t_mask, pairs = teacher_view(ids, labels, inputs["teacher_prompt_ids"], self._tokenizer.pad_token_id)
-            rows_s, pos_s, rows_t, pos_t = (torch.tensor(x, device=ids.device) for x in zip(*pairs, strict=True))
+            rows_s, pos_s, rows_t, pos_t = pair_indices(pairs, ids.device)
             out = self.partner(input_ids=t_ids, attention_mask=t_mask, use_cache=False)
             return out.logits[rows_t, pos_t], (rows_s, pos_s)
         out = self.partner(input_ids=ids, attention_mask=inputs["attention_mask"], use_cache=False)

@@ -42,7 +42,7 @@ import torch
 from trl.experimental.gkd import GKDTrainer
 from trl.experimental.utils import DataCollatorForChatML
 
-from sft.objectives.teacher_view import teacher_prompt_ids, teacher_view
+from sft.objectives.teacher_view import pair_indices, teacher_prompt_ids, teacher_view
 
 
 class TeacherViewCollator:
@@ -166,7 +166,7 @@ class TeacherViewGKDTrainer(GKDTrainer):
         self.teacher_model.eval()
         with torch.no_grad():
             teacher = self.teacher_model(input_ids=t_ids, attention_mask=t_mask, output_hidden_states=hidden)
-        rows_s, pos_s, rows_t, pos_t = (torch.tensor(x, device=t_ids.device) for x in zip(*pairs, strict=True))
+        rows_s, pos_s, rows_t, pos_t = pair_indices(pairs, t_ids.device)
         s = student.logits[rows_s, pos_s].unsqueeze(0)
         t = teacher.logits[rows_t, pos_t].unsqueeze(0)
         labels = torch.zeros(s.shape[:2], dtype=torch.long, device=s.device)  # every pair counts: mean per token

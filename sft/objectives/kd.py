@@ -43,7 +43,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from sft.objectives.cross_tokenizer import uld_loss
 from sft.objectives.kd_loss import combined_loss, dense_kd_loss, sparse_kd_loss
-from sft.objectives.teacher_view import teacher_prompt_ids, teacher_view
+from sft.objectives.teacher_view import pair_indices, teacher_prompt_ids, teacher_view
 
 IDS = "teacher_topk_ids"
 LOGPROBS = "teacher_topk_logprobs"
@@ -337,7 +337,7 @@ class KDTrainer(SFTTrainer):
             t_ids, t_mask, pairs = teacher_view(
                 inputs["input_ids"], inputs["labels"], inputs["teacher_prompt_ids"], pad
             )
-            rows_s, pos_s, rows_t, pos_t = (torch.tensor(x, device=logits.device) for x in zip(*pairs, strict=True))
+            rows_s, pos_s, rows_t, pos_t = pair_indices(pairs, logits.device)
 
             def student_at(x: torch.Tensor) -> torch.Tensor:
                 return x[rows_s, pos_s]

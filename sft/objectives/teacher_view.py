@@ -36,3 +36,9 @@ def teacher_view(
     t_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
     t_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
     return t_ids, t_mask, pairs
+
+
+def pair_indices(pairs: list[tuple[int, int, int, int]], device: Any) -> tuple[torch.Tensor, ...]:
+    """`teacher_view`'s pairs as index tensors: (student rows, student positions, teacher rows, teacher
+    positions), for gathering the logits of both sides that predict the same token."""
+    return tuple(torch.tensor(x, device=device) for x in zip(*pairs, strict=True))
