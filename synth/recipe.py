@@ -97,9 +97,9 @@ class Recipe(Strict):
             raise ValueError(
                 "train.objective=codistill trains a pretrained student (model.init=random is not supported)"
             )
-        spec = t.codistill.partner
-        twin = spec in ("self", self.model.path) or (spec == "teacher" and t.teacher in ("self", self.model.path))
-        if twin and not t.lora.enabled and spec != "teacher":
+        # (the teacher as a copy of the student reads teacher_prompt: whether that differs from the prompt
+        # is for `sft run` to see in the rows)
+        if t.codistill.partner in ("self", self.model.path) and not t.lora.enabled:
             raise ValueError(
                 "train.codistill.partner is a copy of the student: trained in full on the same batches the two stay "
                 "identical; set train.lora.enabled=true (each draws its own adapter) or name another model"

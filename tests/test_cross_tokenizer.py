@@ -170,9 +170,9 @@ def test_cross_targets_map_alternatives_by_text_and_merge_split_groups(student, 
 
     s_ids = student(text, add_special_tokens=False)["input_ids"] + [student.convert_tokens_to_ids("<|im_end|>")]
     alts = [alternative_texts(teacher, t_ids, j, s["top_ids"]) for j, s in enumerate(steps)]
+    s_ends = char_ends(text, pieces_from_ids(student, s_ids))
     out = cross_targets(
-        pieces_from_ids(student, s_ids), s_ids, pieces_from_ids(teacher, t_ids), steps, alts, text,
-        StringMapper(student), s_ids[-1],
+        s_ends, s_ids, pieces_from_ids(teacher, t_ids), steps, alts, text, StringMapper(student), s_ids[-1],
     )  # fmt: skip
     assert not isinstance(out, str)
     # the teacher's </s> (a special token) is the student's end of turn, 1:1 with the same probability
@@ -185,7 +185,6 @@ def test_cross_targets_map_alternatives_by_text_and_merge_split_groups(student, 
         assert sum(probs) <= 1 + 1e-6
     # the first group split differently: the teacher's first-token top-k times its later tokens' probabilities
     t_ends = char_ends(text, pieces_from_ids(teacher, t_ids))
-    s_ends = char_ends(text, pieces_from_ids(student, s_ids))
     split = next(t for s, t in groups(s_ends, t_ends) if s and t and len(s) + len(t) > 2)
     later = sum(steps[t]["logprob"] for t in split[1:])
     merged = sorted((math.exp(lp + later) for lp in steps[split[0]]["top_logprobs"]), reverse=True)

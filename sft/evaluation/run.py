@@ -216,14 +216,12 @@ def _arm_settings(run_dir: Path, arm: str, seeds: list[int] | None = None) -> di
         flat |= {f"train.kd.{k}": kd.get(k) for k in ("temperature", "beta")}
     # what the trained model read: the prompt, but for the teacher trained together (codistill's partner)
     flat["reads"] = "teacher_prompt" if with_teacher and arm.split("/")[0].endswith("-partner") else "prompt"
-    # what the student is taught to reproduce: the same rows can give different tokens and positions
-    stored_rows = train.get("targets") == "stored" or (objective == "kd" and kd.get("source") == "stored")
-    at_stored = train.get("targets") == "stored" or (
-        objective == "kd" and kd.get("source") == "stored" and not kd.get("alpha")
-    )
+    # what the student is taught to reproduce: the same rows can give different tokens and positions;
+    # another tokenizer's soft labels (cross_tokenizer) sit on the student's own tokens of the text
     first = log[0] if log and isinstance(log[0], dict) else {}
-    cross = bool(first.get("cross_tokenizer"))  # another tokenizer's soft labels, on the student's own tokens
-    stored_rows, at_stored = stored_rows and not cross, at_stored and not cross
+    kd_stored = objective == "kd" and kd.get("source") == "stored" and not first.get("cross_tokenizer")
+    stored_rows = train.get("targets") == "stored" or kd_stored
+    at_stored = train.get("targets") == "stored" or (kd_stored and not kd.get("alpha"))
     flat["targets"] = (
         ("the teacher's sampled token ids" if stored_rows else "the completion text, tokenised again")
         + (", loss where the teacher generated" if at_stored else ", loss at every completion token and the "

@@ -131,7 +131,7 @@ class CrossTargets:
 
 
 def cross_targets(
-    student_pieces: list[str],
+    student_ends: list[int],
     student_ids: list[int],
     teacher_pieces: list[str],
     steps: list[dict[str, Any]],
@@ -142,13 +142,12 @@ def cross_targets(
 ) -> CrossTargets | str:
     """Align one row and build its targets (see the module docstring), or why it cannot be aligned.
 
-    `steps`: the teacher's stored steps (`logprob` of the written token, `top_logprobs`); `alt_texts`:
-    the text of each step's alternatives (None: a special token, taken as the end of the answer);
+    `student_ends`: where each student token ends in `text` (`char_ends`, which the caller needs anyway
+    to find the end of turn); `steps`: the teacher's stored steps (`logprob` of the written token,
+    `top_logprobs`); `alt_texts`: the text of each step's alternatives (None: a special token, taken as
+    the end of the answer);
     `student_id_of`: text → the student's token id or None; `end_id`: the student's end-of-turn token.
     """
-    s_ends = char_ends(text, student_pieces)
-    if isinstance(s_ends, str):
-        return f"the student's tokens: {s_ends}"
     t_ends = char_ends(text, teacher_pieces)
     if isinstance(t_ends, str):
         return f"the teacher's tokens: {t_ends}"
@@ -157,7 +156,7 @@ def cross_targets(
     lps: list[list[float]] = [[] for _ in range(n)]
     uld_tokens, uld_probs = [], []
     direct, unmapped = 0, 0.0
-    for s_group, t_group in groups(s_ends, t_ends):
+    for s_group, t_group in groups(student_ends, t_ends):
         if not s_group or not t_group:
             continue  # text (or a closing token) on one side only: cross-entropy alone there
         if len(s_group) == 1 and len(t_group) == 1:

@@ -222,16 +222,15 @@ def with_cross_topk(ds: Any, tokenizer: Any, teacher_tokenizer: Any) -> tuple[An
         start = next((n for n, (a, b) in enumerate(zip(prompt_ids, full, strict=False)) if a != b), len(prompt_ids))
         completion = full[start:]
         text = row["completion"][-1]["content"]
-        s_pieces = pieces_from_ids(tokenizer, completion)
-        s_ends = char_ends(text, s_pieces)
-        # the end-of-turn token: the first after the tokens that spell the answer
-        end_at = (
-            next((j for j, e in enumerate(s_ends) if e == len(text)), None) if not isinstance(s_ends, str) else None
-        )
-        end_at = None if end_at is None else end_at + (1 if text else 0)
-        if end_at is None or end_at >= len(completion):
-            why = s_ends if isinstance(s_ends, str) else "the chat template closes the answer with no token"
-            dropped.append((i, f"the student's tokens: {why}"))
+        s_ends = char_ends(text, pieces_from_ids(tokenizer, completion))
+        if isinstance(s_ends, str):
+            dropped.append((i, f"the student's tokens: {s_ends}"))
+            continue
+        # the end-of-turn token: the first after the tokens that spell the answer (the first, for none)
+        spelled = next((j for j, e in enumerate(s_ends) if e == len(text)), len(completion))
+        end_at = spelled + 1 if text else spelled
+        if end_at >= len(completion):
+            dropped.append((i, "the student's tokens: the chat template closes the answer with no token"))
             continue
         if by_ids:
             t_ids = [s["token_id"] for s in steps]
@@ -240,7 +239,7 @@ def with_cross_topk(ds: Any, tokenizer: Any, teacher_tokenizer: Any) -> tuple[An
         else:
             t_pieces = [s["token"] for s in steps]
             alts = [list(s["top_tokens"]) for s in steps]
-        targets = cross_targets(s_pieces, completion, t_pieces, steps, alts, text, mapper, completion[end_at])
+        targets = cross_targets(s_ends, completion, t_pieces, steps, alts, text, mapper, completion[end_at])
         if isinstance(targets, str):
             dropped.append((i, targets))
             continue

@@ -268,10 +268,7 @@ def _kd_rows(recipe: Recipe, run_dir: Path, ds: Any, tokenizer: Any) -> tuple[An
     if info.get("cross"):
         return _cross_rows(recipe, info, ds, tokenizer)
     out, dropped = with_topk(ds, tokenizer)
-    for i, why in dropped[:5]:
-        _say(f"warning: curated row {i} ({ds[i]['id']}) left out of kd: {why}")
-    if dropped:
-        _say(f"warning: {len(dropped)} of {len(ds)} rows have no usable stored log-probabilities and are left out")
+    _say_left_out(ds, dropped, "have no usable stored log-probabilities")
     if not len(out):
         raise UserError(
             "no curated row has usable stored log-probabilities",
@@ -307,12 +304,7 @@ def _cross_rows(recipe: Recipe, info: dict[str, Any], ds: Any, tokenizer: Any) -
     name = (info.get("tokenizer") or {}).get("name")
     teacher_tokenizer = load_local(name) if name else None
     out, dropped, report = with_cross_topk(ds, tokenizer, teacher_tokenizer)
-    for i, why in dropped[:5]:
-        _say(f"warning: curated row {i} ({ds[i]['id']}) left out of kd: {why}")
-    if dropped:
-        _say(
-            f"warning: {len(dropped)} of {len(ds)} rows could not be aligned with the student's tokens and are left out"
-        )
+    _say_left_out(ds, dropped, "could not be aligned with the student's tokens")
     if not len(out):
         raise UserError(
             f"no curated row's soft labels (teacher tokenizer {name or 'unknown'}) align with the student's tokens",
@@ -320,6 +312,14 @@ def _cross_rows(recipe: Recipe, info: dict[str, Any], ds: Any, tokenizer: Any) -
         )
     _say(report.sentence())
     return out.select_columns(["input_ids", "completion_mask", IDS, LOGPROBS, ULD_TOKENS, ULD_PROBS]), True
+
+
+def _say_left_out(ds: Any, dropped: list[tuple[int, str]], why_all: str) -> None:
+    """Warn about the curated rows kd leaves out: the first five with their reason, then how many."""
+    for i, why in dropped[:5]:
+        _say(f"warning: curated row {i} ({ds[i]['id']}) left out of kd: {why}")
+    if dropped:
+        _say(f"warning: {len(dropped)} of {len(ds)} rows {why_all} and are left out")
 
 
 def _without_corrected(recipe: Recipe, ds: Any) -> Any:
@@ -595,6 +595,8 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
     throughput = _throughput(trainer, counter.tokens, seconds, device, t.objective) | clock.summary()
     _model_card(trainer, recipe, final)
     if trainer.accelerator.is_main_process:
+        from sft.objectives.kd import ULD_TOKENS
+
         swap_in_folder(staging, final)
         if partner is not None:
             swap_in_folder(*partner)
@@ -606,7 +608,7 @@ def run_train(recipe: Recipe, run_dir: Path, resume: bool = False, folder: str |
             "throughput": throughput,
             "max_length": lengths.sentence() if lengths else None,
             # soft labels of another tokenizer, aligned to the student's own tokens of the text
-            "cross_tokenizer": bool(trained_set is not None and "uld_tokens" in trained_set.column_names),
+            "cross_tokenizer": bool(trained_set is not None and ULD_TOKENS in trained_set.column_names),
             "resumed_from": str(last) if last else None,
             "skipped_checkpoints": [f"{p.name}: {why}" for p, why in skipped],
         }
@@ -652,23 +654,24 @@ def _save_final(trainer: Any, tokenizer: Any, recipe: Recipe, student_path: str,
     return staging
 
 
-def _save_partner(trainer: Any, tokenizer: Any, recipe: Recipe, run_dir: Path, folder: str) -> tuple[Path, Path]:
+def _save_partner(trainer: Any, tokenizer: Any, recipe: Recipe, run_dir: Path, folder: str) -> tuple[Path, Path] | None:
     """codistill: the partner saved as its own arm, train/<arm>-partner/[seed-<s>/]final (a full model,
-    LoRA merged), with a resolved recipe whose model.path is the partner's; (staging, final) for the swap."""
+    LoRA merged), with a resolved recipe whose model.path is the partner's; (staging, final) for the swap,
+    on the main process (the only one that writes it; codistill runs in one process)."""
     from sft.objectives.codistill import save_partner
 
+    if not trainer.accelerator.is_main_process:
+        return None
     t = recipe.train
     out = run_dir / "train" / folder.replace(t.folder, t.partner_folder, 1)
     final = out / "final"
-    staging = final.parent / f".{final.name}.train.tmp"
-    if trainer.accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        staging_folder(final, "train")
-        save_partner(trainer, tokenizer, staging)
-        path = t.teacher if t.codistill.partner == "teacher" else t.codistill.partner
-        path = recipe.model.path if path == "self" else path
-        as_partner = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": path})})
-        dump_resolved(as_partner, out / "recipe.resolved.yaml")
+    out.mkdir(parents=True, exist_ok=True)
+    staging = staging_folder(final)
+    save_partner(trainer, tokenizer, staging)
+    path = t.teacher if t.codistill.partner == "teacher" else t.codistill.partner
+    path = recipe.model.path if path == "self" else path
+    as_partner = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": path})})
+    dump_resolved(as_partner, out / "recipe.resolved.yaml")
     return staging, final
 
 
