@@ -6,7 +6,10 @@ process's own peak RSS from the kernel (`os.wait4`). Prints the table and the ev
 so a faster demo is seen to give the same results. One run: the stages are minutes long, the
 machine's speed drifts between runs (bench/peak.py), so compare against a baseline run the same day.
 
-    .venv/bin/python bench/demo.py [--recipe recipes/concise-answers.yaml] [--keep] [--out demo.json]
+    .venv/bin/python bench/demo.py [--recipe recipes/concise-answers.yaml] [--keep] [--out demo.json] [overrides]
+
+The overrides go to every stage: `teacher.dtype=float32 model.dtype=float32 train.args.bf16=false`
+runs the demo as it ran before bf16 on CPUs, the baseline of that change.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ def main() -> None:
     ap.add_argument("--recipe", default="recipes/concise-answers.yaml")
     ap.add_argument("--keep", action="store_true", help="keep the scratch run folder")
     ap.add_argument("--out", type=Path, help="write the results as JSON")
+    ap.add_argument(
+        "overrides", nargs="*", help="recipe overrides for every stage, e.g. teacher.dtype=float32 model.dtype=float32"
+    )
     args = ap.parse_args()
     bin_dir = Path(sys.executable).parent
     run_dir = Path(tempfile.mkdtemp(prefix="distillery-bench-demo-"))
@@ -54,7 +60,7 @@ def main() -> None:
         for name, tool, command in STAGES:
             log = run_dir.parent / f"{run_dir.name}-{name}.log"
             seconds, rss, status = run_stage(
-                [str(bin_dir / tool), command, args.recipe, "--run-dir", str(run_dir)], log
+                [str(bin_dir / tool), command, args.recipe, *args.overrides, "--run-dir", str(run_dir)], log
             )  # fmt: skip
             stages[name] = {"seconds": seconds, "peak_rss_mb": rss, "status": status}
             print(f"{name:9s} {seconds:7.1f} s  peak RSS {rss:6.0f} MB  exit {status}", flush=True)
@@ -68,7 +74,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     total = sum(s["seconds"] for s in stages.values())
-    result = {"recipe": args.recipe, "stages": stages, "total_seconds": total, "headline": headline}
+    result = {"recipe": args.recipe, "overrides": args.overrides, "stages": stages, "total_seconds": total}
+    result["headline"] = headline
     print(f"total     {total:7.1f} s ({total / 60:.1f} min)")
     if headline:
         print(" | ".join(headline["columns"]))

@@ -44,15 +44,16 @@ def rows(folder: Path) -> list[tuple[str, str, str, str]]:
         met = (s["seconds"] <= 120) if (s and name == "eval") else None
         add(f"`make demo`: {name}", goal, s and f"{s['seconds']:.0f} s", met)
     if gen:
-        loop, base = gen["lines"]["decoding loop"], gen["lines"]["model.generate"]
+        auto = gen.get("auto_dtype", "float32")
+        loop, base = gen["lines"][f"decoding loop, {auto}"], gen["lines"]["model.generate, float32"]
         share, speed = loop["share_of_peak"], gen["speedup"]
-        add("generation, share of the float32 peak", "≥ 50%", f"{share:.0%} ({loop['tokens_per_s']:.0f} tokens/s)",
+        add(f"generation, share of the {auto} peak", "≥ 50%", f"{share:.0%} ({loop['tokens_per_s']:.0f} tokens/s)",
             share >= 0.5)  # fmt: skip
-        add("generation, decoding loop / batched `model.generate`", "≥ 2×",
+        add(f"generation, decoding loop in {auto} / batched `model.generate` in float32", "≥ 2×",
             f"{speed:.2f}× ({base['tokens_per_s']:.0f} → {loop['tokens_per_s']:.0f} tokens/s, "
             f"spreads {'apart' if gen['separated'] else 'overlap'})", speed >= 2 and gen["separated"])  # fmt: skip
     else:
-        add("generation, share of the float32 peak", "≥ 50%", None, None)
+        add("generation, share of the peak", "≥ 50%", None, None)
     ratios = (train or {}).get("ratios", {})
     for name, goal in (("kd-stored", 1.15), ("gkd (on-policy)", 2.0), ("kd-model", None)):
         r = ratios.get(name)
@@ -60,7 +61,13 @@ def rows(folder: Path) -> list[tuple[str, str, str, str]]:
             (r["ratio"] <= goal) if (r and goal) else None)  # fmt: skip
     sft = (train or {}).get("arms", {}).get("sft", {})
     mfu = sft.get("mfu")
-    add("training, sft MFU (float32 peak now)", "", mfu and f"{mfu:.0%}", None)
+    add(f"training, sft MFU ({sft.get('peak_dtype', 'float32')} peak now)", "", mfu and f"{mfu:.0%}", None)
+    fp32 = (train or {}).get("arms", {}).get("sft, float32", {}).get("step_seconds")
+    if fp32 and sft.get("step_seconds"):
+        ratio = fp32["median"] / sft["step_seconds"]["median"]
+        apart = sft["step_seconds"]["spread"][1] < fp32["spread"][0]
+        add(f"training, sft step float32 / {sft.get('peak_dtype', 'float32')} autocast", "",
+            f"{ratio:.2f}× (spreads {'apart' if apart else 'overlap'})", None)  # fmt: skip
     line = next((v for k, v in (curate or {}).get("lines", {}).items() if k.startswith("filters + MinHash")), None)
     add("curate, filters + MinHash vs read/write", "≥ 0.5×", line and f"{line['vs_baseline']:.2f}×",
         line and line["vs_baseline"] >= 0.5)  # fmt: skip
@@ -77,7 +84,12 @@ def table(folder: Path) -> str:
     when = datetime.date.today().isoformat()
     lines = [
         f"Written by `bench/goals.py` from `make bench` on {when}"
-        + (f"; float32 matmul peak {peak['float32']['median']:.1f} GFLOP/s in that run" if peak else "")
+        + (
+            f"; matmul peak in that run: float32 {peak['float32']['median']:.1f}, bfloat16 "
+            f"{peak['bfloat16']['median']:.1f} GFLOP/s (CPU capability {peak.get('cpu_capability', '?')})"
+            if peak
+            else ""
+        )
         + ". One run per line (the generation and training lines repeat inside their script).",
         "",
         "| what | goal | measured | met |",

@@ -8,7 +8,8 @@ and LoRA settings, one process each (the machine is shared by nothing else):
 - sft on the teacher's sampled token ids (`train.targets: stored`): the baseline;
 - kd with stored soft labels (`train.kd.source: stored`), the same tokens and positions;
 - kd with the teacher run alongside (`train.kd.source: model`);
-- gkd with `lmbda: 1`: every step on-policy (the student samples, the teacher scores).
+- gkd with `lmbda: 1`: every step on-policy (the student samples, the teacher scores);
+- sft without bf16 autocast (`train.args.bf16=false`): what bf16 gains where `sft run` turns it on.
 
 Each step is timed by the trainer callback `sft run` reports with (`throughput.step_seconds` in
 log.json): the median after the first step, which pays for warm-up, and the min-max spread.
@@ -31,11 +32,14 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# name: (the arm's folder under train/, its overrides); every arm in the dtype `sft run` picks here
+# (bf16 autocast on a CPU with native bf16), except "sft, float32", the same sft step without it
 ARMS = {
-    "sft": ["train.objective=sft", "train.targets=stored"],
-    "kd-stored": ["train.objective=kd", "train.kd.source=stored"],
-    "kd-model": ["train.objective=kd", "train.kd.source=model", "train.targets=text"],
-    "gkd (on-policy)": ["train.objective=gkd", "train.lmbda=1.0"],
+    "sft": ("sft", ["train.objective=sft", "train.targets=stored"]),
+    "kd-stored": ("kd-stored", ["train.objective=kd", "train.kd.source=stored"]),
+    "kd-model": ("kd-model", ["train.objective=kd", "train.kd.source=model", "train.targets=text"]),
+    "gkd (on-policy)": ("gkd", ["train.objective=gkd", "train.lmbda=1.0"]),
+    "sft, float32": ("sft-fp32", ["train.objective=sft", "train.targets=stored", "train.args.bf16=false"]),
 }
 GOALS = {"kd-stored": 1.15, "gkd (on-policy)": 2.0}
 
@@ -73,10 +77,8 @@ def main() -> None:
         cli("synth", "generate", r, "--run-dir", str(run))
         cli("synth", "curate", r, "--run-dir", str(run))
         arms: dict[str, Any] = {}
-        for name, overrides in ARMS.items():
-            cli("sft", "run", r, "--run-dir", str(run), *overrides)
-            objective = overrides[0].split("=")[1]
-            arm = "kd-" + overrides[1].split("=")[1] if objective == "kd" else objective
+        for name, (arm, overrides) in ARMS.items():
+            cli("sft", "run", r, "--run-dir", str(run), *overrides, f"train.name={arm}")
             log = json.loads((run / "train" / arm / "log.json").read_text())
             arms[name] = log[0]["throughput"] | {"rows_trained": log[0]["rows_trained"]}
             clock = arms[name]["step_seconds"]

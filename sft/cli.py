@@ -89,7 +89,8 @@ def _rate(throughput: dict) -> str:
         return "-"
     text = f"{throughput['tokens_per_s']:.0f} ({throughput['tokens']:,} tokens)"
     if throughput.get("mfu") is not None:
-        text += f"; MFU {throughput['mfu']:.0%} of {throughput['peak_gflops']:.0f} GFLOP/s (float32 matmul, now)"
+        dtype = throughput.get("peak_dtype", "float32")
+        text += f"; MFU {throughput['mfu']:.0%} of {throughput['peak_gflops']:.0f} GFLOP/s ({dtype} matmul, now)"
     return text
 
 

@@ -132,15 +132,38 @@ def write_manifest(
     atomic_write_text(gen_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
-def _check_same_teacher(shards: list[dict[str, Any]], teacher: dict[str, Any], gen_dir: Path) -> None:
-    """Refuse to mix rows from another teacher or other sampling parameters in one run folder."""
+def _check_same_teacher(
+    shards: list[dict[str, Any]], teacher: dict[str, Any], gen_dir: Path, dtype_named: bool = False
+) -> dict[str, Any]:
+    """Refuse to mix rows from another teacher or other sampling parameters in one run folder; return
+    the `teacher` value new rows get.
+
+    Rows written before the provenance recorded the dtype match when the dtype is float32 ('auto' on
+    a CPU then) or named in the recipe (`dtype_named`: the user says what they were made in); new
+    rows then get the old rows' value, so the folder keeps one teacher."""
     for s in shards:
-        if s["teacher"] is not None and s["teacher"] != teacher:
-            raise UserError(
-                f"{gen_dir} already holds rows from another teacher or other sampling settings "
-                f"({s['file']}: {json.dumps(s['teacher'])}; now: {json.dumps(teacher)})",
-                SEPARATE_RUN,
+        stored = s["teacher"]
+        if stored is None or stored == teacher:
+            continue
+        legacy = "dtype" not in stored and stored == _without_dtype(teacher)
+        if legacy and (dtype_named or teacher.get("dtype") == "float32"):
+            return stored
+        hint = SEPARATE_RUN
+        if legacy:
+            hint = (
+                "these rows were written before Distillery recorded the teacher's dtype: set teacher.dtype to the "
+                f"one they were made in (float32 on a CPU, bfloat16 on most GPUs) to continue them, or {SEPARATE_RUN}"
             )
+        raise UserError(
+            f"{gen_dir} already holds rows from another teacher or other sampling settings "
+            f"({s['file']}: {json.dumps(stored)}; now: {json.dumps(teacher)})",
+            hint,
+        )
+    return teacher
+
+
+def _without_dtype(teacher: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in teacher.items() if k != "dtype"}
 
 
 LOGPROB_MODES = {
@@ -355,7 +378,7 @@ def _run_generate(
     params = sampling_params(recipe)
     shards = scan_shards(gen_dir, console)
     teacher = engine.provenance(params) if engine else teacher_provenance(recipe)
-    _check_same_teacher(shards, teacher, gen_dir)
+    teacher = _check_same_teacher(shards, teacher, gen_dir, dtype_named=recipe.teacher.dtype != "auto")
     _check_same_context(shards, recipe, gen_dir)
     # the context is on disk before the first new shard, so a run killed at any point still binds it
     write_manifest(gen_dir, recipe, recipe_hash, teacher, shards, len(items))

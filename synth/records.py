@@ -34,9 +34,25 @@ SAMPLING = pa.struct(
         ("logprobs", pa.int32()),
     ]
 )
+# `dtype`: what a local model's weights ran in (transformers engine; null for a server, where the
+# server decides); rows written before it was recorded have no such field.
 TEACHER = pa.struct(
-    [("model", pa.string()), ("revision", pa.string()), ("engine", pa.string()), ("sampling", SAMPLING)]
+    [
+        ("model", pa.string()),
+        ("revision", pa.string()),
+        ("engine", pa.string()),
+        ("sampling", SAMPLING),
+        ("dtype", pa.string()),
+    ]
 )
+
+
+def stored_teacher(value: dict[str, Any]) -> dict[str, Any]:
+    """A `teacher` value as read from a shard, in the form the engines write it: a null `dtype` (an
+    engine that does not record one) left out, so old and new shards of one teacher compare equal."""
+    return {k: v for k, v in value.items() if not (k == "dtype" and v is None)}
+
+
 # The teacher's top-k per generated token, compactly: int32 ids and float16 log-probabilities
 # (44 bytes per generated token at k = 8 in the shards, the chosen token included). `token_id` and
 # `top_ids` are set where the engine knows the ids (transformers, vLLM, llama.cpp's server); an

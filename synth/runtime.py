@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from typing import Any
 
 from synth.errors import UserError
 from synth.specs import RuntimeSpec
@@ -32,6 +33,44 @@ def check_device(device: str) -> str:
             "set runtime.device=auto (or cpu); mps needs an Apple-silicon Mac",
         )
     return device
+
+
+def bf16_is_fast(device: str) -> bool:
+    """Whether bfloat16 matmuls run faster than float32 on `device` (a resolved device, not 'auto').
+
+    A GPU: when torch says it supports bf16. A CPU: only with native bf16 dot-product instructions
+    (AVX-512 BF16 or AMX). Without them oneDNN emulates bf16, and a bf16 matmul measured 0.2-0.3x the
+    float32 rate on an AVX2 EPYC; with AVX-512 BF16 it measured 2.1x (bench/peak.py). The CPU's flags
+    decide, not a timing: a timing would flip between runs on a busy machine, and the dtype is part
+    of what a resumed run must match.
+    """
+    import torch
+
+    if device == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device != "cpu":
+        return False
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # torch older than 2.8 has no capability list
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """The torch dtype a model loads in: the recipe's, or for 'auto' bfloat16 where it is fast on
+    `device` (`bf16_is_fast`) and float32 elsewhere. Generation records the result in each row's
+    provenance, since bf16 weights give slightly different log-probs and samples."""
+    import torch
+
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+
+
+def dtype_name(dtype: Any) -> str:
+    """'bfloat16' for torch.bfloat16: how provenance and reports name a dtype."""
+    return str(dtype).removeprefix("torch.")
 
 
 def _env_threads() -> int:

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from synth.errors import UserError
 from synth.io import read_parquet
-from synth.records import SCHEMA
+from synth.records import SCHEMA, stored_teacher
 
 MANIFEST = "_manifest.json"  # generations/_manifest.json: what the shards hold, rewritten after each
 WRITER_LOCK = ".generate.lock"  # held by the one `synth generate` writing a generations folder
@@ -54,7 +54,7 @@ def _one_teacher(table: pa.Table, path: Path) -> dict[str, object] | None:
     flat = table.select(["teacher"]).flatten().flatten()
     if flat.group_by(flat.column_names).aggregate([]).num_rows > 1:
         raise UserError(f"{path} mixes rows of several teachers or sampling settings", FOREIGN_HINT)
-    return column[0].as_py()
+    return stored_teacher(column[0].as_py())
 
 
 class ShardSet:

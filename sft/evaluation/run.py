@@ -45,6 +45,7 @@ from synth.models import loading_model, resolve_model
 from synth.prompts import load_prompts
 from synth.recipe import Recipe, behaviour_checks, objective_overrides
 from synth.records import Messages, PromptItem, assistant
+from synth.runtime import check_device, dtype_name, pick_dtype
 from synth.specs import EvalSpec, PromptsSpec
 
 
@@ -100,19 +101,26 @@ def _checks(recipe: Recipe, recipe_dir: Path | None) -> tuple[list[str], list[Ro
     return names, checks
 
 
-def _student_engine(final: Path, base: str, batch_size: int) -> TransformersEngine:
-    """A trained student: a full model folder, or a LoRA adapter merged into its base."""
+def _student_engine(final: Path, base: str, recipe: Recipe) -> TransformersEngine:
+    """A trained student: a full model folder, or a LoRA adapter merged into its base; in the dtype and
+    on the device the base student runs in (model.dtype, runtime.device), so that what differs between
+    the two is the training, not the arithmetic."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = check_device(recipe.runtime.device)
+    dtype = pick_dtype(recipe.model.dtype, device)
     with loading_model("trained student", str(final), f"run `sft run` again to rewrite {final}"):
         tokenizer = AutoTokenizer.from_pretrained(final)
         if (final / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final).merge_and_unload()
+            # merged in float32, then cast: the adapter's small update is not rounded twice
+            base_model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+            model = PeftModel.from_pretrained(base_model, final).merge_and_unload()
         else:
-            model = AutoModelForCausalLM.from_pretrained(final)
-    return TransformersEngine.from_loaded(model, tokenizer, str(final), batch_size=batch_size)
+            model = AutoModelForCausalLM.from_pretrained(final, dtype="float32")
+    model = model.to(device=device, dtype=dtype)
+    return TransformersEngine.from_loaded(model, tokenizer, str(final), batch_size=recipe.eval.batch_size)
 
 
 def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
@@ -170,7 +178,7 @@ def _models(recipe: Recipe, run_dir: Path) -> list[EvalModel]:
     ]
     for obj in objectives:
         for seed, final in finals[obj]:
-            engine = lambda f=final: _student_engine(f, resolve_model(m.path)[0], ev.batch_size)  # noqa: E731
+            engine = lambda f=final: _student_engine(f, resolve_model(m.path)[0], recipe)  # noqa: E731
             models.append(EvalModel(obj, engine, False, seed, final))
     return models
 
@@ -411,10 +419,13 @@ def _cache_keys(recipe: Recipe, models: list[EvalModel], items: list[PromptItem]
     teacher, base = by_name["teacher"], by_name["base_student"]
     if teacher.folder is None:
         return {}
+    device = check_device(recipe.runtime.device)
     common = {
         "eval": {k: getattr(ev, k) for k in ("max_new_tokens", "temperature", "samples", "batch_size")},
         "sampling": sampling_params(recipe).as_dict(),
         "device": recipe.runtime.device,
+        # 'auto' resolves per machine (bf16 on some CPUs): the dtypes the answers were computed in
+        "dtypes": [dtype_name(pick_dtype(s.dtype, device)) for s in (recipe.teacher, recipe.model)],
         "model": recipe.model.model_dump(mode="json"),
     }
     keys = {

@@ -1,6 +1,7 @@
 """`sft run`: train the student on the curated set with TRL (SFT, on-policy GKD, or soft-label KD), LoRA or full.
 
-Defaults follow the hardware: bf16 only on a GPU that supports it, and gradient checkpointing off
+Defaults follow the hardware: bf16 autocast on a GPU that supports it or a CPU with native bf16
+instructions (synth.runtime.bf16_is_fast), and gradient checkpointing off
 (TRL turns it on by default; on a CPU it makes GKD steps ~3x slower by disabling the KV cache during
 generation). Anything in `train.args` goes to TRL's config, checked against the types of TRL's fields,
 so nothing TRL offers is hidden.
@@ -110,10 +111,9 @@ def _lora_config(recipe: Recipe, model: Any) -> Any:
 
 
 def _common_args(recipe: Recipe, out: Path, device: str, user_args: dict[str, Any]) -> dict[str, Any]:
-    import torch
+    from synth.runtime import bf16_is_fast
 
     t = recipe.train
-    gpu = device == "cuda"
     return {
         "output_dir": str(out),
         "per_device_train_batch_size": t.batch_size,
@@ -128,7 +128,9 @@ def _common_args(recipe: Recipe, out: Path, device: str, user_args: dict[str, An
         "save_total_limit": 2,
         "report_to": [],
         "seed": t.seed,
-        "bf16": bool(gpu and torch.cuda.is_bf16_supported()),
+        # bf16 autocast where the hardware computes it fast: a GPU that supports it, or a CPU with
+        # AVX-512 BF16 / AMX (the weights and optimizer stay float32; train.args.bf16 overrides)
+        "bf16": bf16_is_fast(device),
         "use_cpu": device == "cpu",
         # transformers 5 renamed gradient_checkpointing; TRL's configs still default the old name to True,
         # so setting the new one is what turns it off without a FutureWarning.
@@ -715,9 +717,12 @@ class _TokenCounter:
 
 
 def _throughput(trainer: Any, tokens: int, seconds: float, device: str, objective: str) -> dict[str, Any]:
-    """Trained tokens per second and, on a CPU, the model FLOPs utilisation against this machine's float32
-    matmul rate measured now (`synth.throughput`). Not for gkd: its on-policy generation is not in the
-    FLOP count, and an MFU without it would mislead."""
+    """Trained tokens per second and, on a CPU, the model FLOPs utilisation against this machine's matmul
+    rate in the dtype the matmuls ran in (bf16 under autocast, else float32), measured now
+    (`synth.throughput`). Not for gkd: its on-policy generation is not in the FLOP count, and an MFU
+    without it would mislead."""
+    import torch
+
     from synth.throughput import matmul_gflops, training_flops_per_token
 
     tokens *= trainer.accelerator.num_processes  # each process counted its own batches
@@ -736,8 +741,14 @@ def _throughput(trainer: Any, tokens: int, seconds: float, device: str, objectiv
         params += sum(p.numel() for p in partner.parameters())
         trainable += sum(p.numel() for p in partner.parameters() if p.requires_grad)
     flops = training_flops_per_token(params, trainable, teacher_params)
-    peak = matmul_gflops()["median"]
-    out |= {"flops_per_token": flops, "peak_gflops": peak, "mfu": out["tokens_per_s"] * flops / (peak * 1e9)}
+    bf16 = bool(trainer.args.bf16)
+    peak = matmul_gflops(torch.bfloat16 if bf16 else torch.float32)["median"]
+    out |= {
+        "flops_per_token": flops,
+        "peak_gflops": peak,
+        "peak_dtype": "bfloat16" if bf16 else "float32",
+        "mfu": out["tokens_per_s"] * flops / (peak * 1e9),
+    }
     return out
 
 

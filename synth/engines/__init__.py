@@ -10,7 +10,14 @@ from synth.specs import TeacherSpec
 if TYPE_CHECKING:  # the recipe's curate section imports the judge check, which runs an engine
     from synth.recipe import Recipe
 
-__all__ = ["Engine", "SamplingParams", "build_engine", "build_engine_for", "sampling_params", "teacher_provenance"]
+__all__ = [
+    "Engine",
+    "SamplingParams",
+    "build_engine",
+    "build_engine_for",
+    "sampling_params",
+    "teacher_provenance",
+]
 
 
 def sampling_params(recipe: Recipe) -> SamplingParams:
@@ -48,7 +55,12 @@ def teacher_provenance(recipe: Recipe) -> dict[str, Any]:
 
         model_id = resolve_model(path)[1]
     params = sampling_params(recipe)
-    return {"model": model_id, "revision": revision, "engine": recipe.teacher.engine, "sampling": params.as_dict()}
+    out = {"model": model_id, "revision": revision, "engine": recipe.teacher.engine, "sampling": params.as_dict()}
+    if recipe.teacher.engine == "transformers":
+        from synth.runtime import check_device, dtype_name, pick_dtype
+
+        out["dtype"] = dtype_name(pick_dtype(recipe.teacher.dtype, check_device(recipe.runtime.device)))
+    return out
 
 
 def build_engine(recipe: Recipe) -> Engine:

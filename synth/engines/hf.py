@@ -21,16 +21,7 @@ from synth.engines.decode import Decoded, Unsupported, decode, supports
 from synth.errors import UserError
 from synth.models import loading_model
 from synth.records import Completion, Messages, TokenLogprob
-from synth.runtime import check_device
-
-
-def pick_dtype(dtype: str, device: str) -> torch.dtype:
-    """'auto' means bf16 on a GPU that supports it and fp32 on a CPU (bf16 matmuls are slow there)."""
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+from synth.runtime import check_device, dtype_name, pick_dtype
 
 
 class TransformersEngine(Engine):
@@ -82,6 +73,11 @@ class TransformersEngine(Engine):
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
         # why `model.generate` decodes instead of synth/engines/decode.py (None: the faster loop is used)
         self.decoder_problem: str | None = supports(self.model)
+
+    def provenance(self, params: SamplingParams) -> dict[str, Any]:
+        """Also the dtype the weights ran in: 'auto' is bfloat16 on some CPUs and float32 on others,
+        and the two give slightly different samples and log-probs."""
+        return {**super().provenance(params), "dtype": dtype_name(self.model.dtype)}
 
     @property
     def vocab_size(self) -> int | None:

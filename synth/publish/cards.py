@@ -101,7 +101,7 @@ def dataset_body(recipe: Recipe, run_dir: Path, repo_id: str, teacher: dict[str,
         "## How it was made",
         "",
         f"- Teacher model: `{teacher['model']}`, revision `{teacher.get('revision') or 'unpinned'}`",
-        f"- Engine: `{teacher['engine']}`",
+        f"- Engine: `{teacher['engine']}`" + (f", weights in `{teacher['dtype']}`" if teacher.get("dtype") else ""),
         "- Sampling: " + ", ".join(f"{k}={v}" for k, v in s.items() if v is not None),
         f"- Prompts: `{recipe.prompts.path}`; the teacher saw "
         + (
