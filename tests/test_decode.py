@@ -98,7 +98,9 @@ def test_a_generation_config_with_a_processor_falls_back_to_generate() -> None:
 
 @pytest.mark.slow
 def test_smollm2_greedy_tokens_and_logprobs_are_generates(smollm2_dir: Path) -> None:
-    engine = TransformersEngine(str(smollm2_dir), "smollm2", batch_size=3)
+    # float32: this pins the loop's logic; in bf16 the padded batch and generate's single row round
+    # differently (log-probs measured 0.05 apart), which says nothing about the loop
+    engine = TransformersEngine(str(smollm2_dir), "smollm2", dtype="float32", batch_size=3)
     assert engine.decoder_problem is None
     lines = (ROOT / "data" / "heldout_prompts.jsonl").read_text().splitlines()[:6]
     prompts = [[{"role": "user", "content": json.loads(x)["prompt"]}] for x in lines]
