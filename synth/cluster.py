@@ -33,15 +33,17 @@ CONNECT_HINT = (
 )
 MAX_ATTEMPTS = 3  # dispatches of one shard: a shard that kills its worker every time stops the run
 PROBE_S = 0.5  # pause between probes of a replica Ray is restarting
-RESTART_WAIT_S = 300.0  # a replica silent for longer (restarts used up, node gone) gets no more work
 
 
 @contextmanager
 def ray_session(spec: RaySpec) -> Iterator[Any]:
     """Connect to the cluster (`runtime.ray.address`, else `$RAY_ADDRESS`, else start a local one).
 
-    A session the caller already opened (`ray.init` in a notebook or a test) is used as it is and
-    left open; one opened here is shut down at the end.
+    No address means a new local cluster (`address="local"`), never Ray's own default, which reads
+    /tmp/ray/ray_current_cluster: a stale file left by a killed head hangs there, and a live
+    `ray start` cluster on the machine would be joined without a word. A session the caller already
+    opened (`ray.init` in a notebook or a test) is used as it is and left open; one opened here is
+    shut down at the end.
     """
     try:
         import ray
@@ -50,19 +52,19 @@ def ray_session(spec: RaySpec) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    address = spec.address or os.environ.get("RAY_ADDRESS") or None
-    if address:
+    address = cluster_address(spec)
+    if address != "local":
         _check_reachable(address)
     try:
         ray.init(
             address=address,
-            num_cpus=spec.local_cpus if address is None else None,
+            num_cpus=spec.local_cpus if address == "local" else None,
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,
         )
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        where = f"the Ray cluster at {address}" if address != "local" else "a local Ray cluster"
         raise UserError(
             f"could not connect to {where}: {first_line(exc)}",
             CONNECT_HINT,
@@ -73,13 +75,44 @@ def ray_session(spec: RaySpec) -> Iterator[Any]:
         ray.shutdown()
 
 
+def cluster_address(spec: RaySpec) -> str:
+    """`runtime.ray.address`, else `$RAY_ADDRESS`, else "local" (start a new local cluster)."""
+    return spec.address or os.environ.get("RAY_ADDRESS", "").strip() or "local"
+
+
+def refuse_stray_address(runtime: RuntimeSpec) -> None:
+    """$RAY_ADDRESS with the local executor: refused like `runtime.ray.address` is, since the user who
+    set it expects the cluster to do the work and would otherwise see it run here without a word."""
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and runtime.executor != "ray":
+        raise UserError(
+            f"$RAY_ADDRESS is {env!r} but runtime.executor is {runtime.executor!r}: the work would run on this "
+            "machine, not on that cluster",
+            "set runtime.executor: ray to use the cluster, or unset RAY_ADDRESS to run here",
+        )
+
+
+# HTTP/2's connection preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0)
+GRPC_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+PROBE_TIMEOUT_S = 5.0
+
+
 def _check_reachable(address: str) -> None:
-    """Fail in seconds, not minutes, when nothing listens at a cluster's address (`ray.init` keeps
-    retrying an unreachable head for a long time before it gives up)."""
+    """Fail in seconds, not minutes, when no Ray head answers at a cluster's address: nothing
+    listening (`ray.init` keeps retrying for a long time), or another server on that port (a web
+    server there passes a plain port probe and `ray.init` then hung for over 600 s). A Ray head's GCS
+    and its client server speak gRPC, so the probe opens an HTTP/2 connection and waits for the
+    server's SETTINGS frame, which any HTTP/2 server sends first."""
+    import importlib.util
     import socket
 
-    if address in ("auto", "local"):
+    if address == "auto":
         return
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise UserError(
+            f"the Ray cluster address {address!r} uses Ray Client (ray://), which needs grpcio: not installed",
+            "pip install 'ray[client]', or run from a node of the cluster with the head's address host:6379",
+        )
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not port.isdigit():
         raise UserError(
@@ -88,13 +121,20 @@ def _check_reachable(address: str) -> None:
             "runtime.ray.address or $RAY_ADDRESS",
         )
     try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=5):
-            return
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=PROBE_TIMEOUT_S) as conn:
+            conn.settimeout(PROBE_TIMEOUT_S)
+            conn.sendall(GRPC_PREFACE)
+            head = conn.recv(9)
+    except TimeoutError:
+        head = b""
     except OSError as exc:
+        raise UserError(f"could not connect to the Ray cluster at {address}: {exc}", CONNECT_HINT) from None
+    if len(head) < 4 or head[3] != 0x04:
         raise UserError(
-            f"could not connect to the Ray cluster at {address}: {exc}",
+            f"{address} answers, but not as a Ray head (no gRPC/HTTP/2 reply within {PROBE_TIMEOUT_S:g} s: "
+            f"{'nothing' if not head else repr(head[:12])})",
             CONNECT_HINT,
-        ) from None
+        )
 
 
 def enter_folder(path: str) -> None:
@@ -139,21 +179,77 @@ def worker_gpus(runtime: RuntimeSpec, engine: str | None, tensor_parallel: int, 
     return 1.0 if engine == "transformers" else 0.0
 
 
-def replica_count(spec: RaySpec, resources: dict[str, float], num_gpus: float, shards: int) -> int:
+def replica_count(spec: RaySpec, nodes: list[dict[str, float]], num_gpus: float, shards: int) -> int:
     """Workers to start: `runtime.ray.replicas`, else as many as the cluster fits; never more than the
-    cluster fits now (the others would wait for resources forever) nor than there are shards."""
-    fits = int(resources.get("CPU", 0) // spec.num_cpus)
-    if num_gpus > 0:
-        fits = min(fits, int(resources.get("GPU", 0) // num_gpus))
+    cluster fits now (the others would wait for resources forever) nor than there are shards.
+
+    Counted node by node (`nodes`: each alive node's resources): one worker's CPUs and GPUs must sit
+    on one node, so two nodes of 1 GPU each fit no worker of 2 GPUs (summed over the cluster they
+    seemed to fit one, which then waited forever to be placed)."""
+    fits = 0
+    for node in nodes:
+        here = int(node.get("CPU", 0) // spec.num_cpus)
+        if num_gpus > 0:
+            here = min(here, int(node.get("GPU", 0) // num_gpus))
+        fits += here
     if fits < 1:
         need = f"{spec.num_cpus:g} CPU(s)" + (f" and {num_gpus:g} GPU(s)" if num_gpus > 0 else "")
+        sizes = ", ".join(f"{n.get('GPU', 0):g} GPU(s) + {n.get('CPU', 0):g} CPU(s)" for n in nodes) or "no nodes"
         raise UserError(
-            f"the Ray cluster has room for no worker: each needs {need}, the cluster has "
-            f"{resources.get('GPU', 0):g} GPU(s) and {resources.get('CPU', 0):g} CPU(s)",
-            "lower runtime.ray.num_gpus / num_cpus (for a vLLM teacher: teacher.vllm.tensor_parallel_size), "
-            "or add nodes",
+            f"the Ray cluster has room for no worker: each needs {need} on one node, the nodes have {sizes}",
+            "lower runtime.ray.num_gpus / num_cpus (for a vLLM teacher: teacher.vllm.tensor_parallel_size, "
+            "which must fit the GPUs of one node), or add nodes",
         )
     return max(1, min(spec.replicas or fits, fits, shards))
+
+
+def node_resources(ray: Any) -> list[dict[str, float]]:
+    """Each alive node's resources (CPU, GPU, ...), for `replica_count`."""
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+
+
+# passed to workers whenever the driver has them: Hub access and thread settings
+FORWARDED_ALWAYS = ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "DISTILLERY_THREADS", "OMP_NUM_THREADS")
+
+
+def worker_env(recipe: Recipe) -> dict[str, str]:
+    """The environment variables workers get from the driver (Ray's `runtime_env`): those named in
+    runtime.ray.env, the API key variables the recipe's teacher and judges read, and FORWARDED_ALWAYS,
+    each only where the driver has it. Workers on other nodes start from their raylet's environment,
+    so a key exported only in the driver's shell would otherwise be missing there."""
+    names = [*recipe.runtime.ray.env, *FORWARDED_ALWAYS]
+    names += [spec.openai.api_key_env for spec in _engine_specs(recipe) if spec.engine == "openai"]
+    return {name: os.environ[name] for name in dict.fromkeys(names) if name in os.environ}
+
+
+def _engine_specs(recipe: Recipe) -> list[Any]:
+    """The teacher and every judge's model spec (what may call a server with a key)."""
+    judges = [getattr(c, "model", None) for c in recipe.curate.checks]
+    return [recipe.teacher, *(j for j in judges if j is not None and hasattr(j, "openai"))]
+
+
+def loopback_warning(recipe: Recipe, nodes: int) -> str | None:
+    """A server teacher at 127.0.0.1/localhost on a cluster of several nodes: each worker would call
+    its own node, where no server may run."""
+    from urllib.parse import urlparse
+
+    if nodes < 2:
+        return None
+    for spec in _engine_specs(recipe):
+        if spec.engine == "openai" and urlparse(spec.openai.base_url).hostname in ("127.0.0.1", "localhost", "::1"):
+            return (
+                f"{spec.openai.base_url} is a loopback address and the cluster has {nodes} nodes: each worker "
+                "calls a server on its own node; give the server's address reachable from every node"
+            )
+    return None
+
+
+def _resources_line(resources: dict[str, float]) -> str:
+    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU")) or "nothing"
+
+
+class ShardTimeout(Exception):
+    """A payload call that ran past runtime.ray.shard_timeout_s; handled as if its worker had died."""
 
 
 class ActorPool:
@@ -172,18 +268,36 @@ class ActorPool:
         replicas: int,
         num_cpus: float,
         num_gpus: float,
-        max_restarts: int,
+        spec: RaySpec,
+        env: dict[str, str] | None = None,
     ) -> None:
-        from ray.exceptions import RayError
+        from ray.exceptions import GetTimeoutError, RayError
 
         self.ray = ray
+        self.shard_timeout_s, self.start_timeout_s = spec.shard_timeout_s, spec.start_timeout_s
         remote = ray.remote(worker).options(
-            num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            max_restarts=spec.max_restarts,
+            max_task_retries=0,
+            runtime_env={"env_vars": env} if env else None,
         )
         self.actors = [remote.remote(*args) for _ in range(replicas)]
-        self.redone = 0  # payloads dispatched again after their worker died
+        self.redone = 0  # payloads dispatched again after their worker died or hung
+        calls = [a.ready.remote() for a in self.actors]
         try:
-            errors = ray.get([a.ready.remote() for a in self.actors])
+            errors = ray.get(calls, timeout=spec.start_timeout_s)
+        except GetTimeoutError:  # not placed (resources held elsewhere, autoscaling) or a load that hangs
+            started, _ = ray.wait(calls, num_returns=len(calls), timeout=0)
+            self.close()
+            need = f"{num_cpus:g} CPU(s)" + (f" and {num_gpus:g} GPU(s)" if num_gpus else "")
+            raise UserError(
+                f"{len(calls) - len(started)} of {len(calls)} Ray workers were not ready after "
+                f"{spec.start_timeout_s:g} s (runtime.ray.start_timeout_s): each needs {need} on one node; "
+                f"available now: {_resources_line(ray.available_resources())}",
+                "free those resources (another job may hold them), lower runtime.ray.replicas, or raise "
+                "runtime.ray.start_timeout_s for a model that loads slowly",
+            ) from None
         except RayError as exc:  # a set-up that crashed (not a UserError): one line, and no actor left behind
             self.close()
             raise UserError(
@@ -210,13 +324,26 @@ class ActorPool:
         per replica ahead of the next one due is sent, so few results wait in memory.
         A replica whose call failed because Ray is restarting it is probed with `ready` until it
         answers (calls to a restarting actor fail at once), and only then gets work again; one that
-        is dead for good, or silent for `RESTART_WAIT_S`, gets no more work.
+        is dead for good, or silent for runtime.ray.start_timeout_s (its model reloads), gets no more work.
         """
-        from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError, RayTaskError
+        from ray.exceptions import (
+            ActorDiedError,
+            ActorUnschedulableError,
+            NodeDiedError,
+            ObjectLostError,
+            OutOfMemoryError,
+            RayActorError,
+            RayTaskError,
+            RuntimeEnvSetupError,
+            WorkerCrashedError,
+        )
 
+        # the worker (or its node) is gone or being restarted: the payload is sent again
+        died = (RayActorError, ObjectLostError, OutOfMemoryError, NodeDiedError, WorkerCrashedError, ShardTimeout)
         pending = deque(range(count))
         attempts = [0] * count
         busy: dict[Any, tuple[int, int | None]] = {}  # call -> (replica, payload index; None for a probe)
+        sent_at: dict[Any, float] = {}  # payload call -> when it was sent (for runtime.ray.shard_timeout_s)
         idle = list(range(len(self.actors)))
         down_since: dict[int, float] = {}  # replica -> when a call to it first failed
         done: dict[int, Any] = {}  # results waiting for their turn (ordered)
@@ -230,17 +357,28 @@ class ActorPool:
             while pending and idle and (not ordered or pending[0] < due + window):
                 actor, i = idle.pop(), pending.popleft()
                 attempts[i] += 1
-                busy[getattr(self.actors[actor], method).remote(payload(i))] = (actor, i)
+                call = getattr(self.actors[actor], method).remote(payload(i))
+                busy[call], sent_at[call] = (actor, i), time.monotonic()
             if not busy:
                 raise UserError(
                     f"every Ray worker is gone; {len(pending)} shard(s) were not done",
                     "see the worker logs (ray logs), then run the same command again: finished shards are kept",
                 )
-            [ref], _ = self.ray.wait(list(busy), num_returns=1)
+            ref, timed_out = self._next_done(busy, sent_at)
             actor, i = busy.pop(ref)
+            sent_at.pop(ref, None)
             try:
+                if timed_out:
+                    raise ShardTimeout(f"no result after {self.shard_timeout_s:g} s (runtime.ray.shard_timeout_s)")
                 result = self.ray.get(ref)
-            except (RayActorError, ObjectLostError) as exc:
+            except (ActorUnschedulableError, RuntimeEnvSetupError) as exc:  # retrying cannot help
+                what = describe(i) if i is not None else "a restarted Ray worker"
+                raise UserError(
+                    f"{what}: {type(exc).__name__}: {first_line(exc, 200)}",
+                    "see the worker logs (ray logs); a runtime environment must install on every node, and a "
+                    "worker needs a node with the CPUs and GPUs it asks for",
+                ) from None
+            except died as exc:
                 if i is not None:
                     if attempts[i] >= MAX_ATTEMPTS:
                         raise UserError(
@@ -256,14 +394,20 @@ class ActorPool:
                 down_since.setdefault(actor, time.monotonic())
                 # a probe told "died" (not "restarting") means for good: restarts used up, node gone
                 gone = i is None and isinstance(exc, ActorDiedError)
-                if not gone and time.monotonic() - down_since[actor] < RESTART_WAIT_S and pending:
+                if not gone and time.monotonic() - down_since[actor] < self.start_timeout_s and pending:
                     time.sleep(PROBE_S)  # Ray is restarting it: ask again shortly
                     busy[self.actors[actor].ready.remote()] = (actor, None)
                 continue
             except RayTaskError as exc:
                 if isinstance(exc.cause, UserError):
                     raise exc.cause from None
-                raise
+                what = describe(i) if i is not None else "a restarted Ray worker"
+                cause = exc.cause if exc.cause is not None else exc
+                raise UserError(
+                    f"{what}: its worker raised {type(cause).__name__}: {first_line(cause, 200)}",
+                    "see the worker logs (ray logs); finished shards are kept, so the same command goes on "
+                    "from here once that is fixed",
+                ) from None
             if i is None and result:  # the restarted replica's set-up failed
                 raise UserError(*result)
             down_since.pop(actor, None)
@@ -277,6 +421,19 @@ class ActorPool:
             while due in done:
                 yield due, done.pop(due)
                 due += 1
+
+    def _next_done(self, busy: dict[Any, tuple[int, int | None]], sent_at: dict[Any, float]) -> tuple[Any, bool]:
+        """The next finished call, or (call, True) for a payload call past runtime.ray.shard_timeout_s,
+        whose worker is then killed for Ray to restart (a hung engine holds its GPUs, never answers)."""
+        while True:
+            ready, _ = self.ray.wait(list(busy), num_returns=1, timeout=1.0)
+            if ready:
+                return ready[0], False
+            now = time.monotonic()
+            for call, started in sent_at.items():
+                if now - started > self.shard_timeout_s:
+                    self.ray.kill(self.actors[busy[call][0]], no_restart=False)
+                    return call, True
 
     def close(self) -> None:
         """Stop the replicas (frees their models and GPU memory now, not when the session ends)."""

@@ -25,10 +25,10 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from synth.cluster import Worker
+from synth.cluster import Worker, refuse_stray_address
 from synth.engines import Engine, SamplingParams, build_engine, sampling_params, teacher_provenance
 from synth.engines.base import ProgressFn
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 from synth.io import atomic_write_parquet, atomic_write_text, read_parquet, sweep_temp_files
 from synth.progress import PlainProgress, progress
 from synth.prompts import load_prompts, teacher_view
@@ -335,6 +335,7 @@ def run_generate(
     With `retry_failed`, prompts whose rows failed (server gave up, timeouts, too-long prompts) are
     generated again; otherwise a failed row counts as done, with its reason kept.
     """
+    refuse_stray_address(recipe.runtime)
     console = console or Console(stderr=True)
     gen_dir = run_dir / "generations"
     gen_dir.mkdir(parents=True, exist_ok=True)
@@ -459,7 +460,7 @@ def _generate_shards(
             summary.completion_tokens += tokens
 
         if recipe.runtime.executor == "ray":
-            _on_ray(recipe, chunks, names, params, teacher, recipe_hash, summary, write)
+            _on_ray(recipe, chunks, names, params, teacher, recipe_hash, summary, write, console)
             return
         engine = engine or build_engine(recipe)
         for chunk, name in zip(chunks, names, strict=True):
@@ -475,13 +476,43 @@ def _generate_shards(
 
 
 class GenerateWorker(Worker):
-    """One teacher engine replica on a Ray worker: the model loads once, then shard after shard."""
+    """One teacher engine replica on a Ray worker: the model loads once, then shard after shard.
+
+    An exception from the engine that is not a UserError (vLLM rejecting a setting, a chat template
+    that raises, a dead engine) fails that shard's rows, each with the reason, so the run goes on and
+    `--retry-failed` regenerates them; an engine that died is built again for the next shard (the
+    actor itself is alive, so Ray would never restart it)."""
 
     def build(self, recipe: Recipe) -> Engine:
+        self.recipe = recipe
         return build_engine(recipe)
 
     def shard(self, job: tuple[list[PromptItem], SamplingParams, dict[str, Any], str]) -> ShardResult:
-        return generate_shard(self.tool, *job)
+        try:
+            return generate_shard(self.tool, *job)
+        except UserError:
+            raise
+        except Exception as exc:  # any engine failure becomes the shard's row errors
+            reason = f"the teacher engine on a Ray worker raised {type(exc).__name__}: {first_line(exc, 300)}"
+            if engine_died(exc):
+                self.tool.close()
+                self.tool = build_engine(self.recipe)
+                reason += " (the engine was built again)"
+            return failed_shard(*job, reason)
+
+
+def engine_died(exc: BaseException) -> bool:
+    """The engine cannot serve again (vLLM's EngineDeadError, a CUDA error), as opposed to one request
+    it refused."""
+    return type(exc).__name__ == "EngineDeadError" or "CUDA error" in str(exc)
+
+
+def failed_shard(
+    chunk: list[PromptItem], params: SamplingParams, teacher: dict[str, Any], recipe_hash: str, reason: str
+) -> ShardResult:
+    """A shard whose every prompt has one failed row with `reason` (what a prompt rejected up front gets)."""
+    rows = [r for it in chunk for r in make_rows(it, [Completion.failed(reason)], teacher, recipe_hash)]
+    return ShardResult(rows_to_table(rows), engine_rows=len(rows), engine_failures=len(rows), first_error=reason)
 
 
 def _on_ray(
@@ -493,9 +524,18 @@ def _on_ray(
     recipe_hash: str,
     summary: GenerateSummary,
     write: Callable[[str, list[PromptItem], ShardResult, int], None],
+    console: Console,
 ) -> None:
     """The shards on a pool of Ray workers, one engine replica each; this process writes every file."""
-    from synth.cluster import ActorPool, ray_session, replica_count, worker_gpus
+    from synth.cluster import (
+        ActorPool,
+        loopback_warning,
+        node_resources,
+        ray_session,
+        replica_count,
+        worker_env,
+        worker_gpus,
+    )
 
     spec = recipe.runtime.ray
     with ray_session(spec) as ray:
@@ -503,8 +543,13 @@ def _on_ray(
         gpus = worker_gpus(
             recipe.runtime, recipe.teacher.engine, recipe.teacher.vllm.tensor_parallel_size, resources.get("GPU", 0)
         )
-        replicas = replica_count(spec, resources, gpus, len(chunks))
-        pool = ActorPool(ray, GenerateWorker, (os.getcwd(), recipe), replicas, spec.num_cpus, gpus, spec.max_restarts)
+        replicas = replica_count(spec, node_resources(ray), gpus, len(chunks))
+        nodes = node_resources(ray)
+        if warning := loopback_warning(recipe, len(nodes)):
+            console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        pool = ActorPool(
+            ray, GenerateWorker, (os.getcwd(), recipe), replicas, spec.num_cpus, gpus, spec, worker_env(recipe)
+        )
         summary.workers = replicas
         try:
             jobs = [(chunk, params, teacher, recipe_hash) for chunk in chunks]

@@ -35,6 +35,17 @@ class RaySpec(Strict):
     )
     max_restarts: int = Field(3, ge=0, le=100, description="times a killed worker is restarted (its shard is redone)")
     local_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster started when no address is set")
+    env: list[str] = Field(
+        default_factory=list,
+        description="names of environment variables the driver passes to every worker (values never logged); "
+        "the teacher's and judges' api_key_env, HF_TOKEN and thread settings are passed when set",
+    )
+    start_timeout_s: float = Field(
+        900, gt=0, description="seconds for every worker to be placed and load its model, else a one-line error"
+    )
+    shard_timeout_s: float = Field(
+        3600, gt=0, description="seconds one shard may take on a worker, then it is restarted and the shard redone"
+    )
 
 
 class RuntimeSpec(Strict):

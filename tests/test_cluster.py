@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
-from synth.cluster import ray_session, replica_count, worker_gpus
+from synth.cluster import (
+    cluster_address,
+    loopback_warning,
+    ray_session,
+    refuse_stray_address,
+    replica_count,
+    worker_env,
+    worker_gpus,
+)
 from synth.errors import UserError
 from synth.recipe import load_recipe
 from synth.specs import RaySpec, RuntimeSpec
@@ -12,17 +22,26 @@ from tests.conftest import RECIPE
 
 
 def test_replicas_fill_the_cluster_but_never_more_than_fits_or_shards() -> None:
-    cpus = {"CPU": 8.0}
+    cpus = [{"CPU": 8.0}]
     assert replica_count(RaySpec(), cpus, 0, shards=100) == 8
     assert replica_count(RaySpec(num_cpus=2), cpus, 0, shards=100) == 4
     assert replica_count(RaySpec(replicas=3), cpus, 0, shards=100) == 3
     assert replica_count(RaySpec(replicas=64), cpus, 0, shards=100) == 8  # the rest would wait forever
     assert replica_count(RaySpec(), cpus, 0, shards=2) == 2
-    gpus = {"CPU": 64.0, "GPU": 8.0}
+    gpus = [{"CPU": 64.0, "GPU": 8.0}]
     assert replica_count(RaySpec(), gpus, 2, shards=100) == 4  # tensor parallel 2 on 8 GPUs
-    assert replica_count(RaySpec(num_cpus=4), {"CPU": 16.0, "GPU": 8.0}, 1, shards=100) == 4  # CPUs bind first
+    assert replica_count(RaySpec(num_cpus=4), [{"CPU": 16.0, "GPU": 8.0}], 1, shards=100) == 4  # CPUs bind first
     with pytest.raises(UserError, match=r"room for no worker: each needs 1 CPU\(s\) and 4 GPU"):
-        replica_count(RaySpec(), {"CPU": 8.0, "GPU": 2.0}, 4, shards=10)
+        replica_count(RaySpec(), [{"CPU": 8.0, "GPU": 2.0}], 4, shards=10)
+
+
+def test_a_worker_fits_on_one_node_not_on_the_sum_of_nodes() -> None:
+    two_single_gpu_nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
+    with pytest.raises(UserError, match=r"on one node, the nodes have 1 GPU\(s\) \+ 8 CPU\(s\), 1 GPU"):
+        replica_count(RaySpec(), two_single_gpu_nodes, 2, shards=10)  # tensor parallel 2: summed, it "fit" one
+    assert replica_count(RaySpec(), two_single_gpu_nodes, 1, shards=10) == 2
+    # three CPUs left on each of two nodes fit two 2-CPU workers, not three
+    assert replica_count(RaySpec(num_cpus=2), [{"CPU": 3.0}, {"CPU": 3.0}], 0, shards=10) == 2
 
 
 def test_worker_gpus_follow_the_engine() -> None:
@@ -42,3 +61,56 @@ def test_address_mistakes_are_one_line_before_any_cluster_starts() -> None:
     with pytest.raises(UserError, match=r"set runtime\.executor: ray"):
         load_recipe(RECIPE, ["runtime.ray.address=head:6379"])
     assert load_recipe(RECIPE, ["runtime.ray.address=head:6379", "runtime.executor=ray"]).runtime.ray.address
+
+
+def test_no_address_means_a_new_local_cluster_and_ray_address_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster_address(RaySpec()) == "local"  # never Ray's default, which reads /tmp/ray/ray_current_cluster
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    assert cluster_address(RaySpec()) == "head:6379"
+    assert cluster_address(RaySpec(address="other:6379")) == "other:6379"
+    with pytest.raises(UserError, match=r"\$RAY_ADDRESS is 'head:6379' but runtime.executor is 'local'"):
+        refuse_stray_address(load_recipe(RECIPE).runtime)
+    refuse_stray_address(load_recipe(RECIPE, ["runtime.executor=ray"]).runtime)
+
+
+def test_a_web_server_at_the_address_is_not_taken_for_a_ray_head() -> None:
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(UserError, match="answers, but not as a Ray head"), ray_session(RaySpec(address=address)):
+            pass
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("grpc") is not None, reason="Ray Client is installed here")
+def test_ray_client_without_its_extra_is_one_line() -> None:
+    with pytest.raises(UserError, match=r"needs grpcio"), ray_session(RaySpec(address="ray://head:10001")):
+        pass
+
+
+def test_workers_get_the_keys_the_recipe_reads_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_KEY", "sk-secret-1")
+    monkeypatch.setenv("JUDGE_KEY", "sk-secret-2")
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setenv("UNRELATED", "no")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    recipe = load_recipe(
+        RECIPE,
+        [
+            "teacher.engine=openai",
+            "teacher.openai.api_key_env=MY_KEY",
+            "runtime.ray.env=[EXTRA]",
+            "curate.checks=[{type: llm_judge, model: {engine: openai, openai: {api_key_env: JUDGE_KEY}}}]",
+            "curate.score=llm_judge",
+        ],
+    )
+    monkeypatch.setenv("EXTRA", "1")
+    assert worker_env(recipe) == {"EXTRA": "1", "HF_TOKEN": "hf_x", "MY_KEY": "sk-secret-1", "JUDGE_KEY": "sk-secret-2"}
+    assert "127.0.0.1:8000" in (loopback_warning(recipe, nodes=2) or "")
+    assert loopback_warning(recipe, nodes=1) is None

@@ -32,7 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from synth import tables
-from synth.cluster import Worker
+from synth.cluster import Worker, refuse_stray_address
 from synth.curate.base import Context, Row, RowCheck, Verdict
 from synth.curate.checks.dedup import GroupCheck
 from synth.curate.checks.verifiers import PythonCheck, raised_on_every_row
@@ -226,6 +226,7 @@ def run_curate(
     recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None, console: Console | None = None
 ) -> CurateSummary:
     """Curate `run_dir/generations` into `run_dir/curated`; see the module docstring."""
+    refuse_stray_address(recipe.runtime)
     console = console or Console(stderr=True)
     gen_dir = run_dir / "generations"
     shard_set = ShardSet(gen_dir)
@@ -361,17 +362,16 @@ def _checked_on_ray(
 ) -> Iterator[CheckedShard]:
     """Row checks and dedup keys on a pool of Ray workers; results are handed on in shard order, so the
     global dedup and selection (here) see exactly what a local run sees."""
-    from synth.cluster import ActorPool, ray_session, replica_count, worker_gpus
+    from synth.cluster import ActorPool, node_resources, ray_session, replica_count, worker_env, worker_gpus
 
     spec = recipe.runtime.ray
     paths = shard_set.paths
     with ray_session(spec) as ray:
         resources = ray.cluster_resources()
         gpus = worker_gpus(recipe.runtime, None, 0, resources.get("GPU", 0))  # none unless runtime.ray.num_gpus
-        replicas = replica_count(spec, resources, gpus, len(paths))
-        pool = ActorPool(
-            ray, CurateWorker, (os.getcwd(), recipe, recipe_dir), replicas, spec.num_cpus, gpus, spec.max_restarts
-        )
+        replicas = replica_count(spec, node_resources(ray), gpus, len(paths))
+        args = (os.getcwd(), recipe, recipe_dir)
+        pool = ActorPool(ray, CurateWorker, args, replicas, spec.num_cpus, gpus, spec, worker_env(recipe))
         summary.workers = replicas
         try:
             shards = pool.map(
