@@ -54,7 +54,7 @@ def ray_session(spec: RaySpec) -> Iterator[Any]:
         return
     address = cluster_address(spec)
     if address != "local":
-        _check_reachable(address)
+        check_reachable(address)
     try:
         ray.init(
             address=address,
@@ -97,7 +97,7 @@ GRPC_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\
 PROBE_TIMEOUT_S = 5.0
 
 
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
     """Fail in seconds, not minutes, when no Ray head answers at a cluster's address: nothing
     listening (`ray.init` keeps retrying for a long time), or another server on that port (a web
     server there passes a plain port probe and `ray.init` then hung for over 600 s). A Ray head's GCS
