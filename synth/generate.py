@@ -12,8 +12,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from synth.progress import PlainProgress, progress
 from synth.prompts import load_prompts, teacher_view
 from synth.recipe import Recipe, dump_resolved, teacher_path
 from synth.records import SCHEMA, Completion, PromptItem, logprobs_problem, make_rows, rows_to_table
-from synth.shards import MANIFEST, ShardSet, shard_index, writer_lock
+from synth.shards import MANIFEST, WRITER_LOCK, ShardSet, only_writer, shard_index
 from synth.tables import key_values
 
 SEPARATE_RUN = "use another --run-dir, or delete that generations folder to start over"
@@ -339,27 +338,12 @@ def run_generate(
     console = console or Console(stderr=True)
     gen_dir = run_dir / "generations"
     gen_dir.mkdir(parents=True, exist_ok=True)
-    with _only_writer(gen_dir):
+    with only_writer(
+        gen_dir / WRITER_LOCK,
+        f"another `synth generate` is writing {gen_dir} right now",
+        "wait for it to finish (or stop it), or use another --run-dir",
+    ):
         return _run_generate(recipe, run_dir, gen_dir, recipe_dir, limit, console, engine, retry_failed)
-
-
-@contextmanager
-def _only_writer(gen_dir: Path) -> Iterator[None]:
-    """One `synth generate` per run folder at a time: two would write the same prompts twice."""
-    from filelock import Timeout
-
-    lock = writer_lock(gen_dir)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise UserError(
-            f"another `synth generate` is writing {gen_dir} right now",
-            "wait for it to finish (or stop it), or use another --run-dir",
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _run_generate(

@@ -73,14 +73,42 @@ def staging_folder(final: Path, tag: str | None = None) -> Path:
 
 
 def swap_in_folder(tmp: Path, final: Path) -> None:
-    """Replace the folder `final` by `tmp` with renames only, so `final` is never half-written."""
+    """Replace the folder `final` by `tmp` with renames only, so `final` is never half-written; `tmp`'s
+    files are flushed to disk first (fsync), so that after a power loss the renamed folder does not
+    hold empty or partial files."""
     import shutil
 
+    fsync_tree(tmp)
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
+    _fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under `folder` (what a rename then publishes is on disk)."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file() and not path.is_symlink():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def sweep_temp_files(folder: Path) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,23 @@ def writer_lock(gen_dir: Path) -> Any:
     from filelock import FileLock
 
     return FileLock(gen_dir / WRITER_LOCK)
+
+
+@contextmanager
+def only_writer(lock_file: Path, busy: str, hint: str) -> Iterator[None]:
+    """Hold the lock at `lock_file` for the block, or fail at once with `busy` (another process of the
+    same stage writes the same folder: two would overwrite or delete each other's work)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(lock_file)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(busy, hint) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 SHARD_GLOB = "shard-*.parquet"

@@ -429,6 +429,21 @@ def test_a_second_generate_on_the_same_run_is_refused(tmp_path: Path, server: An
     assert cli("synth", "generate", str(r), "--run-dir", str(run)).returncode == 0
 
 
+def test_a_second_curate_on_the_same_run_is_refused_and_deletes_nothing(tmp_path: Path, server: Any) -> None:
+    from filelock import FileLock
+
+    r = recipe(tmp_path, server.url("ok"))
+    run = tmp_path / "run"
+    assert cli("synth", "generate", str(r), "--run-dir", str(run)).returncode == 0
+    staging = run / ".curated.12345.tmp"  # what a running `synth curate` is writing
+    staging.mkdir()
+    with FileLock(run / ".curate.lock"):  # as a running `synth curate` holds it
+        fails_with(cli("synth", "curate", str(r), "--run-dir", str(run)), "another `synth curate`")
+    assert staging.is_dir()  # the first curate's work is still there
+    staging.rmdir()
+    assert cli("synth", "curate", str(r), "--run-dir", str(run)).returncode == 0
+
+
 def test_kept_parquet_of_foreign_types_is_named_by_sft_run(tmp_path: Path, server: Any) -> None:
     r = recipe(tmp_path, server.url("ok"))
     kept = tmp_path / "run" / "curated" / "kept.parquet"

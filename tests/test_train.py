@@ -205,6 +205,38 @@ def test_accelerate_launch_two_cpu_processes(tmp_path: Path) -> None:
     assert (run / "train/sft/final/adapter_config.json").is_file()
 
 
+@pytest.mark.slow
+def test_fsdp_config_two_processes_write_a_final_model_that_loads_and_resume(tmp_path: Path) -> None:
+    """The shipped FSDP config, on two CPU processes (gloo): final/ holds the whole model (gathered on
+    rank 0, FULL_STATE_DICT), which plain transformers loads; --resume finds the checkpoint it wrote."""
+    run = curated_run(tmp_path)
+    recipe(tmp_path, lora={"enabled": False}, max_steps=2, save_steps=1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DISTILLERY_THREADS": "1"}
+
+    def launch(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable, "-m", "accelerate.commands.launch",
+                "--config_file", str(ROOT / "recipes" / "accelerate" / "fsdp.yaml"),
+                "--num_processes", "2", "--mixed_precision", "no", "--cpu",
+                "-m", "sft.cli", "run", str(tmp_path / "r.yaml"), "--run-dir", str(run), *extra,
+            ],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
+        )  # fmt: skip
+
+    proc = launch()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+
+    final = run / "train" / "sft" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)  # the whole model, not only the tokenizer
+    assert sum(p.numel() for p in model.parameters()) > 100_000_000
+    proc = launch("--resume", "train.max_steps=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stdout + proc.stderr
+    assert json.loads((run / "train/sft/log.json").read_text())[-1]["step"] == 3
+
+
 def eval_recipe(tmp_path: Path, **eval_fields: object) -> Path:
     # three held-out prompts and one that SmolLM2 answers in a few tokens, so that both finish reasons
     # ("stop", "length") are judged whatever the samples

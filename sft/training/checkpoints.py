@@ -9,6 +9,7 @@ optimizer and scheduler archives), and the skipped folders are named.
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -144,5 +145,11 @@ def resume_from(out: Path, args: dict[str, Any]) -> tuple[Path, list[tuple[Path,
     """`resume_checkpoint` for the TRL args of this run."""
     # without an optimizer state (save_only_model, or DeepSpeed/FSDP, which store theirs elsewhere)
     # the weights and trainer_state.json are what a complete checkpoint must hold
-    with_optimizer = not (args.get("save_only_model") or args.get("deepspeed") or args.get("fsdp"))
+    with_optimizer = not (args.get("save_only_model") or args.get("deepspeed") or args.get("fsdp") or sharded_launch())
     return resume_checkpoint(out, with_optimizer)
+
+
+def sharded_launch() -> bool:
+    """Launched by `accelerate launch` with a DeepSpeed or FSDP config (recipes/accelerate/*.yaml): accelerate
+    says so to every process in its environment, and then the Trainer keeps no optimizer.pt either."""
+    return any(os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true" for name in ("DEEPSPEED", "FSDP"))

@@ -43,7 +43,7 @@ from synth.io import staging_folder, swap_in_folder
 from synth.progress import progress
 from synth.recipe import Recipe, behaviour_checks, dump_resolved
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA, completion_text
-from synth.shards import MANIFEST, ShardSet, writer_lock
+from synth.shards import MANIFEST, ShardSet, only_writer, writer_lock
 
 
 def _verdict_dict(name: str, v: Verdict) -> dict[str, Any]:
@@ -225,8 +225,23 @@ class Curator:
 def run_curate(
     recipe: Recipe, run_dir: Path, recipe_dir: Path | None = None, console: Console | None = None
 ) -> CurateSummary:
-    """Curate `run_dir/generations` into `run_dir/curated`; see the module docstring."""
+    """Curate `run_dir/generations` into `run_dir/curated`; see the module docstring. One `synth curate`
+    per run folder at a time: a second would delete the first's staging folder."""
     refuse_stray_address(recipe.runtime)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with only_writer(
+        run_dir / CURATE_LOCK,
+        f"another `synth curate` is writing {run_dir / 'curated'} right now",
+        "wait for it to finish (or stop it), then run `synth curate` again",
+    ):
+        return _run_curate(recipe, run_dir, recipe_dir, console)
+
+
+CURATE_LOCK = ".curate.lock"
+
+
+def _run_curate(recipe: Recipe, run_dir: Path, recipe_dir: Path | None, console: Console | None) -> CurateSummary:
+    """`run_curate` holding the run folder's curate lock."""
     console = console or Console(stderr=True)
     gen_dir = run_dir / "generations"
     shard_set = ShardSet(gen_dir)

@@ -81,7 +81,10 @@ class VLLMEngine(Engine):
         self._vllm = vllm
         self.llm = vllm.LLM(**args, **settings.engine_args)
         self.tokenizer = self.llm.get_tokenizer()
-        self.context = int(self.llm.model_config.max_model_len)
+        config = (
+            getattr(self.llm, "model_config", None) or self.llm.llm_engine.model_config
+        )  # older vLLM: no LLM.model_config
+        self.context = int(config.max_model_len)
 
     @property
     def vocab_size(self) -> int | None:
