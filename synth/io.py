@@ -52,6 +52,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a binary file atomically."""
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     """Write a parquet file atomically."""
     atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
@@ -96,19 +101,6 @@ def fsync_tree(folder: Path) -> None:
         elif path.is_dir():
             _fsync_dir(path)
     _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # a platform without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def sweep_temp_files(folder: Path) -> int:

@@ -74,6 +74,63 @@ def test_killed_curate_leaves_the_previous_output_whole(tmp_path: Path) -> None:
     assert not list(run.glob(".curated*"))  # ...which the next run sweeps away
 
 
+def test_a_killed_curate_resumes_without_checking_its_finished_shards_again(tmp_path: Path) -> None:
+    """A check's calls are what a judge would bill: after a kill, the shards already checked are
+    reused, the output is what an uninterrupted run writes, and the kept checks go once it is written."""
+    import shutil
+
+    run = _run(tmp_path)
+    fresh = tmp_path / "fresh"
+    shutil.copytree(run, fresh)
+    calls = tmp_path / "calls.txt"
+    (tmp_path / "counted.py").write_text(
+        "import os, signal\n"
+        f"CALLS = {str(calls)!r}\n"
+        "def check(row):\n"
+        "    with open(CALLS, 'a') as f:\n        f.write('x')\n"
+        "    if os.environ.get('KILL_AT') and os.path.getsize(CALLS) == int(os.environ['KILL_AT']):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return True\n"
+    )
+    (tmp_path / "k.yaml").write_text(recipe_text([*CHECKS, {"type": "python", "function": "counted:check"}]))
+
+    def curate(folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "synth.cli", "curate", str(tmp_path / "k.yaml"), "--run-dir", str(folder)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            env={"PYTHONPATH": f"{ROOT}:{tmp_path}", "PATH": "/usr/bin:/bin", **env},
+        )  # fmt: skip
+
+    # 6 shards, 2 rows each reach the python check; killed at its 7th call, in the 4th shard
+    assert curate(run, KILL_AT="7").returncode == -signal.SIGKILL
+    assert list((run / ".curate-cache").rglob("*.pkl"))
+    done = curate(run)
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text() == "x" * (7 + 6)  # the rerun checked only the last 3 shards' 6 rows
+    assert "reused the checks of 3 shard(s)" in done.stderr + done.stdout
+    assert not (run / ".curate-cache").exists()
+    calls.unlink()
+    assert curate(fresh).returncode == 0 and calls.read_text() == "x" * 12
+    for name in ("kept.parquet", "rejected.parquet"):
+        assert (run / "curated" / name).read_bytes() == (fresh / "curated" / name).read_bytes()
+
+
+def test_kept_checks_are_not_reused_once_the_checks_change(tmp_path: Path) -> None:
+    from synth.curate.cache import CheckedCache
+
+    run = _run(tmp_path)
+    (tmp_path / "a.yaml").write_text(recipe_text(CHECKS))
+    (tmp_path / "b.yaml").write_text(recipe_text([*CHECKS[:1], {"type": "length", "min_chars": 4}, *CHECKS[2:]]))
+    a, b = load_recipe(tmp_path / "a.yaml"), load_recipe(tmp_path / "b.yaml")
+    shard = sorted((run / "generations").glob("*.parquet"))[0]
+    CheckedCache(run, a, tmp_path).put(shard, {"checked": "with a"})
+    assert CheckedCache(run, a, tmp_path).get(shard) == {"checked": "with a"}
+    assert CheckedCache(run, b, tmp_path).get(shard) is None  # and a's folder is swept as stale
+    assert CheckedCache(run, a, tmp_path).get(shard) is None
+    run_curate(b, run)
+    assert (run / "curated" / "kept.parquet").is_file()
+
+
 @pytest.mark.slow
 def test_cli_generate_then_curate_feeds_trl_sft(tmp_path: Path) -> None:
     run = tmp_path / "run"

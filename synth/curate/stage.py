@@ -34,6 +34,7 @@ from rich.table import Table
 from synth import tables
 from synth.cluster import Worker, refuse_stray_address
 from synth.curate.base import Context, Row, RowCheck, Verdict
+from synth.curate.cache import CheckedCache
 from synth.curate.checks.dedup import GroupCheck
 from synth.curate.checks.verifiers import PythonCheck, raised_on_every_row
 from synth.curate.config import CurateSpec
@@ -254,6 +255,7 @@ def _run_curate(recipe: Recipe, run_dir: Path, recipe_dir: Path | None, console:
     for stale in run_dir.glob(".curated*"):
         shutil.rmtree(stale, ignore_errors=True)
     start = time.perf_counter()
+    cache = CheckedCache(run_dir, recipe, recipe_dir)
     curator = Curator(recipe)
     summary = CurateSummary(run_dir, score_name=curator.score_name, stats=curator.stats)
     tmp = staging_folder(run_dir / "curated")  # also removes what a killed curate left
@@ -262,7 +264,7 @@ def _run_curate(recipe: Recipe, run_dir: Path, recipe_dir: Path | None, console:
     try:
         with progress(console, unit="shards", eta=False) as bar:  # plain lines when the output is a log
             task = bar.add_task("curating", total=len(shard_set.paths), rows=0)
-            for i, shard in enumerate(_checked_shards(recipe, recipe_dir, shard_set, summary)):
+            for i, shard in enumerate(_checked_shards(recipe, recipe_dir, shard_set, summary, cache)):
                 summary.rows_in += shard.table.num_rows
                 curator.absorb(shard)
                 pq.write_table(shard.table, work / f"part-{i:05d}.parquet")
@@ -276,8 +278,11 @@ def _run_curate(recipe: Recipe, run_dir: Path, recipe_dir: Path | None, console:
         dump_resolved(recipe, tmp / "recipe.resolved.yaml")
         write_reports(tmp, summary, curator.kept_per_prompt, curator.spec.select.model_dump())
         swap_in_folder(tmp, run_dir / "curated")
+        cache.clear()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if cache.reused:
+        console.print(f"reused the checks of {cache.reused} shard(s) from an unfinished run", highlight=False)
     if summary.rows_in and not summary.kept:
         raise UserError(*_nothing_kept(recipe, summary))
     return summary
@@ -348,18 +353,25 @@ def _nothing_kept(recipe: Recipe, summary: CurateSummary) -> tuple[str, str]:
 
 
 def _checked_shards(
-    recipe: Recipe, recipe_dir: Path | None, shard_set: ShardSet, summary: CurateSummary
+    recipe: Recipe, recipe_dir: Path | None, shard_set: ShardSet, summary: CurateSummary, cache: CheckedCache
 ) -> Iterator[CheckedShard]:
-    """Each shard after the row checks, in shard order: checked here, or on Ray workers (`runtime.executor`)."""
+    """Each shard after the row checks, in shard order: kept from an unfinished run (`cache`), or
+    checked here or on Ray workers (`runtime.executor`), then kept."""
     if recipe.runtime.executor == "ray":
-        yield from _checked_on_ray(recipe, recipe_dir, shard_set, summary)
+        yield from _checked_on_ray(recipe, recipe_dir, shard_set, summary, cache)
         return
-    checker = ShardChecker(recipe, recipe_dir)
+    checker: ShardChecker | None = None  # set up (models loaded) at the first shard not kept
     try:
-        for _, table in shard_set.tables():
-            yield checker.check(table)
+        for path, table in shard_set.tables():
+            shard = cache.get(path)
+            if shard is None:
+                checker = checker or ShardChecker(recipe, recipe_dir)
+                shard = checker.check(table)
+                cache.put(path, shard)
+            yield shard
     finally:
-        checker.close()
+        if checker is not None:
+            checker.close()
 
 
 class CurateWorker(Worker):
@@ -368,35 +380,48 @@ class CurateWorker(Worker):
     def build(self, recipe: Recipe, recipe_dir: Path | None) -> ShardChecker:
         return ShardChecker(recipe, recipe_dir)
 
-    def check(self, table: pa.Table) -> CheckedShard:
-        return self.tool.check(table)
+    def check(self, table: pa.Table | None) -> CheckedShard | None:
+        """The checked shard; None for None (a shard the driver kept from an unfinished run)."""
+        return None if table is None else self.tool.check(table)
 
 
 def _checked_on_ray(
-    recipe: Recipe, recipe_dir: Path | None, shard_set: ShardSet, summary: CurateSummary
+    recipe: Recipe, recipe_dir: Path | None, shard_set: ShardSet, summary: CurateSummary, cache: CheckedCache
 ) -> Iterator[CheckedShard]:
     """Row checks and dedup keys on a pool of Ray workers; results are handed on in shard order, so the
-    global dedup and selection (here) see exactly what a local run sees."""
+    global dedup and selection (here) see exactly what a local run sees. A shard kept from an unfinished
+    run is not sent to a worker (its payload is None) but read from `cache`; one whose kept file turns
+    out unreadable is checked here."""
     from synth.cluster import ActorPool, node_resources, ray_session, replica_count, worker_env, worker_gpus
 
     spec = recipe.runtime.ray
     paths = shard_set.paths
+    kept = {p for p in paths if cache.has(p)}
     with ray_session(spec) as ray:
         resources = ray.cluster_resources()
         gpus = worker_gpus(recipe.runtime, None, 0, resources.get("GPU", 0))  # none unless runtime.ray.num_gpus
-        replicas = replica_count(spec, node_resources(ray), gpus, len(paths))
+        replicas = replica_count(spec, node_resources(ray), gpus, max(1, len(paths) - len(kept)))
         args = (os.getcwd(), recipe, recipe_dir)
         pool = ActorPool(ray, CurateWorker, args, replicas, spec.num_cpus, gpus, spec, worker_env(recipe))
         summary.workers = replicas
+        here: ShardChecker | None = None
         try:
-            shards = pool.map(
-                "check", len(paths), lambda i: shard_set.rows(paths[i]), lambda i: str(paths[i]), ordered=True
-            )
-            for _, shard in shards:
+            payload = lambda i: None if paths[i] in kept else shard_set.rows(paths[i])  # noqa: E731
+            for i, shard in pool.map("check", len(paths), payload, lambda i: str(paths[i]), ordered=True):
+                if shard is None:  # kept from an unfinished run
+                    shard = cache.get(paths[i])
+                    if shard is not None:
+                        yield shard
+                        continue
+                    here = here or ShardChecker(recipe, recipe_dir)
+                    shard = here.check(shard_set.rows(paths[i]))
+                cache.put(paths[i], shard)
                 yield shard
         finally:
             summary.shards_redone = pool.redone
             pool.close()
+            if here is not None:
+                here.close()
 
 
 CHECKED_COLUMNS = [
