@@ -229,7 +229,12 @@ class _Batch:
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
         kwargs = {self.cache_arg: cache}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **kwargs)
+        # The last position only. For a prefill (several positions) as an index tensor, not the int 1:
+        # transformers slices the hidden states with it, and an int gives a strided view, on which a
+        # bf16 CPU linear with a frozen weight (a LoRA's base, an eval model) allocated ~1.6 GB at
+        # 32 x 60 tokens; an index tensor gathers a contiguous copy first.
+        keep: int | torch.Tensor = 1 if ids.shape[1] == 1 else torch.tensor([ids.shape[1] - 1], device=ids.device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, **kwargs)
         return out.logits[:, -1, :]
 
     def admit(self, prompts: list[list[int]], keys: list[tuple[int, int]], generators: list[torch.Generator]) -> None:
