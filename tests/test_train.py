@@ -20,7 +20,7 @@ from synth.curate.stage import run_curate
 from synth.errors import UserError
 from synth.recipe import load_recipe
 from synth.records import Completion, PromptItem, make_rows, prompt_id_for
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_llama
 from tests.curate_helpers import TEACHER, write_run
 
 SYSTEM = {"role": "system", "content": "Always answer in French."}
@@ -205,38 +205,6 @@ def test_accelerate_launch_two_cpu_processes(tmp_path: Path) -> None:
     assert (run / "train/sft/final/adapter_config.json").is_file()
 
 
-@pytest.mark.slow
-def test_fsdp_config_two_processes_write_a_final_model_that_loads_and_resume(tmp_path: Path) -> None:
-    """The shipped FSDP config, on two CPU processes (gloo): final/ holds the whole model (gathered on
-    rank 0, FULL_STATE_DICT), which plain transformers loads; --resume finds the checkpoint it wrote."""
-    run = curated_run(tmp_path)
-    recipe(tmp_path, lora={"enabled": False}, max_steps=2, save_steps=1)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DISTILLERY_THREADS": "1"}
-
-    def launch(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable, "-m", "accelerate.commands.launch",
-                "--config_file", str(ROOT / "recipes" / "accelerate" / "fsdp.yaml"),
-                "--num_processes", "2", "--mixed_precision", "no", "--cpu",
-                "-m", "sft.cli", "run", str(tmp_path / "r.yaml"), "--run-dir", str(run), *extra,
-            ],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
-        )  # fmt: skip
-
-    proc = launch()
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    from transformers import AutoModelForCausalLM
-
-    final = run / "train" / "sft" / "final"
-    model = AutoModelForCausalLM.from_pretrained(final)  # the whole model, not only the tokenizer
-    assert sum(p.numel() for p in model.parameters()) > 100_000_000
-    proc = launch("--resume", "train.max_steps=3")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resuming from" in proc.stdout + proc.stderr
-    assert json.loads((run / "train/sft/log.json").read_text())[-1]["step"] == 3
-
-
 def eval_recipe(tmp_path: Path, **eval_fields: object) -> Path:
     # three held-out prompts and one that SmolLM2 answers in a few tokens, so that both finish reasons
     # ("stop", "length") are judged whatever the samples
@@ -370,6 +338,31 @@ def test_shipped_accelerate_configs_parse() -> None:
     for path in sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")):
         config = load_config_from_file(str(path))
         assert config.num_processes >= 2, path
+    fsdp = load_config_from_file(str(ROOT / "recipes" / "accelerate" / "fsdp.yaml"))
+    # transformers' Trainer.save_model writes weights under FSDP only for a full state dict
+    assert fsdp.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    deepspeed = load_config_from_file(str(ROOT / "recipes" / "accelerate" / "deepspeed-zero2.yaml"))
+    # a fixed value here overrides the recipe's train.gradient_accumulation_steps and fails at start
+    assert "gradient_accumulation_steps" not in deepspeed.deepspeed_config
+
+
+def test_resume_under_an_accelerate_fsdp_or_deepspeed_launch_needs_no_optimizer_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sft.training.checkpoints import resume_from
+
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    tiny_llama(32, 1).save_pretrained(checkpoint)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    with pytest.raises(UserError, match="no optimizer.pt"):  # a plain run: a checkpoint without it was cut short
+        resume_from(tmp_path, {})
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.setenv(name, "true")  # what `accelerate launch` sets for those configs
+        assert resume_from(tmp_path, {}) == (checkpoint, [])
+        monkeypatch.delenv(name)
 
 
 @pytest.mark.slow
