@@ -357,7 +357,7 @@ def test_resume_under_an_accelerate_fsdp_or_deepspeed_launch_needs_no_optimizer_
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
-    with pytest.raises(UserError, match="no optimizer.pt"):  # a plain run: a checkpoint without it was cut short
+    with pytest.raises(UserError, match=r"no optimizer\.pt"):  # a plain run: a checkpoint without it was cut short
         resume_from(tmp_path, {})
     for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
         monkeypatch.setenv(name, "true")  # what `accelerate launch` sets for those configs
