@@ -31,7 +31,9 @@ class EchoWorker(Worker):
         if payload == "raise":
             raise ValueError("no such temperature")
         if payload == "hang" and not Path(self.tool).exists():
-            Path(self.tool).touch()
+            import ray
+
+            Path(self.tool).write_text(ray.get_runtime_context().get_node_id())  # where it hangs
             time.sleep(600)
         return payload.upper()
 
