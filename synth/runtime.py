@@ -52,7 +52,7 @@ def bf16_is_fast(device: str) -> bool:
         return False
     try:
         caps = torch.cpu.get_capabilities()
-    except (AttributeError, RuntimeError):  # torch older than 2.8 has no capability list
+    except (AttributeError, RuntimeError):  # a torch without torch.cpu.get_capabilities
         return False
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 

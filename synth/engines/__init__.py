@@ -10,14 +10,7 @@ from synth.specs import TeacherSpec
 if TYPE_CHECKING:  # the recipe's curate section imports the judge check, which runs an engine
     from synth.recipe import Recipe
 
-__all__ = [
-    "Engine",
-    "SamplingParams",
-    "build_engine",
-    "build_engine_for",
-    "sampling_params",
-    "teacher_provenance",
-]
+__all__ = ["Engine", "SamplingParams", "build_engine", "build_engine_for", "sampling_params", "teacher_provenance"]
 
 
 def sampling_params(recipe: Recipe) -> SamplingParams:
