@@ -367,12 +367,12 @@ class ActorPool:
             ref, timed_out = self._next_done(busy, sent_at)
             actor, i = busy.pop(ref)
             sent_at.pop(ref, None)
+            what = describe(i) if i is not None else "a restarted Ray worker"
             try:
                 if timed_out:
                     raise ShardTimeout(f"no result after {self.shard_timeout_s:g} s (runtime.ray.shard_timeout_s)")
                 result = self.ray.get(ref)
             except (ActorUnschedulableError, RuntimeEnvSetupError) as exc:  # retrying cannot help
-                what = describe(i) if i is not None else "a restarted Ray worker"
                 raise UserError(
                     f"{what}: {type(exc).__name__}: {first_line(exc, 200)}",
                     "see the worker logs (ray logs); a runtime environment must install on every node, and a "
@@ -401,7 +401,6 @@ class ActorPool:
             except RayTaskError as exc:
                 if isinstance(exc.cause, UserError):
                     raise exc.cause from None
-                what = describe(i) if i is not None else "a restarted Ray worker"
                 cause = exc.cause if exc.cause is not None else exc
                 raise UserError(
                     f"{what}: its worker raised {type(cause).__name__}: {first_line(cause, 200)}",

@@ -14,7 +14,6 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
@@ -24,13 +23,6 @@ from synth.records import SCHEMA, stored_teacher
 
 MANIFEST = "_manifest.json"  # generations/_manifest.json: what the shards hold, rewritten after each
 WRITER_LOCK = ".generate.lock"  # held by the one `synth generate` writing a generations folder
-
-
-def writer_lock(gen_dir: Path) -> Any:
-    """The lock `synth generate` holds on `gen_dir` while it writes (curate tries it to know)."""
-    from filelock import FileLock
-
-    return FileLock(gen_dir / WRITER_LOCK)
 
 
 @contextmanager

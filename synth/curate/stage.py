@@ -44,7 +44,7 @@ from synth.io import staging_folder, swap_in_folder
 from synth.progress import progress
 from synth.recipe import Recipe, behaviour_checks, dump_resolved
 from synth.records import KEPT_SCHEMA, REJECTED_SCHEMA, completion_text
-from synth.shards import MANIFEST, ShardSet, only_writer, writer_lock
+from synth.shards import MANIFEST, WRITER_LOCK, ShardSet, only_writer
 
 
 def _verdict_dict(name: str, v: Verdict) -> dict[str, Any]:
@@ -302,17 +302,12 @@ def _unfinished(gen_dir: Path) -> str | None:
     """Why the generations may not be all there is: `synth generate` is writing them right now (its lock
     is held), or its manifest says prompts are still missing (an interrupted run; a `--limit` run counts
     the limited prompts as the source, so curating it says nothing)."""
-    from filelock import Timeout
-
-    lock = writer_lock(gen_dir)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise UserError(
-            f"`synth generate` is writing {gen_dir} right now: curating now would miss its newest rows",
-            "wait for it to finish, then run `synth curate` again",
-        ) from None
-    lock.release()
+    with only_writer(
+        gen_dir / WRITER_LOCK,
+        f"`synth generate` is writing {gen_dir} right now: curating now would miss its newest rows",
+        "wait for it to finish, then run `synth curate` again",
+    ):
+        pass  # only whether it is free
     manifest = gen_dir / MANIFEST
     try:
         info = json.loads(manifest.read_text(encoding="utf-8"))
