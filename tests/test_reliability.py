@@ -435,6 +435,8 @@ def test_a_second_curate_on_the_same_run_is_refused_and_deletes_nothing(tmp_path
     r = recipe(tmp_path, server.url("ok"))
     run = tmp_path / "run"
     assert cli("synth", "generate", str(r), "--run-dir", str(run)).returncode == 0
+    with FileLock(run / "generations" / ".generate.lock"):  # a `synth generate` still writing
+        fails_with(cli("synth", "curate", str(r), "--run-dir", str(run)), "`synth generate` is writing")
     staging = run / ".curated.12345.tmp"  # what a running `synth curate` is writing
     staging.mkdir()
     with FileLock(run / ".curate.lock"):  # as a running `synth curate` holds it
