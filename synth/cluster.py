@@ -253,11 +253,15 @@ class ShardTimeout(Exception):
 
 
 class ActorPool:
-    """Replicas of one worker class, each built once; payloads go to whichever replica is idle.
+    """Replicas of one worker class, each built once; payloads go to the least busy replica.
 
     The worker class is a `Worker` subclass with the method named in `map`; its args start with the
-    driver's working folder and the recipe. Ray restarts a killed replica (`max_restarts`); its payload is sent
-    again, at most `MAX_ATTEMPTS` times in all.
+    driver's working folder and the recipe. Each replica gets up to `runtime.ray.shards_in_flight`
+    payloads at once: with `concurrency` 1 (the default) Ray runs them one after the other, so the next
+    payload starts the moment one ends instead of after the driver's round trip; a worker whose tool
+    is thread-safe (a vLLM or server teacher) runs up to `concurrency` of them together. Ray restarts a
+    killed replica (`max_restarts`); its payloads are sent again, and the one it was running when it
+    died counts an attempt (at most `MAX_ATTEMPTS` in all).
     """
 
     def __init__(
@@ -270,16 +274,19 @@ class ActorPool:
         num_gpus: float,
         spec: RaySpec,
         env: dict[str, str] | None = None,
+        concurrency: int = 1,
     ) -> None:
         from ray.exceptions import GetTimeoutError, RayError
 
         self.ray = ray
         self.shard_timeout_s, self.start_timeout_s = spec.shard_timeout_s, spec.start_timeout_s
+        self.depth, self.concurrency = spec.shards_in_flight, max(1, concurrency)
         remote = ray.remote(worker).options(
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             max_restarts=spec.max_restarts,
             max_task_retries=0,
+            max_concurrency=self.concurrency,
             runtime_env={"env_vars": env} if env else None,
         )
         self.actors = [remote.remote(*args) for _ in range(replicas)]
@@ -320,8 +327,8 @@ class ActorPool:
         """(i, result) for payloads 0..count-1. `payload(i)` is built when it is sent (a shard is read
         only then, and again if its worker died); `describe(i)` names it in errors.
 
-        Results come as they finish, or with `ordered` in index order; then no payload more than two
-        per replica ahead of the next one due is sent, so few results wait in memory.
+        Results come as they finish, or with `ordered` in index order; then no payload more than
+        `shards_in_flight + 1` per replica ahead of the next one due is sent, so few results wait in memory.
         A replica whose call failed because Ray is restarting it is probed with `ready` until it
         answers (calls to a restarting actor fail at once), and only then gets work again; one that
         is dead for good, or silent for runtime.ray.start_timeout_s (its model reloads), gets no more work.
@@ -341,32 +348,36 @@ class ActorPool:
         # the worker (or its node) is gone or being restarted: the payload is sent again
         died = (RayActorError, ObjectLostError, OutOfMemoryError, NodeDiedError, WorkerCrashedError, ShardTimeout)
         pending = deque(range(count))
-        attempts = [0] * count
-        busy: dict[Any, tuple[int, int | None]] = {}  # call -> (replica, payload index; None for a probe)
-        sent_at: dict[Any, float] = {}  # payload call -> when it was sent (for runtime.ray.shard_timeout_s)
-        idle = list(range(len(self.actors)))
+        deaths = [0] * count  # times a worker died (or hung) while running this payload
+        self._flight: dict[Any, tuple[int, int, float]] = {}  # payload call -> (replica, index, when sent)
+        probes: dict[Any, int] = {}  # `ready` call -> replica being restarted
+        load = [0] * len(self.actors)  # payload calls in flight per replica
+        self._last_done = [0.0] * len(self.actors)  # when each replica last returned a payload
         down_since: dict[int, float] = {}  # replica -> when a call to it first failed
         done: dict[int, Any] = {}  # results waiting for their turn (ordered)
         due = 0  # the next index to hand on (ordered)
-        window = 2 * len(self.actors)
+        window = (self.depth + 1) * len(self.actors)
 
-        def in_flight() -> int:
-            return sum(i is not None for _, i in busy.values())
-
-        while pending or in_flight():
-            while pending and idle and (not ordered or pending[0] < due + window):
-                actor, i = idle.pop(), pending.popleft()
-                attempts[i] += 1
+        while pending or self._flight:
+            while pending and (not ordered or pending[0] < due + window):
+                free = [a for a in range(len(self.actors)) if a not in down_since and load[a] < self.depth]
+                if not free:
+                    break
+                actor, i = min(free, key=load.__getitem__), pending.popleft()
                 call = getattr(self.actors[actor], method).remote(payload(i))
-                busy[call], sent_at[call] = (actor, i), time.monotonic()
-            if not busy:
+                self._flight[call] = (actor, i, time.monotonic())
+                load[actor] += 1
+            if not self._flight and not probes:
                 raise UserError(
                     f"every Ray worker is gone; {len(pending)} shard(s) were not done",
                     "see the worker logs (ray logs), then run the same command again: finished shards are kept",
                 )
-            ref, timed_out = self._next_done(busy, sent_at)
-            actor, i = busy.pop(ref)
-            sent_at.pop(ref, None)
+            ref, timed_out = self._next_done([*self._flight, *probes])
+            if ref in probes:
+                actor, i, sent = probes.pop(ref), None, 0.0
+            else:
+                actor, i, sent = self._flight.pop(ref)
+                load[actor] -= 1
             what = describe(i) if i is not None else "a restarted Ray worker"
             try:
                 if timed_out:
@@ -380,23 +391,32 @@ class ActorPool:
                 ) from None
             except died as exc:
                 if i is not None:
-                    if attempts[i] >= MAX_ATTEMPTS:
-                        raise UserError(
-                            f"{describe(i)}: its Ray worker died {attempts[i]} times ({first_line(exc, 200)})",
-                            "look for out-of-memory kills in the worker logs (ray logs), lower generate.batch_size "
-                            "or generate.prompts_per_shard, then run the same command again: finished shards are kept",
-                        ) from None
+                    if actor not in down_since or isinstance(exc, ObjectLostError):
+                        # the first failure seen of a replica charges the payload it was running: the one
+                        # that timed out, else its oldest call (the others were waiting behind it)
+                        charged = i if timed_out else self._oldest(actor, sent, i)
+                        deaths[charged] += 1
+                        if deaths[charged] >= MAX_ATTEMPTS:
+                            raise UserError(
+                                f"{describe(charged)}: its Ray worker died {deaths[charged]} times "
+                                f"({first_line(exc, 200)})",
+                                "look for out-of-memory kills in the worker logs (ray logs), lower "
+                                "generate.batch_size or generate.prompts_per_shard, then run the same command "
+                                "again: finished shards are kept",
+                            ) from None
                     self.redone += 1
                     pending.appendleft(i)
                 if isinstance(exc, ObjectLostError):  # the result was lost (its node), not the worker
-                    idle.append(actor)
                     continue
+                first = actor not in down_since
                 down_since.setdefault(actor, time.monotonic())
                 # a probe told "died" (not "restarting") means for good: restarts used up, node gone
                 gone = i is None and isinstance(exc, ActorDiedError)
-                if not gone and time.monotonic() - down_since[actor] < self.start_timeout_s and pending:
-                    time.sleep(PROBE_S)  # Ray is restarting it: ask again shortly
-                    busy[self.actors[actor].ready.remote()] = (actor, None)
+                recent = time.monotonic() - down_since[actor] < self.start_timeout_s
+                if (first or i is None) and not gone and recent and (pending or self._flight):
+                    if i is None:
+                        time.sleep(PROBE_S)  # Ray is restarting it: ask again shortly
+                    probes[self.actors[actor].ready.remote()] = actor
                 continue
             except RayTaskError as exc:
                 if isinstance(exc.cause, UserError):
@@ -407,12 +427,12 @@ class ActorPool:
                     "see the worker logs (ray logs); finished shards are kept, so the same command goes on "
                     "from here once that is fixed",
                 ) from None
-            if i is None and result:  # the restarted replica's set-up failed
-                raise UserError(*result)
-            down_since.pop(actor, None)
-            idle.append(actor)
             if i is None:
+                if result:  # the restarted replica's set-up failed
+                    raise UserError(*result)
+                down_since.pop(actor, None)
                 continue
+            self._last_done[actor] = time.monotonic()
             if not ordered:
                 yield i, result
                 continue
@@ -421,17 +441,33 @@ class ActorPool:
                 yield due, done.pop(due)
                 due += 1
 
-    def _next_done(self, busy: dict[Any, tuple[int, int | None]], sent_at: dict[Any, float]) -> tuple[Any, bool]:
-        """The next finished call, or (call, True) for a payload call past runtime.ray.shard_timeout_s,
-        whose worker is then killed for Ray to restart (a hung engine holds its GPUs, never answers)."""
+    def _oldest(self, actor: int, sent: float, i: int) -> int:
+        """The payload a replica was running when a call to it failed: its oldest call in flight (the
+        failed call, sent at `sent` with payload `i`, is no longer in the flight table)."""
+        return min([(sent, i), *((t, j) for a, j, t in self._flight.values() if a == actor)])[1]
+
+    def _next_done(self, calls: list[Any]) -> tuple[Any, bool]:
+        """The next finished call, or (call, True) for a payload call running longer than
+        runtime.ray.shard_timeout_s, whose worker is then killed for Ray to restart (a hung engine
+        holds its GPUs, never answers). A replica that runs one call at a time runs its oldest; the
+        clock of each other call starts when the one before it returned."""
         while True:
-            ready, _ = self.ray.wait(list(busy), num_returns=1, timeout=1.0)
+            ready, _ = self.ray.wait(calls, num_returns=1, timeout=1.0)
             if ready:
                 return ready[0], False
+            running: dict[Any, tuple[int, float]] = {}  # call -> (replica, when it started running)
+            oldest: dict[int, tuple[float, Any]] = {}
+            for call, (actor, _, sent) in self._flight.items():
+                if self.concurrency > 1:
+                    running[call] = (actor, sent)
+                elif actor not in oldest or sent < oldest[actor][0]:
+                    oldest[actor] = (sent, call)
+            for actor, (sent, call) in oldest.items():
+                running[call] = (actor, max(sent, self._last_done[actor]))
             now = time.monotonic()
-            for call, started in sent_at.items():
+            for call, (actor, started) in running.items():
                 if now - started > self.shard_timeout_s:
-                    self.ray.kill(self.actors[busy[call][0]], no_restart=False)
+                    self.ray.kill(self.actors[actor], no_restart=False)
                     return call, True
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 from synth.cluster import Worker, refuse_stray_address
-from synth.engines import Engine, SamplingParams, build_engine, sampling_params, teacher_provenance
+from synth.engines import (
+    Engine,
+    SamplingParams,
+    build_engine,
+    runs_calls_together,
+    sampling_params,
+    teacher_provenance,
+)
 from synth.engines.base import ProgressFn
 from synth.errors import UserError, first_line
 from synth.io import atomic_write_parquet, atomic_write_text, read_parquet, sweep_temp_files
@@ -469,18 +477,22 @@ class GenerateWorker(Worker):
 
     def build(self, recipe: Recipe) -> Engine:
         self.recipe = recipe
+        self.rebuilding = threading.Lock()  # shards in flight together may see one engine die at once
         return build_engine(recipe)
 
     def shard(self, job: tuple[list[PromptItem], SamplingParams, dict[str, Any], str]) -> ShardResult:
+        engine = self.tool
         try:
-            return generate_shard(self.tool, *job)
+            return generate_shard(engine, *job)
         except UserError:
             raise
         except Exception as exc:  # any engine failure becomes the shard's row errors
             reason = f"the teacher engine on a Ray worker raised {type(exc).__name__}: {first_line(exc, 300)}"
             if engine_died(exc):
-                self.tool.close()
-                self.tool = build_engine(self.recipe)
+                with self.rebuilding:
+                    if self.tool is engine:  # not yet rebuilt by another shard that saw it die
+                        engine.close()
+                        self.tool = build_engine(self.recipe)
                 reason += " (the engine was built again)"
             return failed_shard(*job, reason)
 
@@ -531,8 +543,17 @@ def _on_ray(
         nodes = node_resources(ray)
         if warning := loopback_warning(recipe, len(nodes)):
             console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        together = spec.shards_in_flight if runs_calls_together(recipe.teacher.engine) else 1
         pool = ActorPool(
-            ray, GenerateWorker, (os.getcwd(), recipe), replicas, spec.num_cpus, gpus, spec, worker_env(recipe)
+            ray,
+            GenerateWorker,
+            (os.getcwd(), recipe),
+            replicas,
+            spec.num_cpus,
+            gpus,
+            spec,
+            worker_env(recipe),
+            together,
         )
         summary.workers = replicas
         try:

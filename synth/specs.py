@@ -46,6 +46,13 @@ class RaySpec(Strict):
     shard_timeout_s: float = Field(
         3600, gt=0, description="seconds one shard may take on a worker, then it is restarted and the shard redone"
     )
+    shards_in_flight: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="shards sent to each worker at once: the next waits on the worker while one runs, so it "
+        "never idles while the driver writes; a vLLM or server teacher runs them together (one batch)",
+    )
 
 
 class RuntimeSpec(Strict):

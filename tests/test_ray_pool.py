@@ -40,6 +40,93 @@ def _pool(ray: Any, marker: Path, **spec: Any) -> ActorPool:
     return ActorPool(ray, EchoWorker, (".", load_recipe(RECIPE), str(marker)), 2, 1, 0, RaySpec(**spec))
 
 
+class TimedWorker(Worker):
+    """Sleeps for its payload's seconds and says when it ran; "die" ends its process on the first try."""
+
+    def build(self, recipe: Any, marker: str) -> str:
+        return marker
+
+    def work(self, payload: tuple[str, float]) -> tuple[str, float, float]:
+        import os
+
+        name, seconds = payload
+        if name == "die" and not Path(self.tool).exists():
+            Path(self.tool).touch()
+            os._exit(1)
+        start = time.time()
+        time.sleep(seconds)
+        return name, start, time.time()
+
+
+def _timed(ray: Any, marker: Path, replicas: int = 1, concurrency: int = 1, **spec: Any) -> ActorPool:
+    args = (".", load_recipe(RECIPE), str(marker))
+    return ActorPool(ray, TimedWorker, args, replicas, 0.5, 0, RaySpec(**spec), concurrency=concurrency)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_the_next_shard_runs_while_the_driver_handles_the_last(ray_cluster: str, tmp_path: Path, depth: int) -> None:
+    """Two shards in flight per worker: the worker starts shard k+1 the moment shard k ends, not after
+    the driver has written k's result (here a 2 s write); with one in flight it idles meanwhile."""
+    import ray
+
+    pool = _timed(ray, tmp_path / "marker", shards_in_flight=depth)
+    payloads = [(f"s{i}", 0.3) for i in range(4)]
+    handled: dict[int, float] = {}
+    runs: dict[int, tuple[str, float, float]] = {}
+    try:
+        for i, result in pool.map("work", 4, payloads.__getitem__, lambda i: f"shard {i}", ordered=True):
+            runs[i] = result
+            time.sleep(2.0)  # the driver writes the shard
+            handled[i] = time.time()
+    finally:
+        pool.close()
+    started_before_handled = [runs[k + 1][1] < handled[k] - 1.0 for k in range(3)]
+    assert started_before_handled == [depth > 1] * 3
+
+
+def test_a_waiting_shards_clock_starts_when_it_runs(ray_cluster: str, tmp_path: Path) -> None:
+    """runtime.ray.shard_timeout_s counts from when a shard starts on its worker, not from when it was
+    queued there: three 2 s shards, two in flight on one worker, 3 s deadline: none is redone."""
+    import ray
+
+    pool = _timed(ray, tmp_path / "marker", shards_in_flight=2, shard_timeout_s=3)
+    payloads = [(f"s{i}", 2.0) for i in range(3)]
+    try:
+        got = dict(pool.map("work", 3, payloads.__getitem__, lambda i: f"shard {i}"))
+    finally:
+        pool.close()
+    assert sorted(got) == [0, 1, 2] and pool.redone == 0
+
+
+def test_shards_run_together_on_a_concurrent_worker(ray_cluster: str, tmp_path: Path) -> None:
+    """A worker whose tool takes calls from several threads (a vLLM or server teacher) runs its shards
+    in flight at the same time."""
+    import ray
+
+    pool = _timed(ray, tmp_path / "marker", concurrency=2, shards_in_flight=2)
+    payloads = [("a", 1.5), ("b", 1.5)]
+    try:
+        (_, a0, a1), (_, b0, b1) = (r for _, r in pool.map("work", 2, payloads.__getitem__, str, ordered=True))
+    finally:
+        pool.close()
+    assert max(a0, b0) < min(a1, b1)  # the two runs overlap
+
+
+def test_a_dead_workers_waiting_shard_is_redone_too(ray_cluster: str, tmp_path: Path) -> None:
+    """The worker exits mid-shard with another shard queued behind it: Ray restarts it, both shards are
+    sent again and every shard's result comes back exactly once."""
+    import ray
+
+    pool = _timed(ray, tmp_path / "marker", shards_in_flight=2)
+    payloads = [("die", 0.1), ("b", 0.1), ("c", 0.1)]
+    try:
+        got = list(pool.map("work", 3, payloads.__getitem__, lambda i: f"shard {i}"))
+    finally:
+        pool.close()
+    assert sorted(i for i, _ in got) == [0, 1, 2] and pool.redone == 2
+    assert {i: r[0] for i, r in got} == {0: "die", 1: "b", 2: "c"}
+
+
 def test_a_worker_exception_is_one_line_naming_the_shard(ray_cluster: str, tmp_path: Path) -> None:
     import ray
 

@@ -10,7 +10,25 @@ from synth.specs import TeacherSpec
 if TYPE_CHECKING:  # the recipe's curate section imports the judge check, which runs an engine
     from synth.recipe import Recipe
 
-__all__ = ["Engine", "SamplingParams", "build_engine", "build_engine_for", "sampling_params", "teacher_provenance"]
+__all__ = [
+    "Engine",
+    "SamplingParams",
+    "build_engine",
+    "build_engine_for",
+    "runs_calls_together",
+    "sampling_params",
+    "teacher_provenance",
+]
+
+# engines whose `generate` may be called from several threads at once, the calls sharing the model: vLLM
+# (every call's requests join one running batch) and a server (each call its own HTTP client). The
+# transformers engine's decoding loop holds one batch; calls to it must come one at a time.
+CONCURRENT_ENGINES = frozenset({"vllm", "openai"})
+
+
+def runs_calls_together(engine: str) -> bool:
+    """Whether a Ray worker with this teacher engine may run several shards at once (threads)."""
+    return engine in CONCURRENT_ENGINES
 
 
 def sampling_params(recipe: Recipe) -> SamplingParams:

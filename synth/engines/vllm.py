@@ -14,13 +14,21 @@ vLLM, its CPU build in `make test-vllm`), where vLLM's own behaviour differs:
   prompts does not share one random stream, and a prompt samples the same text in any batch.
 Data parallelism is not a `vllm.LLM` argument here: it is one engine per Ray worker
 (`runtime.executor: ray`). vLLM is imported only when chosen.
+
+`generate` may be called from several threads at once (a Ray worker with several shards in flight):
+the requests of every call join one running batch, so the engine never waits for the longest answer
+of one shard before starting the next. It drives vLLM's documented offline loop
+(`LLMEngine.add_request` / `step`, what `LLM.chat` runs inside) with the chat template applied by the
+model's tokenizer, the rendering `check_prompt` measures.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import json
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -81,6 +89,9 @@ class VLLMEngine(Engine):
         self._vllm = vllm
         self.llm = vllm.LLM(**args, **settings.engine_args)
         self.tokenizer = self.llm.get_tokenizer()
+        self._ids = itertools.count()
+        self._lock = threading.Lock()  # one thread adds requests or steps the engine at a time
+        self._finished: dict[str, Any] = {}  # request id -> its final RequestOutput, until its caller takes it
         config = (
             getattr(self.llm, "model_config", None) or self.llm.llm_engine.model_config
         )  # older vLLM: no LLM.model_config
@@ -90,16 +101,22 @@ class VLLMEngine(Engine):
     def vocab_size(self) -> int | None:
         return len(self.tokenizer)
 
-    def check_prompt(self, messages: Messages, params: SamplingParams) -> str | None:
-        n = len(
+    def prompt_ids(self, messages: Messages) -> list[int]:
+        """The conversation rendered by the model's chat template, as token ids (what vLLM is sent)."""
+        return list(
             self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         )
+
+    def check_prompt(self, messages: Messages, params: SamplingParams) -> str | None:
+        n = len(self.prompt_ids(messages))
         if n + params.max_new_tokens > self.context:
             return f"prompt too long: {n} tokens + max_new_tokens {params.max_new_tokens} > context {self.context}"
         return None
 
     def sampling_params(self, params: SamplingParams, prompt: Messages) -> Any:
         """vLLM's SamplingParams for one prompt (greedy decoding asks for one answer)."""
+        from vllm.sampling_params import RequestOutputKind
+
         return self._vllm.SamplingParams(
             n=params.n if params.temperature > 0 else 1,
             temperature=params.temperature,
@@ -108,6 +125,7 @@ class VLLMEngine(Engine):
             max_tokens=params.max_new_tokens,
             seed=request_seed(params.seed, prompt),
             logprobs=params.logprobs,
+            output_kind=RequestOutputKind.FINAL_ONLY,  # only the finished answer (what LLM.chat asks for)
         )
 
     def generate(
@@ -115,18 +133,50 @@ class VLLMEngine(Engine):
     ) -> list[list[Completion]]:
         if not prompts:
             return []
-        sps = [self.sampling_params(params, p) for p in prompts]
-        outputs = self.llm.chat(prompts, sps, use_tqdm=False)
+        requests = [({"prompt_token_ids": self.prompt_ids(p)}, self.sampling_params(params, p)) for p in prompts]
         results = []
-        for out in outputs:
+        for out in self._run(requests, on_progress, params.n):
             comps = [_completion(out, o, params.logprobs) for o in out.outputs]
             if len(comps) == 1 and params.n > 1:  # greedy: one answer, n copies
                 comps = [replace(comps[0]) for _ in range(params.n)]
             results.append(comps)
-        if on_progress:
-            done = [c for comps in results for c in comps]
-            on_progress(len(done), sum(c.completion_tokens or 0 for c in done))
         return results
+
+    def _run(self, requests: list[tuple[Any, Any]], on_progress: ProgressFn | None, n: int) -> list[Any]:
+        """Each request's final RequestOutput, in order. The caller adds its requests to the engine,
+        then takes turns with any other caller at stepping it: every step advances all requests in the
+        engine, and each caller returns as soon as its own are finished."""
+        engine = self.llm.llm_engine
+        with self._lock:
+            ids = [f"d{next(self._ids)}" for _ in requests]
+            added: list[str] = []
+            try:
+                for rid, (prompt, sp) in zip(ids, requests, strict=True):
+                    engine.add_request(rid, prompt, sp)
+                    added.append(rid)
+            except BaseException:
+                if added:
+                    engine.abort_request(added)
+                raise
+        waiting = set(ids)
+        while waiting:
+            with self._lock:
+                if not waiting & self._finished.keys():  # none of ours finished by another caller's step
+                    if not engine.has_unfinished_requests():  # pragma: no cover - vLLM lost requests
+                        raise RuntimeError(f"vLLM has no unfinished requests but {len(waiting)} never finished")
+                    for out in engine.step():
+                        if out.finished:
+                            self._finished[out.request_id] = out
+                done = [self._finished[r] for r in waiting & self._finished.keys()]
+            waiting -= {out.request_id for out in done}
+            if on_progress and done:
+                copies = lambda out: n if len(out.outputs) == 1 else 1  # noqa: E731 - greedy: one answer, n rows
+                on_progress(
+                    sum(len(out.outputs) * copies(out) for out in done),
+                    sum(len(o.token_ids) * copies(out) for out in done for o in out.outputs),
+                )
+        with self._lock:
+            return [self._finished.pop(r) for r in ids]
 
     def close(self) -> None:
         """Stop vLLM's engine process and free its memory, e.g. before a vLLM judge loads."""

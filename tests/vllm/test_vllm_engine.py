@@ -94,3 +94,40 @@ def test_abort_and_missing_prompt_ids_map_to_failed_rows_and_null() -> None:
     out = request("length", None)
     c = _completion(out, out.outputs[0], None)
     assert c.error is None and c.prompt_tokens is None and c.completion_tokens == 2
+
+
+def test_calls_from_two_threads_share_the_batch_and_keep_their_answers(engine: VLLMEngine) -> None:
+    """A Ray worker with two shards in flight calls `generate` from two threads: both calls' requests
+    run in the same engine steps (the batch holds more than one call's requests at once), and each call
+    gets the answers it gets alone (per-request seeds)."""
+    import threading
+
+    p = SamplingParams(n=2, temperature=1.0, max_new_tokens=24, seed=3)
+    first, second = engine_contract.PROMPTS[:2], engine_contract.PROMPTS[2:]
+    alone = [engine.generate(first, p), engine.generate(second, p)]
+    core = engine.llm.llm_engine
+    step, seen = core.step, []
+
+    def counting_step() -> list:
+        seen.append(core.get_num_unfinished_requests())
+        return step()
+
+    core.step = counting_step
+    together: list[list] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def run(k: int, prompts: list) -> None:
+        barrier.wait()
+        together[k] = engine.generate(prompts, p)
+
+    threads = [threading.Thread(target=run, args=(k, ps)) for k, ps in enumerate([first, second])]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        del core.step
+    texts = lambda res: [[c.text for c in comps] for comps in res]  # noqa: E731
+    assert texts(together[0]) == texts(alone[0]) and texts(together[1]) == texts(alone[1])
+    assert max(seen) > len(first) * p.n  # requests of both calls in one step
