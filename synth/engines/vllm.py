@@ -17,8 +17,8 @@ Data parallelism is not a `vllm.LLM` argument here: it is one engine per Ray wor
 
 `generate` may be called from several threads at once (a Ray worker with several shards in flight):
 the requests of every call join one running batch, so the engine never waits for the longest answer
-of one shard before starting the next. It drives vLLM's documented offline loop
-(`LLMEngine.add_request` / `step`, what `LLM.chat` runs inside) with the chat template applied by the
+of one shard before starting the next. One thread (`StepLoop`) drives vLLM's documented offline loop
+(`LLMEngine.add_request` / `step`, what `LLM.chat` runs inside); the chat template is applied by the
 model's tokenizer, the rendering `check_prompt` measures.
 """
 
@@ -28,6 +28,7 @@ import gc
 import hashlib
 import itertools
 import json
+import queue
 import threading
 from dataclasses import replace
 from typing import Any
@@ -89,9 +90,7 @@ class VLLMEngine(Engine):
         self._vllm = vllm
         self.llm = vllm.LLM(**args, **settings.engine_args)
         self.tokenizer = self.llm.get_tokenizer()
-        self._ids = itertools.count()
-        self._lock = threading.Lock()  # one thread adds requests or steps the engine at a time
-        self._finished: dict[str, Any] = {}  # request id -> its final RequestOutput, until its caller takes it
+        self.loop = StepLoop(self.llm.llm_engine)
         config = (
             getattr(self.llm, "model_config", None) or self.llm.llm_engine.model_config
         )  # older vLLM: no LLM.model_config
@@ -135,51 +134,17 @@ class VLLMEngine(Engine):
             return []
         requests = [({"prompt_token_ids": self.prompt_ids(p)}, self.sampling_params(params, p)) for p in prompts]
         results = []
-        for out in self._run(requests, on_progress, params.n):
+        for out in self.loop.run(requests, on_progress, params.n):
             comps = [_completion(out, o, params.logprobs) for o in out.outputs]
             if len(comps) == 1 and params.n > 1:  # greedy: one answer, n copies
                 comps = [replace(comps[0]) for _ in range(params.n)]
             results.append(comps)
         return results
 
-    def _run(self, requests: list[tuple[Any, Any]], on_progress: ProgressFn | None, n: int) -> list[Any]:
-        """Each request's final RequestOutput, in order. The caller adds its requests to the engine,
-        then takes turns with any other caller at stepping it: every step advances all requests in the
-        engine, and each caller returns as soon as its own are finished."""
-        engine = self.llm.llm_engine
-        with self._lock:
-            ids = [f"d{next(self._ids)}" for _ in requests]
-            added: list[str] = []
-            try:
-                for rid, (prompt, sp) in zip(ids, requests, strict=True):
-                    engine.add_request(rid, prompt, sp)
-                    added.append(rid)
-            except BaseException:
-                if added:
-                    engine.abort_request(added)
-                raise
-        waiting = set(ids)
-        while waiting:
-            with self._lock:
-                if not waiting & self._finished.keys():  # none of ours finished by another caller's step
-                    if not engine.has_unfinished_requests():  # pragma: no cover - vLLM lost requests
-                        raise RuntimeError(f"vLLM has no unfinished requests but {len(waiting)} never finished")
-                    for out in engine.step():
-                        if out.finished:
-                            self._finished[out.request_id] = out
-                done = [self._finished[r] for r in waiting & self._finished.keys()]
-            waiting -= {out.request_id for out in done}
-            if on_progress and done:
-                copies = lambda out: n if len(out.outputs) == 1 else 1  # noqa: E731 - greedy: one answer, n rows
-                on_progress(
-                    sum(len(out.outputs) * copies(out) for out in done),
-                    sum(len(o.token_ids) * copies(out) for out in done for o in out.outputs),
-                )
-        with self._lock:
-            return [self._finished.pop(r) for r in ids]
-
     def close(self) -> None:
         """Stop vLLM's engine process and free its memory, e.g. before a vLLM judge loads."""
+        if "loop" in self.__dict__:
+            self.loop.stop()
         core = getattr(getattr(self, "llm", None), "llm_engine", None)
         if core is not None and hasattr(core, "engine_core"):
             core.engine_core.shutdown()
@@ -192,6 +157,97 @@ class VLLMEngine(Engine):
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+class StepLoop:
+    """One thread that owns a vLLM `LLMEngine` and steps it for every caller.
+
+    A caller hands its requests over and waits for their final outputs; the thread adds every
+    waiting caller's requests before each step, so requests of calls made at different times run in
+    the same batch. (A lock that callers took turns at did not do that: a thread that releases a Python
+    lock and takes it again at once usually gets it back, so a second caller could not even add its
+    requests until the first caller's were all done.)"""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (ids, requests, caller's outbox) or None
+        self.ids = itertools.count()
+        self.thread: threading.Thread | None = None
+        self.start_lock = threading.Lock()
+
+    def run(self, requests: list[tuple[Any, Any]], on_progress: ProgressFn | None, n: int) -> list[Any]:
+        """The final RequestOutput of each (prompt, SamplingParams), in order; `on_progress(rows, tokens)`
+        as they finish (a greedy answer counts `n` rows, the copies `generate` makes)."""
+        with self.start_lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="vllm-step-loop", daemon=True)
+                self.thread.start()
+        ids = [f"d{next(self.ids)}" for _ in requests]
+        outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.inbox.put((ids, requests, outbox))
+        finished: dict[str, Any] = {}
+        while len(finished) < len(ids):
+            done = outbox.get()
+            if isinstance(done, BaseException):
+                raise done
+            finished.update((out.request_id, out) for out in done)
+            if on_progress:
+                copies = lambda out: n if len(out.outputs) == 1 else 1  # noqa: E731 - greedy: one answer, n rows
+                on_progress(
+                    sum(len(out.outputs) * copies(out) for out in done),
+                    sum(len(o.token_ids) * copies(out) for out in done for o in out.outputs),
+                )
+        return [finished[r] for r in ids]
+
+    def stop(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            self.inbox.put(None)
+            self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        owner: dict[str, queue.SimpleQueue[Any]] = {}  # request id -> its caller's outbox
+        while True:
+            waiting = []
+            try:  # block only while there is nothing to step
+                waiting.append(self.inbox.get(block=not owner))
+                while True:
+                    waiting.append(self.inbox.get_nowait())
+            except queue.Empty:
+                pass
+            if None in waiting:
+                for box in set(owner.values()):
+                    box.put(RuntimeError("the vLLM engine was closed"))
+                return
+            for ids, requests, box in waiting:
+                try:
+                    for rid, (prompt, sp) in zip(ids, requests, strict=True):
+                        self.engine.add_request(rid, prompt, sp)
+                        owner[rid] = box
+                except Exception as exc:  # this caller's requests are refused; the others go on
+                    mine = [r for r in ids if owner.get(r) is box]
+                    if mine:
+                        self.engine.abort_request(mine)
+                    for r in mine:
+                        owner.pop(r)
+                    box.put(exc)
+            if not owner:
+                continue
+            try:
+                if not self.engine.has_unfinished_requests():  # vLLM dropped requests: never wait forever
+                    raise RuntimeError(f"vLLM lost {len(owner)} request(s) without finishing them")
+                outputs = self.engine.step()
+            except Exception as exc:  # the engine failed: every caller waiting on it hears it
+                for box in set(owner.values()):
+                    box.put(exc)
+                owner.clear()
+                continue
+            by_box: dict[int, tuple[queue.SimpleQueue[Any], list[Any]]] = {}
+            for out in outputs:
+                if out.finished and out.request_id in owner:
+                    box = owner.pop(out.request_id)
+                    by_box.setdefault(id(box), (box, []))[1].append(out)
+            for box, done in by_box.values():
+                box.put(done)
 
 
 def _completion(out: Any, o: Any, k: int | None) -> Completion:
