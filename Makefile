@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RECIPE  ?= recipes/concise-answers.yaml
 
-.PHONY: setup setup-vllm lock demo demo-gkd demo-codistill demo-cross-family demo-compress test test-fast test-vllm test-fresh lint bench clean
+.PHONY: setup setup-vllm lock bench-gpu demo demo-gkd demo-codistill demo-cross-family demo-compress test test-fast test-vllm test-fresh lint bench clean
 
 setup: $(STAMP)
 
@@ -123,6 +123,11 @@ lint: setup
 # Every benchmark, then issue 26's goals beside what they measured (bench/goals.py writes that table into
 # docs/benchmarks.md). About 45 minutes on 2 cores, most of it bench/demo.py (a whole `make demo`).
 BENCH_OUT ?= bench-results
+# On a machine with NVIDIA GPUs: vLLM throughput (Distillery's path against vLLM's own), bf16 training
+# steps, an FSDP run whose final/ must load (scripts/gpu_check.sh; under 10 minutes on one H100).
+bench-gpu: setup
+	bash scripts/gpu_check.sh $(BENCH_OUT)/gpu
+
 bench: setup
 	mkdir -p $(BENCH_OUT)
 	$(BIN)/python bench/peak.py --out $(BENCH_OUT)/peak.json

@@ -60,7 +60,7 @@ def main() -> None:
     import ray
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     print(f"{cpus} CPUs; local Ray cluster started in {time.perf_counter() - t0:.1f} s (not counted below)")
     print(f"{'stage':34}{'executor':32}{'rows':>8}{'seconds':>10}{'rows/s':>10}")
     with tempfile.TemporaryDirectory() as tmp:

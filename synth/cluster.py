@@ -167,38 +167,58 @@ class Worker:
         return self.error
 
 
-def worker_gpus(runtime: RuntimeSpec, engine: str | None, tensor_parallel: int, cluster_gpus: float) -> float:
+def worker_gpus(runtime: RuntimeSpec, engine: str | None, model_parallel: int, cluster_gpus: float) -> float:
     """GPUs one worker reserves: `runtime.ray.num_gpus`, else on a cluster with GPUs (and a device that
-    is not the CPU) vLLM's tensor-parallel size or one for a transformers model; else none."""
+    is not the CPU) vLLM's tensor x pipeline parallel size or one for a transformers model; else none."""
     if runtime.ray.num_gpus is not None:
         return runtime.ray.num_gpus
     if cluster_gpus <= 0 or runtime.device == "cpu":
         return 0.0
     if engine == "vllm":
-        return float(tensor_parallel)
+        return float(model_parallel)
     return 1.0 if engine == "transformers" else 0.0
 
 
-def replica_count(spec: RaySpec, nodes: list[dict[str, float]], num_gpus: float, shards: int) -> int:
+def spans_nodes(nodes: list[dict[str, float]], num_gpus: float) -> bool:
+    """Whether a replica needs more GPUs than any one node has, while the cluster has them in all: it
+    then runs in a placement group of one-GPU bundles over several nodes (vLLM's Ray executor places
+    its tensor/pipeline-parallel workers there), instead of waiting forever for one node that big."""
+    most = max((n.get("GPU", 0) for n in nodes), default=0)
+    return num_gpus > most and float(num_gpus).is_integer() and sum(n.get("GPU", 0) for n in nodes) >= num_gpus
+
+
+def replica_bundles(spec: RaySpec, num_gpus: float) -> list[dict[str, float]]:
+    """One replica's placement group over several nodes: a one-GPU bundle per model shard; the first
+    also holds the worker's CPUs (the worker itself runs there and reserves no GPU)."""
+    return [{"GPU": 1.0, "CPU": float(spec.num_cpus)}] + [{"GPU": 1.0}] * (int(num_gpus) - 1)
+
+
+def replica_count(
+    spec: RaySpec, nodes: list[dict[str, float]], num_gpus: float, shards: int, span: bool = False
+) -> int:
     """Workers to start: `runtime.ray.replicas`, else as many as the cluster fits; never more than the
     cluster fits now (the others would wait for resources forever) nor than there are shards.
 
     Counted node by node (`nodes`: each alive node's resources): one worker's CPUs and GPUs must sit
     on one node, so two nodes of 1 GPU each fit no worker of 2 GPUs (summed over the cluster they
-    seemed to fit one, which then waited forever to be placed)."""
+    seemed to fit one, which then waited forever to be placed), unless the worker can `span` nodes (a
+    vLLM engine, through its Ray executor) and `spans_nodes`: then as many as the cluster's GPUs hold."""
     fits = 0
-    for node in nodes:
-        here = int(node.get("CPU", 0) // spec.num_cpus)
-        if num_gpus > 0:
-            here = min(here, int(node.get("GPU", 0) // num_gpus))
-        fits += here
+    if span and num_gpus > 0 and spans_nodes(nodes, num_gpus):
+        fits = int(sum(n.get("GPU", 0) for n in nodes) // num_gpus)
+    else:
+        for node in nodes:
+            here = int(node.get("CPU", 0) // spec.num_cpus)
+            if num_gpus > 0:
+                here = min(here, int(node.get("GPU", 0) // num_gpus))
+            fits += here
     if fits < 1:
         need = f"{spec.num_cpus:g} CPU(s)" + (f" and {num_gpus:g} GPU(s)" if num_gpus > 0 else "")
         sizes = ", ".join(f"{n.get('GPU', 0):g} GPU(s) + {n.get('CPU', 0):g} CPU(s)" for n in nodes) or "no nodes"
         raise UserError(
             f"the Ray cluster has room for no worker: each needs {need} on one node, the nodes have {sizes}",
-            "lower runtime.ray.num_gpus / num_cpus (for a vLLM teacher: teacher.vllm.tensor_parallel_size, "
-            "which must fit the GPUs of one node), or add nodes",
+            "lower runtime.ray.num_gpus / num_cpus (for a vLLM teacher: teacher.vllm.tensor_parallel_size x "
+            "pipeline_parallel_size GPUs, over several nodes when no node has that many), or add nodes",
         )
     return max(1, min(spec.replicas or fits, fits, shards))
 
@@ -220,6 +240,14 @@ def worker_env(recipe: Recipe) -> dict[str, str]:
     names = [*recipe.runtime.ray.env, *FORWARDED_ALWAYS]
     names += [spec.openai.api_key_env for spec in _engine_specs(recipe) if spec.engine == "openai"]
     return {name: os.environ[name] for name in dict.fromkeys(names) if name in os.environ}
+
+
+def worker_runtime_env(recipe: Recipe) -> dict[str, Any] | None:
+    """Ray's `runtime_env` for the workers: `worker_env`'s variables. (The user's check modules travel
+    as the curate workers' arguments instead: Ray takes local folders and files in `py_modules` only for
+    a whole job, at `ray.init`, not for actors of a session that is already open.)"""
+    variables = worker_env(recipe)
+    return {"env_vars": variables} if variables else None
 
 
 def _engine_specs(recipe: Recipe) -> list[Any]:
@@ -273,24 +301,45 @@ class ActorPool:
         num_cpus: float,
         num_gpus: float,
         spec: RaySpec,
-        env: dict[str, str] | None = None,
+        runtime_env: dict[str, Any] | None = None,
         concurrency: int = 1,
+        bundles: list[dict[str, float]] | None = None,
     ) -> None:
         from ray.exceptions import GetTimeoutError, RayError
 
         self.ray = ray
         self.shard_timeout_s, self.start_timeout_s = spec.shard_timeout_s, spec.start_timeout_s
         self.depth, self.concurrency = spec.shards_in_flight, max(1, concurrency)
-        remote = ray.remote(worker).options(
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            max_restarts=spec.max_restarts,
-            max_task_retries=0,
-            max_concurrency=self.concurrency,
-            runtime_env={"env_vars": env} if env else None,
-        )
-        self.actors = [remote.remote(*args) for _ in range(replicas)]
-        self.redone = 0  # payloads dispatched again after their worker died or hung
+        options: dict[str, Any] = {
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "max_restarts": spec.max_restarts,
+            "max_task_retries": 0,
+            "max_concurrency": self.concurrency,
+            "runtime_env": runtime_env,
+        }
+        remote = ray.remote(worker)
+        self.groups: list[Any] = []  # one placement group per replica that spans nodes (`bundles`)
+        if bundles:  # the worker in the first bundle, without a GPU; the engine's GPU workers fill the group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            self.groups = [ray.util.placement_group(bundles, strategy="PACK") for _ in range(replicas)]
+            self.actors = [
+                remote.options(
+                    **options
+                    | {
+                        "num_gpus": 0,
+                        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+                        ),
+                    }
+                ).remote(*args)
+                for group in self.groups
+            ]
+            num_gpus = sum(b.get("GPU", 0) for b in bundles)
+        else:
+            self.actors = [remote.options(**options).remote(*args) for _ in range(replicas)]
+        self.redone = 0  # payloads computed again: their worker died or hung while running them
         calls = [a.ready.remote() for a in self.actors]
         try:
             errors = ray.get(calls, timeout=spec.start_timeout_s)
@@ -298,9 +347,10 @@ class ActorPool:
             started, _ = ray.wait(calls, num_returns=len(calls), timeout=0)
             self.close()
             need = f"{num_cpus:g} CPU(s)" + (f" and {num_gpus:g} GPU(s)" if num_gpus else "")
+            where = "in one placement group over several nodes" if bundles else "on one node"
             raise UserError(
                 f"{len(calls) - len(started)} of {len(calls)} Ray workers were not ready after "
-                f"{spec.start_timeout_s:g} s (runtime.ray.start_timeout_s): each needs {need} on one node; "
+                f"{spec.start_timeout_s:g} s (runtime.ray.start_timeout_s): each needs {need} {where}; "
                 f"available now: {_resources_line(ray.available_resources())}",
                 "free those resources (another job may hold them), lower runtime.ray.replicas, or raise "
                 "runtime.ray.start_timeout_s for a model that loads slowly",
@@ -349,6 +399,7 @@ class ActorPool:
         died = (RayActorError, ObjectLostError, OutOfMemoryError, NodeDiedError, WorkerCrashedError, ShardTimeout)
         pending = deque(range(count))
         deaths = [0] * count  # times a worker died (or hung) while running this payload
+        running: set[int] = set()  # payloads charged for a death whose failed call is still to come
         self._flight: dict[Any, tuple[int, int, float]] = {}  # payload call -> (replica, index, when sent)
         probes: dict[Any, int] = {}  # `ready` call -> replica being restarted
         load = [0] * len(self.actors)  # payload calls in flight per replica
@@ -393,8 +444,11 @@ class ActorPool:
                 if i is not None:
                     if actor not in down_since or isinstance(exc, ObjectLostError):
                         # the first failure seen of a replica charges the payload it was running: the one
-                        # that timed out, else its oldest call (the others were waiting behind it)
-                        charged = i if timed_out else self._oldest(actor, sent, i)
+                        # that timed out (or whose result was lost), else its oldest call (the others were
+                        # waiting behind it)
+                        lost = isinstance(exc, ObjectLostError)
+                        charged = i if timed_out or lost else self._oldest(actor, sent, i)
+                        running.add(charged)
                         deaths[charged] += 1
                         if deaths[charged] >= MAX_ATTEMPTS:
                             raise UserError(
@@ -404,7 +458,9 @@ class ActorPool:
                                 "generate.batch_size or generate.prompts_per_shard, then run the same command "
                                 "again: finished shards are kept",
                             ) from None
-                    self.redone += 1
+                    if i in running or self.concurrency > 1:  # its work was lost, not only its place in line
+                        running.discard(i)
+                        self.redone += 1
                     pending.appendleft(i)
                 if isinstance(exc, ObjectLostError):  # the result was lost (its node), not the worker
                     continue
@@ -474,3 +530,5 @@ class ActorPool:
         """Stop the replicas (frees their models and GPU memory now, not when the session ends)."""
         for actor in self.actors:
             self.ray.kill(actor, no_restart=True)
+        for group in self.groups:
+            self.ray.util.remove_placement_group(group)

@@ -497,6 +497,18 @@ class GenerateWorker(Worker):
             return failed_shard(*job, reason)
 
 
+def over_nodes(recipe: Recipe) -> Recipe:
+    """The recipe a worker whose replica spans nodes builds its engine from: vLLM with its Ray executor
+    (`distributed_executor_backend: ray`), which starts the tensor/pipeline-parallel workers in the
+    worker's placement group; its default, one process per GPU on the worker's own node, cannot."""
+    if recipe.teacher.engine != "vllm" or "distributed_executor_backend" in recipe.teacher.vllm.engine_args:
+        return recipe
+    vllm = recipe.teacher.vllm.model_copy(
+        update={"engine_args": {**recipe.teacher.vllm.engine_args, "distributed_executor_backend": "ray"}}
+    )
+    return recipe.model_copy(update={"teacher": recipe.teacher.model_copy(update={"vllm": vllm})})
+
+
 def engine_died(exc: BaseException) -> bool:
     """The engine cannot serve again (vLLM's EngineDeadError, a CUDA error), as opposed to one request
     it refused."""
@@ -528,19 +540,27 @@ def _on_ray(
         loopback_warning,
         node_resources,
         ray_session,
+        replica_bundles,
         replica_count,
-        worker_env,
+        spans_nodes,
         worker_gpus,
+        worker_runtime_env,
     )
 
     spec = recipe.runtime.ray
     with ray_session(spec) as ray:
-        resources = ray.cluster_resources()
-        gpus = worker_gpus(
-            recipe.runtime, recipe.teacher.engine, recipe.teacher.vllm.tensor_parallel_size, resources.get("GPU", 0)
-        )
-        replicas = replica_count(spec, node_resources(ray), gpus, len(chunks))
+        vllm = recipe.teacher.vllm
         nodes = node_resources(ray)
+        cluster_gpus = sum(n.get("GPU", 0) for n in nodes)
+        gpus = worker_gpus(
+            recipe.runtime, recipe.teacher.engine, vllm.tensor_parallel_size * vllm.pipeline_parallel_size, cluster_gpus
+        )
+        span = recipe.teacher.engine == "vllm"  # vLLM's Ray executor places the model's shards over nodes
+        replicas = replica_count(spec, nodes, gpus, len(chunks), span)
+        bundles = None
+        if span and gpus and spans_nodes(nodes, gpus):
+            bundles = replica_bundles(spec, gpus)
+            recipe = over_nodes(recipe)
         if warning := loopback_warning(recipe, len(nodes)):
             console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         together = spec.shards_in_flight if runs_calls_together(recipe.teacher.engine) else 1
@@ -552,8 +572,9 @@ def _on_ray(
             spec.num_cpus,
             gpus,
             spec,
-            worker_env(recipe),
+            worker_runtime_env(recipe),
             together,
+            bundles,
         )
         summary.workers = replicas
         try:

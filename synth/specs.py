@@ -120,6 +120,9 @@ class VLLMSettings(Strict):
     """Settings for vLLM's offline engine (one `vllm.LLM` per worker; GPU, or vLLM's CPU build)."""
 
     tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(
+        1, ge=1, description="pipeline stages; a replica uses tensor_parallel_size x this many GPUs (over nodes on Ray)"
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int | None = Field(None, ge=1)
     engine_args: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM as they are")

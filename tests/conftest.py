@@ -30,11 +30,12 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[str]:
-    """A local Ray cluster of 2 CPUs for the session (about 5 s to start); yields its address, which a
+    """A new local Ray cluster of 2 CPUs for the session (about 5 s to start; `address="local"`, never
+    a cluster named by a stale /tmp/ray/ray_current_cluster); yields its address, which a
     `synth` subprocess reaches through $RAY_ADDRESS. In-process runs reuse this session."""
     import ray
 
-    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield context.address_info["gcs_address"]
     ray.shutdown()
 

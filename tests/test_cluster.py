@@ -11,7 +11,9 @@ from synth.cluster import (
     cluster_address,
     loopback_warning,
     refuse_stray_address,
+    replica_bundles,
     replica_count,
+    spans_nodes,
     worker_env,
     worker_gpus,
 )
@@ -42,6 +44,58 @@ def test_a_worker_fits_on_one_node_not_on_the_sum_of_nodes() -> None:
     assert replica_count(RaySpec(), two_single_gpu_nodes, 1, shards=10) == 2
     # three CPUs left on each of two nodes fit two 2-CPU workers, not three
     assert replica_count(RaySpec(num_cpus=2), [{"CPU": 3.0}, {"CPU": 3.0}], 0, shards=10) == 2
+
+
+def test_a_vllm_replica_larger_than_any_node_spans_nodes_in_one_placement_group() -> None:
+    """tensor x pipeline parallel 16 on nodes of 8 GPUs: one placement group of 16 one-GPU bundles per
+    replica, as many replicas as the cluster's GPUs hold; only an engine that can span nodes (vLLM) may."""
+    nodes = [{"CPU": 32.0, "GPU": 8.0}] * 4
+    assert spans_nodes(nodes, 16) and not spans_nodes(nodes, 8) and not spans_nodes(nodes, 40)
+    assert not spans_nodes(nodes, 8.5) and not spans_nodes([{"CPU": 8.0}], 2)
+    assert replica_count(RaySpec(), nodes, 16, shards=100, span=True) == 2
+    with pytest.raises(UserError, match="room for no worker"):
+        replica_count(RaySpec(), nodes, 16, shards=100)  # a transformers worker cannot be cut over nodes
+    bundles = replica_bundles(RaySpec(num_cpus=2), 16)
+    assert len(bundles) == 16 and bundles[0] == {"GPU": 1.0, "CPU": 2.0} and bundles[1:] == [{"GPU": 1.0}] * 15
+
+
+def test_over_nodes_gives_vllm_its_ray_executor_unless_the_recipe_chose() -> None:
+    from synth.generate import over_nodes
+
+    vllm = load_recipe(RECIPE, ["teacher.engine=vllm", "teacher.vllm.tensor_parallel_size=8"])
+    assert over_nodes(vllm).teacher.vllm.engine_args == {"distributed_executor_backend": "ray"}
+    assert vllm.teacher.vllm.engine_args == {}  # the driver's recipe is unchanged
+    chosen = load_recipe(RECIPE, ["teacher.engine=vllm", "teacher.vllm.engine_args={distributed_executor_backend: mp}"])
+    assert over_nodes(chosen).teacher.vllm.engine_args == {"distributed_executor_backend": "mp"}
+
+
+def test_check_modules_beside_the_recipe_travel_with_the_workers(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source of a python check module in the recipe's folder (a file, or its whole package for a
+    dotted name) goes to the curate workers; an installed module does not (every node has its own).
+    Installed on the other side, it imports from a folder put last on sys.path."""
+    import sys
+
+    from synth.curate.checks.verifiers import check_sources, install_sources
+
+    (tmp_path / "mine.py").write_text("def ok(row):\n    return 'mine'\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "checks.py").write_text("from pkg.util import VALUE\ndef ok(row):\n    return VALUE\n")
+    (tmp_path / "pkg" / "util.py").write_text("VALUE = 'pkg'\n")
+    monkeypatch.chdir(tmp_path.parent)
+    sources = check_sources(["mine:ok", "pkg.checks:ok", "json:loads"], tmp_path)
+    assert sorted(sources) == ["mine.py", "pkg/__init__.py", "pkg/checks.py", "pkg/util.py"]
+    folder = install_sources(sources)
+    try:
+        assert folder is not None and sys.path[-1] == str(folder)
+        import importlib
+
+        assert importlib.import_module("pkg.checks").ok({}) == "pkg"
+        assert importlib.import_module("mine").__file__.startswith(str(folder))
+    finally:
+        sys.path.remove(str(folder))
+        for name in ("mine", "pkg", "pkg.checks", "pkg.util"):
+            sys.modules.pop(name, None)
 
 
 def test_worker_gpus_follow_the_engine() -> None:

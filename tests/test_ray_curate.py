@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from synth.curate.stage import run_curate
+from synth.errors import UserError
 from synth.recipe import load_recipe
 from tests.conftest import run_cli
 from tests.curate_helpers import recipe_text, rows_for, write_run
@@ -138,3 +139,39 @@ def test_a_worker_set_up_error_is_one_line(ray_cluster: str, tmp_path: Path) -> 
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "no module 'no_such_module'" in res.stderr and "beside the recipe" in res.stderr
     assert not (run / "curated").exists()
+
+
+def test_a_check_module_beside_the_recipe_reaches_workers_that_cannot_see_that_folder(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    """A worker on another machine has neither the recipe's folder nor the driver's: the python check
+    module beside the recipe travels with the worker's arguments. Here the workers are given folders
+    that do not exist, so only the shipped copy can be imported."""
+    import ray
+
+    from synth.cluster import ActorPool
+    from synth.curate.checks.verifiers import check_sources
+    from synth.curate.stage import CurateWorker
+    from synth.shards import ShardSet
+    from synth.specs import RaySpec
+
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "shipped_check.py").write_text("def score(row):\n    return len(row['completion'][0]['content'])\n")
+    (folder / "r.yaml").write_text(recipe_text([{"type": "python", "function": "shipped_check:score"}]))
+    recipe = load_recipe(folder / "r.yaml")
+    sources = check_sources(["shipped_check:score"], folder)
+    run = write_run(tmp_path / "run", [rows_for("p", ["an answer", "a longer answer"])])
+    table = ShardSet(run / "generations").table()
+    gone = str(tmp_path / "not-on-this-node")
+    for shipped, ok in ((sources, True), ({}, False)):
+        try:
+            pool = ActorPool(ray, CurateWorker, (gone, recipe, Path(gone), shipped), 1, 1, 0, RaySpec())
+        except UserError as exc:
+            assert not ok and "no module 'shipped_check'" in exc.message
+            continue
+        try:
+            [(_, checked)] = list(pool.map("check", 1, lambda i: table, str))
+        finally:
+            pool.close()
+        assert ok and checked.table.num_rows == 2

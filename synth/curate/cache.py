@@ -88,13 +88,12 @@ def _module_digest(function: str, recipe_dir: Path | None) -> str:
     folder (where `load_function` looks first), else of the module's file on sys.path."""
     import importlib.util
 
-    module = function.split(":")[0]
-    relative = Path(*module.split(".")).with_suffix(".py")
-    for folder in (recipe_dir, Path.cwd()):
-        if folder is not None and (folder / relative).is_file():
-            return hashlib.sha256((folder / relative).read_bytes()).hexdigest()
+    from synth.curate.checks.verifiers import local_module
+
+    if found := local_module(function, recipe_dir):
+        return hashlib.sha256(found[0].read_bytes()).hexdigest()
     try:
-        spec = importlib.util.find_spec(module)
+        spec = importlib.util.find_spec(function.split(":")[0])
     except (ImportError, ValueError):
         spec = None
     origin = spec.origin if spec is not None else None

@@ -36,7 +36,7 @@ from synth.cluster import Worker, refuse_stray_address
 from synth.curate.base import Context, Row, RowCheck, Verdict
 from synth.curate.cache import CheckedCache
 from synth.curate.checks.dedup import GroupCheck
-from synth.curate.checks.verifiers import PythonCheck, raised_on_every_row
+from synth.curate.checks.verifiers import PythonCheck, check_sources, install_sources, raised_on_every_row
 from synth.curate.config import CurateSpec
 from synth.curate.report import CheckStats, CurateSummary, write_reports
 from synth.errors import UserError
@@ -372,7 +372,10 @@ def _checked_shards(
 class CurateWorker(Worker):
     """A `ShardChecker` on a Ray worker: its checks set up once, then shard after shard."""
 
-    def build(self, recipe: Recipe, recipe_dir: Path | None) -> ShardChecker:
+    def build(self, recipe: Recipe, recipe_dir: Path | None, sources: dict[str, bytes] | None = None) -> ShardChecker:
+        """`sources`: the user's check modules from the driver (`check_sources`), for a node that has
+        neither the recipe's folder nor the driver's."""
+        install_sources(sources or {})
         return ShardChecker(recipe, recipe_dir)
 
     def check(self, table: pa.Table | None) -> CheckedShard | None:
@@ -387,7 +390,7 @@ def _checked_on_ray(
     global dedup and selection (here) see exactly what a local run sees. A shard kept from an unfinished
     run is not sent to a worker (its payload is None) but read from `cache`; one whose kept file turns
     out unreadable is checked here."""
-    from synth.cluster import ActorPool, node_resources, ray_session, replica_count, worker_env, worker_gpus
+    from synth.cluster import ActorPool, node_resources, ray_session, replica_count, worker_gpus, worker_runtime_env
 
     spec = recipe.runtime.ray
     paths = shard_set.paths
@@ -396,8 +399,9 @@ def _checked_on_ray(
         resources = ray.cluster_resources()
         gpus = worker_gpus(recipe.runtime, None, 0, resources.get("GPU", 0))  # none unless runtime.ray.num_gpus
         replicas = replica_count(spec, node_resources(ray), gpus, max(1, len(paths) - len(kept)))
-        args = (os.getcwd(), recipe, recipe_dir)
-        pool = ActorPool(ray, CurateWorker, args, replicas, spec.num_cpus, gpus, spec, worker_env(recipe))
+        python = [c.function for c in recipe.curate.checks if c.type == "python"]
+        args = (os.getcwd(), recipe, recipe_dir, check_sources(python, recipe_dir))
+        pool = ActorPool(ray, CurateWorker, args, replicas, spec.num_cpus, gpus, spec, worker_runtime_env(recipe))
         summary.workers = replicas
         here: ShardChecker | None = None
         try:

@@ -69,6 +69,7 @@ class VLLMEngine(Engine):
             "dtype": dtype,
             "seed": seed,
             "tensor_parallel_size": settings.tensor_parallel_size,
+            "pipeline_parallel_size": settings.pipeline_parallel_size,
             "gpu_memory_utilization": settings.gpu_memory_utilization,
         }
         if settings.max_model_len:

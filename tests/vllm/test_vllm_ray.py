@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
 
 from synth.generate import run_generate
 from synth.recipe import load_recipe
@@ -38,7 +37,7 @@ def _recipe(model: Path, *extra: str):
 
 def _rows(run: Path) -> list[tuple]:
     table: pa.Table = ShardSet(run / "generations").table().sort_by("id")
-    return list(zip(table["id"].to_pylist(), table["completion"].to_pylist(), table["error"].to_pylist()))
+    return list(zip(table["id"].to_pylist(), table["completion"].to_pylist(), table["error"].to_pylist(), strict=True))
 
 
 def test_vllm_in_ray_workers_writes_the_local_executors_rows(smollm2_dir: Path, tmp_path: Path) -> None:
@@ -46,7 +45,7 @@ def test_vllm_in_ray_workers_writes_the_local_executors_rows(smollm2_dir: Path, 
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     local = run_generate(_recipe(smollm2_dir), tmp_path / "local", recipe_dir=RECIPE.parent)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         on_ray = run_generate(
             _recipe(

@@ -152,6 +152,52 @@ class ExactMatchVerifier(RowCheck):
         return out
 
 
+def local_module(ref: str, recipe_dir: Path | None) -> tuple[Path, Path] | None:
+    """Where `load_function` finds a check's module beside the recipe or in the working folder: (the
+    module's file, what to ship to Ray workers on other machines: that file, or the top package's
+    folder for a dotted name); None for a module that is installed (on sys.path) or missing."""
+    module = ref.split(":")[0]
+    parts = module.split(".")
+    for folder in (recipe_dir, Path.cwd()):
+        if folder is not None and (folder / Path(*parts).with_suffix(".py")).is_file():
+            file = (folder / Path(*parts).with_suffix(".py")).resolve()
+            return file, file if len(parts) == 1 else (folder / parts[0]).resolve()
+    return None
+
+
+def check_sources(refs: list[str], recipe_dir: Path | None) -> dict[str, bytes]:
+    """The source files of the python check modules that `local_module` finds (a module file, or every
+    .py file of a dotted module's top package), keyed by their path relative to the folder they sit
+    in: what a worker on a machine without that folder needs to import them (`install_sources`)."""
+    sources: dict[str, bytes] = {}
+    for ref in refs:
+        if found := local_module(ref, recipe_dir):
+            shipped = found[1]
+            files = [shipped] if shipped.is_file() else sorted(shipped.rglob("*.py"))
+            for path in files:
+                sources[str(path.relative_to(shipped.parent))] = path.read_bytes()
+    return sources
+
+
+def install_sources(sources: dict[str, bytes]) -> Path | None:
+    """Write shipped check modules into a fresh folder put last on sys.path: found where the recipe's
+    and working folders do not exist (another node); where they do, `load_function` looks there
+    first. The folder is removed when the process ends."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not sources:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="distillery-checks-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    for relative, data in sources.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(data)
+    sys.path.append(str(folder))
+    return folder
+
+
 def load_function(ref: str, where: str, recipe_dir: Path | None = None) -> Callable[[Row], Any]:
     """Import `module:function`, looking in the recipe's folder and the working folder too (users keep
     checks beside recipes, and relative paths in a recipe start at its folder)."""
