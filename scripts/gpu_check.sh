@@ -11,6 +11,10 @@
 #      a few optimizer steps of `sft run` on a small generated set, then final/ loads with transformers.
 #
 #   bash scripts/gpu_check.sh [OUT]          (make bench-gpu)
+#
+# GPU_CHECK_CPU=1 runs it without a GPU, to check the script itself: step 2 is skipped (bench/train.py
+# is the CPU benchmark there) and step 3 uses the two-CPU-process config (cpu-2proc.yaml), which
+# trains but does not shard.
 set -u
 cd "$(dirname "$0")/.."
 out="${1:-bench-results/gpu}"
@@ -20,12 +24,19 @@ py="${PYTHON:-.venv/bin/python}"
 failed=0
 step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
 
+cpu="${GPU_CHECK_CPU:-0}"
+config=recipes/accelerate/fsdp.yaml
 step "GPU"
-if ! nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.csv"; then
-  echo "no NVIDIA GPU here (nvidia-smi failed): this check is for a GPU machine" >&2
+if [ "$cpu" = 1 ]; then
+  echo "GPU_CHECK_CPU=1: no GPU; checking the script itself"
+  gpus=2
+  config=recipes/accelerate/cpu-2proc.yaml
+elif nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.csv"; then
+  gpus=$(nvidia-smi -L | wc -l)
+else
+  echo "no NVIDIA GPU here (nvidia-smi failed): this check is for a GPU machine (GPU_CHECK_CPU=1 to try the script)" >&2
   exit 2
 fi
-gpus=$(nvidia-smi -L | wc -l)
 model="$("$py" -c 'from synth.models import embedded_model_dir; print(embedded_model_dir())')" || exit 2
 
 step "1. vLLM: Distillery's engine path vs vLLM's offline path, then vllm bench throughput"
@@ -40,16 +51,20 @@ else
 fi
 
 step "2. training steps in bf16 on the GPU (bench/train.py)"
-"$py" bench/train.py --out "$out/train.json" 2>&1 | tee "$out/train.log" || failed=1
+if [ "$cpu" = 1 ]; then
+  echo "skipped without a GPU"
+else
+  "$py" bench/train.py --out "$out/train.json" 2>&1 | tee "$out/train.log" || failed=1
+fi
 
-step "3. FSDP with recipes/accelerate/fsdp.yaml on $gpus GPU(s)"
+step "3. FSDP with $config on $gpus process(es)"
 run="$out/fsdp-run"
 rm -rf "$run"
 fsdp_ok=0
 "$py" -m synth.cli generate recipes/concise-answers.yaml --run-dir "$run" --limit 48 generate.max_new_tokens=48 \
   > "$out/fsdp.log" 2>&1 &&
   "$py" -m synth.cli curate recipes/concise-answers.yaml --run-dir "$run" >> "$out/fsdp.log" 2>&1 &&
-  "$py" -m accelerate.commands.launch --config_file recipes/accelerate/fsdp.yaml --num_processes "$gpus" \
+  "$py" -m accelerate.commands.launch --config_file "$config" --num_processes "$gpus" \
     -m sft.cli run recipes/concise-answers.yaml --run-dir "$run" train.max_steps=4 >> "$out/fsdp.log" 2>&1 &&
   fsdp_ok=1
 tail -5 "$out/fsdp.log"
