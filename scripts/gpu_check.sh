@@ -79,8 +79,8 @@ from transformers import AutoModelForCausalLM
 finals = sorted(Path(sys.argv[1]).glob("train/**/final"))
 assert finals, f"no final/ under {sys.argv[1]}/train"
 for final in finals:
-    weights = sorted(p.name for p in final.iterdir() if p.suffix in (".safetensors", ".bin"))
-    model = AutoModelForCausalLM.from_pretrained(final, torch_dtype=torch.bfloat16)
+    weights = sorted(p.name for p in final.iterdir() if p.suffix == ".safetensors" or p.name.startswith("pytorch_model"))
+    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.bfloat16)
     n = sum(p.numel() for p in model.parameters())
     print(f"FSDP final/ loads: {final} ({', '.join(weights) or 'an adapter'}; {n:,} parameters)")
 PY
