@@ -404,7 +404,9 @@ class ActorPool:
         probes: dict[Any, int] = {}  # `ready` call -> replica being restarted
         load = [0] * len(self.actors)  # payload calls in flight per replica
         self._last_done = [0.0] * len(self.actors)  # when each replica last returned a payload
-        down_since: dict[int, float] = {}  # replica -> when a call to it first failed
+        self._down: dict[int, float] = {}  # replica -> when a call to it first failed
+        down_since = self._down
+        self._scanned = time.monotonic()  # when the deadlines were last checked
         done: dict[int, Any] = {}  # results waiting for their turn (ordered)
         due = 0  # the next index to hand on (ordered)
         window = (self.depth + 1) * len(self.actors)
@@ -470,8 +472,8 @@ class ActorPool:
                 gone = i is None and isinstance(exc, ActorDiedError)
                 recent = time.monotonic() - down_since[actor] < self.start_timeout_s
                 if (first or i is None) and not gone and recent and (pending or self._flight):
-                    if i is None:
-                        time.sleep(PROBE_S)  # Ray is restarting it: ask again shortly
+                    if i is None or timed_out:  # Ray is restarting it, or the kill has yet to land
+                        time.sleep(PROBE_S)
                     probes[self.actors[actor].ready.remote()] = actor
                 continue
             except RayTaskError as exc:
@@ -506,25 +508,37 @@ class ActorPool:
         """The next finished call, or (call, True) for a payload call running longer than
         runtime.ray.shard_timeout_s, whose worker is then killed for Ray to restart (a hung engine
         holds its GPUs, never answers). A replica that runs one call at a time runs its oldest; the
-        clock of each other call starts when the one before it returned."""
+        clock of each other call starts when the one before it returned. Deadlines are checked about
+        once a second, also while other replicas keep returning results; a replica already down
+        (killed, restarting) is not timed again."""
         while True:
             ready, _ = self.ray.wait(calls, num_returns=1, timeout=1.0)
+            now = time.monotonic()
+            if now - self._scanned >= 1.0:
+                self._scanned = now
+                if late := self._past_deadline(now):
+                    return late, True
             if ready:
                 return ready[0], False
-            running: dict[Any, tuple[int, float]] = {}  # call -> (replica, when it started running)
-            oldest: dict[int, tuple[float, Any]] = {}
-            for call, (actor, _, sent) in self._flight.items():
-                if self.concurrency > 1:
-                    running[call] = (actor, sent)
-                elif actor not in oldest or sent < oldest[actor][0]:
-                    oldest[actor] = (sent, call)
-            for actor, (sent, call) in oldest.items():
-                running[call] = (actor, max(sent, self._last_done[actor]))
-            now = time.monotonic()
-            for call, (actor, started) in running.items():
-                if now - started > self.shard_timeout_s:
-                    self.ray.kill(self.actors[actor], no_restart=False)
-                    return call, True
+
+    def _past_deadline(self, now: float) -> Any:
+        """A payload call past runtime.ray.shard_timeout_s (its worker is killed here), else None."""
+        running: dict[Any, tuple[int, float]] = {}  # call -> (replica, when it started running)
+        oldest: dict[int, tuple[float, Any]] = {}
+        for call, (actor, _, sent) in self._flight.items():
+            if actor in self._down:
+                continue
+            if self.concurrency > 1:
+                running[call] = (actor, sent)
+            elif actor not in oldest or sent < oldest[actor][0]:
+                oldest[actor] = (sent, call)
+        for actor, (sent, call) in oldest.items():
+            running[call] = (actor, max(sent, self._last_done[actor]))
+        for call, (actor, started) in running.items():
+            if now - started > self.shard_timeout_s:
+                self.ray.kill(self.actors[actor], no_restart=False)
+                return call
+        return None
 
     def close(self) -> None:
         """Stop the replicas (frees their models and GPU memory now, not when the session ends)."""

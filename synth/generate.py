@@ -481,7 +481,8 @@ class GenerateWorker(Worker):
         return build_engine(recipe)
 
     def shard(self, job: tuple[list[PromptItem], SamplingParams, dict[str, Any], str]) -> ShardResult:
-        engine = self.tool
+        with self.rebuilding:  # a shard that starts while a dead engine is rebuilt waits for the new one
+            engine = self.tool
         try:
             return generate_shard(engine, *job)
         except UserError:

@@ -71,8 +71,9 @@ def test_over_nodes_gives_vllm_its_ray_executor_unless_the_recipe_chose() -> Non
 
 def test_check_modules_beside_the_recipe_travel_with_the_workers(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The source of a python check module in the recipe's folder (a file, or its whole package for a
-    dotted name) goes to the curate workers; an installed module does not (every node has its own).
-    Installed on the other side, it imports from a folder put last on sys.path."""
+    dotted name or a package named alone) goes to the curate workers; an installed module does not
+    (every node has its own). Installed on the other side, it imports from a folder put first on
+    sys.path, as the recipe's folder is for the driver."""
     import sys
 
     from synth.curate.checks.verifiers import check_sources, install_sources
@@ -82,19 +83,21 @@ def test_check_modules_beside_the_recipe_travel_with_the_workers(tmp_path, monke
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "pkg" / "checks.py").write_text("from pkg.util import VALUE\ndef ok(row):\n    return VALUE\n")
     (tmp_path / "pkg" / "util.py").write_text("VALUE = 'pkg'\n")
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "__init__.py").write_text("def ok(row):\n    return 'alone'\n")
     monkeypatch.chdir(tmp_path.parent)
-    sources = check_sources(["mine:ok", "pkg.checks:ok", "json:loads"], tmp_path)
-    assert sorted(sources) == ["mine.py", "pkg/__init__.py", "pkg/checks.py", "pkg/util.py"]
+    sources = check_sources(["mine:ok", "pkg.checks:ok", "alone:ok", "json:loads"], tmp_path)
+    assert sorted(sources) == ["alone/__init__.py", "mine.py", "pkg/__init__.py", "pkg/checks.py", "pkg/util.py"]
     folder = install_sources(sources)
     try:
-        assert folder is not None and sys.path[-1] == str(folder)
+        assert folder is not None and sys.path[0] == str(folder)
         import importlib
 
         assert importlib.import_module("pkg.checks").ok({}) == "pkg"
         assert importlib.import_module("mine").__file__.startswith(str(folder))
     finally:
         sys.path.remove(str(folder))
-        for name in ("mine", "pkg", "pkg.checks", "pkg.util"):
+        for name in ("mine", "pkg", "pkg.checks", "pkg.util", "alone"):
             sys.modules.pop(name, None)
 
 

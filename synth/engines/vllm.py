@@ -24,6 +24,7 @@ model's tokenizer, the rendering `check_prompt` measures.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import itertools
@@ -167,25 +168,29 @@ class StepLoop:
     waiting caller's requests before each step, so requests of calls made at different times run in
     the same batch. (A lock that callers took turns at did not do that: a thread that releases a Python
     lock and takes it again at once usually gets it back, so a second caller could not even add its
-    requests until the first caller's were all done.)"""
+    requests until the first caller's were all done.) No caller waits forever: an engine that fails,
+    is closed, or a loop that breaks hands every waiting caller the error."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (ids, requests, caller's outbox) or None
         self.ids = itertools.count()
         self.thread: threading.Thread | None = None
-        self.start_lock = threading.Lock()
+        self.lock = threading.Lock()  # starting the thread, handing work over and closing exclude each other
+        self.closed = False
 
     def run(self, requests: list[tuple[Any, Any]], on_progress: ProgressFn | None, n: int) -> list[Any]:
         """The final RequestOutput of each (prompt, SamplingParams), in order; `on_progress(rows, tokens)`
         as they finish (a greedy answer counts `n` rows, the copies `generate` makes)."""
-        with self.start_lock:
+        ids = [f"d{next(self.ids)}" for _ in requests]
+        outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        with self.lock:
+            if self.closed:
+                raise RuntimeError("the vLLM engine was closed")
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._loop, name="vllm-step-loop", daemon=True)
                 self.thread.start()
-        ids = [f"d{next(self.ids)}" for _ in requests]
-        outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.inbox.put((ids, requests, outbox))
+            self.inbox.put((ids, requests, outbox))
         finished: dict[str, Any] = {}
         while len(finished) < len(ids):
             done = outbox.get()
@@ -201,54 +206,85 @@ class StepLoop:
         return [finished[r] for r in ids]
 
     def stop(self) -> None:
-        if self.thread is not None and self.thread.is_alive():
-            self.inbox.put(None)
-            self.thread.join(timeout=30)
+        """Stop the thread; callers still waiting, or whose work it never took, get an error."""
+        with self.lock:
+            self.closed = True
+            thread = self.thread
+            if thread is not None and thread.is_alive():
+                self.inbox.put(None)
+        if thread is not None:
+            thread.join(timeout=30)
+        closed = RuntimeError("the vLLM engine was closed")
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item[2].put(closed)
 
     def _loop(self) -> None:
         owner: dict[str, queue.SimpleQueue[Any]] = {}  # request id -> its caller's outbox
-        while True:
-            waiting = []
-            try:  # block only while there is nothing to step
-                waiting.append(self.inbox.get(block=not owner))
-                while True:
-                    waiting.append(self.inbox.get_nowait())
-            except queue.Empty:
-                pass
-            if None in waiting:
-                for box in set(owner.values()):
-                    box.put(RuntimeError("the vLLM engine was closed"))
-                return
-            for ids, requests, box in waiting:
+        waiting: list[Any] = []
+        try:
+            while True:
+                waiting = []
+                try:  # block only while there is nothing to step
+                    waiting.append(self.inbox.get(block=not owner))
+                    while True:
+                        waiting.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    pass
+                if None in waiting:
+                    self._abort(list(owner))
+                    self._fail(owner, waiting, RuntimeError("the vLLM engine was closed"))
+                    return
+                for ids, requests, box in waiting:
+                    try:
+                        for rid, (prompt, sp) in zip(ids, requests, strict=True):
+                            self.engine.add_request(rid, prompt, sp)
+                            owner[rid] = box
+                    except Exception as exc:  # this caller's requests are refused; the others go on
+                        mine = [r for r in ids if owner.get(r) is box]
+                        for r in mine:
+                            owner.pop(r)
+                        box.put(exc)
+                        self._abort(mine)
+                waiting = []
+                if not owner:
+                    continue
                 try:
-                    for rid, (prompt, sp) in zip(ids, requests, strict=True):
-                        self.engine.add_request(rid, prompt, sp)
-                        owner[rid] = box
-                except Exception as exc:  # this caller's requests are refused; the others go on
-                    mine = [r for r in ids if owner.get(r) is box]
-                    if mine:
-                        self.engine.abort_request(mine)
-                    for r in mine:
-                        owner.pop(r)
-                    box.put(exc)
-            if not owner:
-                continue
-            try:
-                if not self.engine.has_unfinished_requests():  # vLLM dropped requests: never wait forever
-                    raise RuntimeError(f"vLLM lost {len(owner)} request(s) without finishing them")
-                outputs = self.engine.step()
-            except Exception as exc:  # the engine failed: every caller waiting on it hears it
-                for box in set(owner.values()):
-                    box.put(exc)
-                owner.clear()
-                continue
-            by_box: dict[int, tuple[queue.SimpleQueue[Any], list[Any]]] = {}
-            for out in outputs:
-                if out.finished and out.request_id in owner:
-                    box = owner.pop(out.request_id)
-                    by_box.setdefault(id(box), (box, []))[1].append(out)
-            for box, done in by_box.values():
-                box.put(done)
+                    if not self.engine.has_unfinished_requests():  # vLLM dropped requests: never wait forever
+                        raise RuntimeError(f"vLLM lost {len(owner)} request(s) without finishing them")
+                    outputs = self.engine.step()
+                except Exception as exc:  # the engine failed: every caller waiting on it hears it
+                    self._abort(list(owner))
+                    self._fail(owner, [], exc)
+                    continue
+                by_box: dict[int, tuple[queue.SimpleQueue[Any], list[Any]]] = {}
+                for out in outputs:
+                    if out.finished and out.request_id in owner:
+                        box = owner.pop(out.request_id)
+                        by_box.setdefault(id(box), (box, []))[1].append(out)
+                for box, done in by_box.values():
+                    box.put(done)
+        except BaseException as exc:  # a fault in this loop itself: nobody may wait forever on it
+            self._fail(owner, waiting, exc)
+
+    def _abort(self, request_ids: list[str]) -> None:
+        """Free the engine of requests nobody waits for any more (it may be dead: then nothing to free)."""
+        if request_ids:
+            with contextlib.suppress(Exception):  # a dead engine cannot abort; its callers have the error
+                self.engine.abort_request(request_ids)
+
+    @staticmethod
+    def _fail(owner: dict[str, queue.SimpleQueue[Any]], waiting: list[Any], exc: BaseException) -> None:
+        """Hand `exc` to every caller with requests in the engine or in the sweep not yet added."""
+        boxes = {id(b): b for b in owner.values()}
+        boxes |= {id(item[2]): item[2] for item in waiting if item is not None}
+        for box in boxes.values():
+            box.put(exc)
+        owner.clear()
 
 
 def _completion(out: Any, o: Any, k: int | None) -> Completion:

@@ -8,6 +8,7 @@ the transformers engine (tests/engine_contract.py), then what vLLM does differen
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -131,3 +132,34 @@ def test_calls_from_two_threads_share_the_batch_and_keep_their_answers(engine: V
     texts = lambda res: [[c.text for c in comps] for comps in res]  # noqa: E731
     assert texts(together[0]) == texts(alone[0]) and texts(together[1]) == texts(alone[1])
     assert max(seen) > len(first) * p.n  # requests of both calls in one step
+
+
+def test_closing_the_loop_fails_its_waiting_callers_instead_of_hanging(engine: VLLMEngine) -> None:
+    """A Ray worker rebuilds a dead engine while another shard waits on the old one: that shard gets an
+    error at once (its rows fail, `--retry-failed` redoes them), it does not wait for the shard deadline;
+    a call after the close is refused; the engine is left without the aborted requests."""
+    import threading
+
+    from synth.engines.vllm import StepLoop
+
+    loop = StepLoop(engine.llm.llm_engine)
+    sp = engine.sampling_params(SamplingParams(max_new_tokens=400, temperature=1.0, seed=1), [])
+    prompt = {"prompt_token_ids": engine.prompt_ids(engine_contract.PROMPTS[1])}
+    got: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            loop.run([(prompt, sp)], None, 1)
+        except RuntimeError as exc:
+            got.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(1.0)  # its request is in the engine, being stepped
+    loop.stop()
+    caller.join(timeout=30)
+    assert not caller.is_alive() and [str(e) for e in got] == ["the vLLM engine was closed"]
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.run([(prompt, sp)], None, 1)
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+    assert engine.generate(engine_contract.PROMPTS[:1], SamplingParams(max_new_tokens=4))[0][0].text  # still serves

@@ -159,9 +159,12 @@ def local_module(ref: str, recipe_dir: Path | None) -> tuple[Path, Path] | None:
     module = ref.split(":")[0]
     parts = module.split(".")
     for folder in (recipe_dir, Path.cwd()):
-        if folder is not None and (folder / Path(*parts).with_suffix(".py")).is_file():
-            file = (folder / Path(*parts).with_suffix(".py")).resolve()
-            return file, file if len(parts) == 1 else (folder / parts[0]).resolve()
+        if folder is None:
+            continue
+        for file in (folder / Path(*parts).with_suffix(".py"), folder / Path(*parts) / "__init__.py"):
+            if file.is_file():
+                package = len(parts) > 1 or file.name == "__init__.py"
+                return file.resolve(), (folder / parts[0]).resolve() if package else file.resolve()
     return None
 
 
@@ -180,9 +183,11 @@ def check_sources(refs: list[str], recipe_dir: Path | None) -> dict[str, bytes]:
 
 
 def install_sources(sources: dict[str, bytes]) -> Path | None:
-    """Write shipped check modules into a fresh folder put last on sys.path: found where the recipe's
-    and working folders do not exist (another node); where they do, `load_function` looks there
-    first. The folder is removed when the process ends."""
+    """Write shipped check modules into a fresh folder put first on sys.path, as the recipe's folder is
+    for the driver (a module there wins over an installed one of the same name); where the recipe's
+    and working folders exist too, `load_function` puts them before it, with the same files. Only the
+    module, or a dotted module's whole package, travels: helpers imported from beside a single-file
+    check do not (make them a package). The folder is removed when the process ends."""
     import atexit
     import shutil
     import tempfile
@@ -194,7 +199,7 @@ def install_sources(sources: dict[str, bytes]) -> Path | None:
     for relative, data in sources.items():
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).write_bytes(data)
-    sys.path.append(str(folder))
+    sys.path.insert(0, str(folder))
     return folder
 
 
