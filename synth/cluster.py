@@ -404,8 +404,7 @@ class ActorPool:
         probes: dict[Any, int] = {}  # `ready` call -> replica being restarted
         load = [0] * len(self.actors)  # payload calls in flight per replica
         self._last_done = [0.0] * len(self.actors)  # when each replica last returned a payload
-        self._down: dict[int, float] = {}  # replica -> when a call to it first failed
-        down_since = self._down
+        self._down: dict[int, float] = {}  # replica -> when a call to it first failed (being restarted)
         self._scanned = time.monotonic()  # when the deadlines were last checked
         done: dict[int, Any] = {}  # results waiting for their turn (ordered)
         due = 0  # the next index to hand on (ordered)
@@ -413,7 +412,7 @@ class ActorPool:
 
         while pending or self._flight:
             while pending and (not ordered or pending[0] < due + window):
-                free = [a for a in range(len(self.actors)) if a not in down_since and load[a] < self.depth]
+                free = [a for a in range(len(self.actors)) if a not in self._down and load[a] < self.depth]
                 if not free:
                     break
                 actor, i = min(free, key=load.__getitem__), pending.popleft()
@@ -444,7 +443,7 @@ class ActorPool:
                 ) from None
             except died as exc:
                 if i is not None:
-                    if actor not in down_since or isinstance(exc, ObjectLostError):
+                    if actor not in self._down or isinstance(exc, ObjectLostError):
                         # the first failure seen of a replica charges the payload it was running: the one
                         # that timed out (or whose result was lost), else its oldest call (the others were
                         # waiting behind it)
@@ -466,11 +465,11 @@ class ActorPool:
                     pending.appendleft(i)
                 if isinstance(exc, ObjectLostError):  # the result was lost (its node), not the worker
                     continue
-                first = actor not in down_since
-                down_since.setdefault(actor, time.monotonic())
+                first = actor not in self._down
+                self._down.setdefault(actor, time.monotonic())
                 # a probe told "died" (not "restarting") means for good: restarts used up, node gone
                 gone = i is None and isinstance(exc, ActorDiedError)
-                recent = time.monotonic() - down_since[actor] < self.start_timeout_s
+                recent = time.monotonic() - self._down[actor] < self.start_timeout_s
                 if (first or i is None) and not gone and recent and (pending or self._flight):
                     if i is None or timed_out:  # Ray is restarting it, or the kill has yet to land
                         time.sleep(PROBE_S)
@@ -488,7 +487,7 @@ class ActorPool:
             if i is None:
                 if result:  # the restarted replica's set-up failed
                     raise UserError(*result)
-                down_since.pop(actor, None)
+                self._down.pop(actor, None)
                 continue
             self._last_done[actor] = time.monotonic()
             if not ordered:
