@@ -155,7 +155,7 @@ class ExactMatchVerifier(RowCheck):
 def local_module(ref: str, recipe_dir: Path | None) -> tuple[Path, Path] | None:
     """Where `load_function` finds a check's module beside the recipe or in the working folder: (the
     module's file, what to ship to Ray workers on other machines: that file, or the top package's
-    folder for a dotted name); None for a module that is installed (on sys.path) or missing."""
+    folder for a dotted name or a package); None for a module that is installed (on sys.path) or missing."""
     module = ref.split(":")[0]
     parts = module.split(".")
     for folder in (recipe_dir, Path.cwd()):
@@ -170,8 +170,9 @@ def local_module(ref: str, recipe_dir: Path | None) -> tuple[Path, Path] | None:
 
 def check_sources(refs: list[str], recipe_dir: Path | None) -> dict[str, bytes]:
     """The source files of the python check modules that `local_module` finds (a module file, or every
-    .py file of a dotted module's top package), keyed by their path relative to the folder they sit
-    in: what a worker on a machine without that folder needs to import them (`install_sources`)."""
+    .py file of the top package of a dotted name or of a package named alone), keyed by their path
+    relative to the folder they sit in: what a worker on a machine without that folder needs to import
+    them (`install_sources`)."""
     sources: dict[str, bytes] = {}
     for ref in refs:
         if found := local_module(ref, recipe_dir):
